@@ -1,0 +1,1 @@
+"""Data sources that write the LFM4Ads tf.Example schema."""

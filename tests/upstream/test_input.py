@@ -1,0 +1,88 @@
+"""The tf.data input: parsing, time windows, and errors that name the file and the feature."""
+
+import gzip
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import features as F
+from trainer import input as data_input
+
+
+def _example(**overrides) -> bytes:
+    values = {
+        F.USER_ID: [b"u1"], F.ITEM_ID: [b"a1"], F.DOMAIN: [b"ad"], F.SCENARIO: [b"feed"],
+        F.TIMESTAMP: [100], F.USER_AGE: [3], F.USER_GENDER: [b"f"], F.USER_GEO: [b"geo1"],
+        F.USER_HIST_ITEMS: [b"c1", b"c2"], F.ITEM_CATEGORY: [b"cat1"], F.ITEM_TAGS: [b"t1"],
+        F.ITEM_ADVERTISER: [b"adv1"], F.LABEL: [1], F.CONVERSION: [0],
+    }
+    values.update(overrides)
+    feature = {}
+    for name, vals in values.items():
+        if vals is None:
+            continue
+        if vals and isinstance(vals[0], float):
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=vals))
+        elif F.FEATURE_TYPES[name] is bytes or (vals and isinstance(vals[0], bytes)):
+            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=vals))
+        else:
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=vals))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write(path, records):
+    with tf.io.TFRecordWriter(str(path), "GZIP") as writer:
+        for record in records:
+            writer.write(record)
+    return str(path)
+
+
+def test_window_and_dense_lists(tmp_path):
+    path = _write(tmp_path / "a.tfrecord.gz", [
+        _example(**{F.TIMESTAMP: [t], F.USER_HIST_ITEMS: [b"x"] * t}) for t in range(30)
+    ])
+    assert data_input.check_files([path]) == 30
+    assert data_input.time_range([path]) == (0, 29)
+    batches = list(data_input.make_dataset([path], 8, start=5, end=25))
+    stamps = np.concatenate([b[F.TIMESTAMP].numpy() for b in batches])
+    np.testing.assert_array_equal(stamps, np.arange(5, 25))  # [start, end)
+    hist = np.concatenate([b[F.USER_HIST_ITEMS].numpy() for b in batches])
+    assert hist.shape == (20, F.MAX_HISTORY)
+    # Row with timestamp 7 has 7 items, then padding; rows with > 20 items are cut to 20.
+    assert list(hist[2]) == [b"x"] * 7 + [b""] * (F.MAX_HISTORY - 7)
+    assert list(hist[-1]) == [b"x"] * F.MAX_HISTORY
+    assert batches[0][F.ITEM_TAGS].shape[1] == F.LIST_LENGTHS[F.ITEM_TAGS]
+
+
+def test_missing_feature_names_file_and_feature(tmp_path):
+    good = _write(tmp_path / "good.tfrecord.gz", [_example()])
+    bad = _write(tmp_path / "bad.tfrecord.gz", [_example(**{F.USER_AGE: None})])
+    with pytest.raises(data_input.DataError, match=r"bad\.tfrecord\.gz.*user_age"):
+        data_input.check_files([good, bad])
+
+
+def test_wrong_dtype_names_file_and_feature(tmp_path):
+    bad = _write(tmp_path / "bad.tfrecord.gz", [_example(**{F.LABEL: [1.0]})])
+    with pytest.raises(data_input.DataError, match=r"bad\.tfrecord\.gz.*label"):
+        data_input.check_files([bad])
+
+
+def test_empty_file(tmp_path):
+    empty = _write(tmp_path / "empty.tfrecord.gz", [])
+    with pytest.raises(data_input.DataError, match=r"empty\.tfrecord\.gz: empty file"):
+        data_input.check_files([empty])
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "corrupt.tfrecord.gz"
+    path.write_bytes(gzip.compress(b"this is not a TFRecord file at all"))
+    with pytest.raises(data_input.DataError, match=r"corrupt\.tfrecord\.gz: corrupt"):
+        data_input.check_files([str(path)])
+
+
+def test_no_files(tmp_path):
+    with pytest.raises(data_input.DataError, match="has no \\*.tfrecord\\* files"):
+        data_input.list_files(str(tmp_path))
+    with pytest.raises(data_input.DataError, match="no file matches"):
+        data_input.list_files(str(tmp_path / "nothing-*.gz"))

@@ -1,0 +1,105 @@
+"""The triple-tower model: outputs, CR extraction points, masked losses, branch modes."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import features as F
+from trainer.config import ModelConfig, TrainConfig
+from trainer.model import LFM4AdsModel
+
+SMALL = dict(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(32, 16), tower_hidden=(16,),
+             representation_dim=8, embedding_dim=4)
+# x0 = UR (8) + IR (8) + 10 field embeddings (4 each): scenario + 5 user + 4 item fields.
+D0 = 8 + 8 + 10 * 4
+
+
+@pytest.mark.parametrize("interaction", ["cross", "cross_mix", "fm"])
+@pytest.mark.parametrize("branches", ["dual", "shared"])
+def test_outputs_and_shapes(small_batch, interaction, branches):
+    model = LFM4AdsModel(ModelConfig(interaction=interaction, branches=branches, **SMALL))
+    out = model(small_batch)
+    batch = small_batch[F.LABEL].shape[0]
+    assert out["ad_prediction"].shape == (batch, 1)
+    assert out["user_representation"].shape == (batch, 8)
+    assert out["item_representation"].shape == (batch, 8)
+    assert out["cross_representation"].shape == (batch, 16)  # default: last hidden MLP layer
+    p = out["ad_prediction"].numpy()
+    assert np.all((p > 0) & (p < 1))
+    same = np.allclose(out["ad_prediction"], out["content_prediction"])
+    assert same == (branches == "shared")
+
+
+@pytest.mark.parametrize(
+    "interaction,cr_layer,width",
+    [("cross", "embedding", D0), ("cross", "cross_2", D0), ("cross", "mlp_1", 32),
+     ("cross_mix", "cross_1", D0), ("fm", "cross_1", D0 + 4)],
+)
+def test_cr_layer_selects_the_named_output(small_batch, interaction, cr_layer, width):
+    model = LFM4AdsModel(ModelConfig(interaction=interaction, cr_layer=cr_layer, **SMALL))
+    cr = model.cross_representation(small_batch)
+    assert cr.shape == (small_batch[F.LABEL].shape[0], width)
+    if cr_layer == "embedding":
+        # The embedding CR starts with [UR, IR].
+        np.testing.assert_allclose(cr[:, :8], model.user_representation(small_batch), atol=1e-6)
+        np.testing.assert_allclose(cr[:, 8:16], model.item_representation(small_batch), atol=1e-6)
+
+
+def test_bad_cr_layer():
+    with pytest.raises(ValueError, match=r"cr_layer 'mlp_3' is out of range: the MLP has 2"):
+        ModelConfig(mlp_hidden=(8, 4), cr_layer="mlp_3")
+    with pytest.raises(ValueError, match=r"got 'penultimate'"):
+        ModelConfig(cr_layer="penultimate")
+    with pytest.raises(ValueError, match="interaction must be one of"):
+        ModelConfig(interaction="dcn")
+
+
+def _only(batch, domain: bytes):
+    keep = batch[F.DOMAIN].numpy() == domain
+    return {k: tf.boolean_mask(v, keep) for k, v in batch.items()}
+
+
+def _grads(model, batch):
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(batch, training=True)
+    variables = {
+        "ad": model.ad_branch.trainable_variables,
+        "content": model.content_branch.trainable_variables,
+        "user": model.user_tower.trainable_variables,
+    }
+    grads = tape.gradient(loss, variables)
+    return {k: sum(float(tf.reduce_sum(tf.abs(g))) for g in v if g is not None)
+            for k, v in grads.items()}
+
+
+def test_losses_are_masked_by_domain(small_batch):
+    model = LFM4AdsModel(ModelConfig(**SMALL))
+    model(small_batch)
+    content_only = _grads(model, _only(small_batch, F.DOMAIN_CONTENT))
+    assert content_only["ad"] == 0.0 and content_only["content"] > 0 and content_only["user"] > 0
+    ad_only = _grads(model, _only(small_batch, F.DOMAIN_AD))
+    assert ad_only["content"] == 0.0 and ad_only["ad"] > 0 and ad_only["user"] > 0
+
+
+def test_retrieval_loss_adds_to_the_loss(small_batch):
+    base = LFM4AdsModel(ModelConfig(**SMALL), TrainConfig(retrieval_loss_weight=0.0))
+    with_retrieval = LFM4AdsModel(ModelConfig(**SMALL), TrainConfig(retrieval_loss_weight=1.0))
+    base(small_batch)
+    with_retrieval(small_batch)
+    with_retrieval.set_weights(base.get_weights())
+    extra = float(with_retrieval.compute_loss(small_batch)) - float(base.compute_loss(small_batch))
+    # In-batch softmax over n positives is about log(n) at initialisation.
+    positives = int(np.sum(small_batch[F.LABEL].numpy()))
+    assert extra == pytest.approx(np.log(256) * positives / 256, rel=0.3)
+
+
+def test_fit_lowers_the_loss(small_data):
+    from trainer import input as data_input
+
+    files = data_input.list_files(small_data)
+    ds = data_input.make_dataset(files, 128, cache=True)
+    model = LFM4AdsModel(ModelConfig(**SMALL))
+    model.compile(tf.keras.optimizers.Adam(5e-3))
+    history = model.fit(ds, epochs=3, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0]

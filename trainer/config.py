@@ -1,0 +1,99 @@
+"""Hyperparameters of the upstream model and of training, as data (one place reads them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+INTERACTIONS = ("cross", "cross_mix", "fm")
+BRANCHES = ("dual", "shared")
+_CR_LAYER = re.compile(r"^(embedding|cross_(\d+)|mlp_(\d+))$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The triple-tower model (paper Sec. 3.1, Fig. 2).
+
+    `cr_layer` picks where the cross representation CR(u,i) is read in the ad branch
+    (paper Sec. 3.3 and 5.1.3): `embedding` (the branch input: [UR, IR, field embeddings]),
+    `cross_<l>` (output of interaction layer l, 1-based) or `mlp_<l>` (output of hidden MLP
+    layer l, 1-based). `None` means the paper's choice, the penultimate MLP layer, i.e. the
+    last hidden layer before the logit.
+    """
+
+    embedding_dim: int = 16
+    embedding_l2: float = 0.0
+    user_id_buckets: int = 100_000
+    item_id_buckets: int = 50_000
+    category_buckets: int = 1_000
+    tag_buckets: int = 2_000
+    advertiser_buckets: int = 2_000
+    geo_buckets: int = 1_000
+    gender_buckets: int = 16
+    scenario_buckets: int = 64
+    age_buckets: int = 16
+    tower_hidden: tuple[int, ...] = (128,)
+    representation_dim: int = 32
+    ur_ir_product: bool = True
+    interaction: str = "cross"
+    num_interaction_layers: int = 2
+    cross_projection_dim: int | None = None
+    num_experts: int = 4
+    low_rank: int = 32
+    mlp_hidden: tuple[int, ...] = (256, 128, 64)
+    branches: str = "dual"
+    cr_layer: str | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.interaction not in INTERACTIONS:
+            raise ValueError(f"interaction must be one of {INTERACTIONS}, got {self.interaction!r}")
+        if self.branches not in BRANCHES:
+            raise ValueError(f"branches must be one of {BRANCHES}, got {self.branches!r}")
+        if not self.mlp_hidden:
+            raise ValueError("mlp_hidden must have at least one layer, got ()")
+        for name in ("embedding_dim", "representation_dim", "num_interaction_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        self.resolved_cr_layer()  # validates cr_layer
+
+    @property
+    def num_cross_outputs(self) -> int:
+        return 1 if self.interaction == "fm" else self.num_interaction_layers
+
+    def resolved_cr_layer(self) -> str:
+        """The CR extraction point as `embedding`, `cross_<l>` or `mlp_<l>`."""
+        if self.cr_layer is None:
+            return f"mlp_{len(self.mlp_hidden)}"
+        match = _CR_LAYER.match(self.cr_layer)
+        if not match:
+            raise ValueError(
+                f"cr_layer must be 'embedding', 'cross_<l>' or 'mlp_<l>', got {self.cr_layer!r}"
+            )
+        if match.group(2) is not None and not 1 <= int(match.group(2)) <= self.num_cross_outputs:
+            raise ValueError(
+                f"cr_layer {self.cr_layer!r} is out of range: the interaction stack has "
+                f"{self.num_cross_outputs} layer(s), numbered from 1"
+            )
+        if match.group(3) is not None and not 1 <= int(match.group(3)) <= len(self.mlp_hidden):
+            raise ValueError(
+                f"cr_layer {self.cr_layer!r} is out of range: the MLP has "
+                f"{len(self.mlp_hidden)} hidden layer(s), numbered from 1"
+            )
+        return self.cr_layer
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training and evaluation (time-based split: the last `eval_days` are held out)."""
+
+    epochs: int = 3
+    batch_size: int = 1024
+    learning_rate: float = 2e-3
+    eval_days: float = 1.0
+    shuffle_buffer: int = 100_000
+    conversion_loss_weight: float = 0.5
+    retrieval_loss_weight: float = 0.0
+    seed: int = 0

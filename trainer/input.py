@@ -1,0 +1,116 @@
+"""`tf.data` input for the tf.Example schema, shared by the trainer, the pipeline and the tests.
+
+Files are gzip TFRecords (`*.tfrecord.gz`; plain TFRecords also read with `compression=""`).
+`check_files` fails early with an error that names the file (and, through TensorFlow's parser,
+the feature); `make_dataset` yields dicts of dense raw features (`trainer.features.parse_examples`)
+for a half-open time window `[start, end)` of `timestamp`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import tensorflow as tf
+
+from trainer import features as F
+
+
+class DataError(ValueError):
+    """An input file is missing, empty, unreadable or does not match the schema."""
+
+
+def list_files(data: str) -> list[str]:
+    """The record files of `data`: a directory (its `*.tfrecord*` files), a glob or a file."""
+    if os.path.isdir(data):
+        files = sorted(glob.glob(os.path.join(data, "*.tfrecord*")))
+        where = f"directory {data!r} has no *.tfrecord* files"
+    else:
+        files = sorted(glob.glob(data))
+        where = f"no file matches {data!r}"
+    if not files:
+        raise DataError(f"No input: {where}")
+    return files
+
+
+def _compression(path: str) -> str:
+    return "GZIP" if path.endswith(".gz") else ""
+
+
+def _records(files: list[str]) -> tf.data.Dataset:
+    return tf.data.TFRecordDataset(files, compression_type=_compression(files[0]))
+
+
+def check_files(files: list[str], names=F.ALL_FEATURES, sample: int = 64) -> int:
+    """Reads every file through and parses its first `sample` records; returns the record count.
+
+    Raises:
+      DataError: naming the file, for an empty file, a corrupt or truncated file, or records
+        that miss a feature of `names` or carry it with another type (TensorFlow's message,
+        which names the feature, is included).
+    """
+    total = 0
+    for path in files:
+        records = tf.data.TFRecordDataset(path, compression_type=_compression(path))
+        try:
+            count = int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            raise DataError(f"{path}: corrupt or truncated record file: {e.message}") from e
+        if count == 0:
+            raise DataError(f"{path}: empty file (no records)")
+        for batch in records.batch(sample).take(1):
+            try:
+                F.parse_examples(batch, names)
+            except tf.errors.InvalidArgumentError as e:
+                raise DataError(f"{path}: records do not match the schema: {e.message}") from e
+        total += count
+    return total
+
+
+def time_range(files: list[str]) -> tuple[int, int]:
+    """(min, max) `timestamp` over all records, computed in one vectorised pass."""
+    spec = {F.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
+    stamps = _records(files).batch(8192).map(lambda s: tf.io.parse_example(s, spec)[F.TIMESTAMP])
+    lo, hi = stamps.reduce(
+        (tf.constant(2**62, tf.int64), tf.constant(-(2**62), tf.int64)),
+        lambda acc, t: (tf.minimum(acc[0], tf.reduce_min(t)), tf.maximum(acc[1], tf.reduce_max(t))),
+    )
+    return int(lo), int(hi)
+
+
+def make_dataset(
+    files: list[str],
+    batch_size: int,
+    *,
+    start: int | None = None,
+    end: int | None = None,
+    names=F.ALL_FEATURES,
+    shuffle_buffer: int = 0,
+    seed: int | None = None,
+    cache: bool = False,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Batches of raw feature dicts for the records with `start <= timestamp < end`.
+
+    The time filter parses only `timestamp` per record; the batch is then parsed at once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ds = _records(files)
+    if start is not None or end is not None:
+        lo = tf.constant(-(2**62) if start is None else start, tf.int64)
+        hi = tf.constant(2**62 if end is None else end, tf.int64)
+        spec = {F.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
+
+        def in_window(serialized):
+            t = tf.io.parse_single_example(serialized, spec)[F.TIMESTAMP]
+            return tf.logical_and(t >= lo, t < hi)
+
+        ds = ds.filter(in_window)
+    if cache:
+        ds = ds.cache()
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda s: F.parse_examples(s, names), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

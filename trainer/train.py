@@ -1,0 +1,223 @@
+"""Train the upstream model on a time-based split, evaluate it on the latest window, export it.
+
+    python -m trainer.train --data DIR --export_dir DIR [--epochs E] [--json]
+
+The last `--eval_days` of the data (by `timestamp`) are held out; the rest trains the model
+with Keras `fit`. The evaluation reports the AUC of the ad branch on ad rows, of the content
+branch on content rows, and of the ad branch on cold-start items (ad rows whose item never
+appears in the training window), next to the oracle AUC (the AUC of the true probabilities)
+when the data directory holds the synthetic generator's `oracle.npz`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import features as F
+from trainer import input as data_input
+from trainer.config import ModelConfig, TrainConfig
+from trainer.evaluation import auc, gauc
+from trainer.export import export_saved_model
+from trainer.model import LFM4AdsModel
+
+DAY = 86_400
+
+
+def _split(files: list[str], eval_days: float) -> tuple[int, int, int]:
+    lo, hi = data_input.time_range(files)
+    cut = hi + 1 - int(round(eval_days * DAY))
+    if cut <= lo:
+        raise data_input.DataError(
+            f"the data span {(hi - lo) / DAY:.2f} days, not more than eval_days={eval_days}: "
+            "nothing would be left to train on"
+        )
+    return lo, cut, hi
+
+
+def _collect(model: LFM4AdsModel, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
+    predict = tf.function(lambda raw: model(raw, training=False))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ad", "content", "label", "is_ad")}
+    parts.update(user=[], item=[])
+    for raw in dataset:
+        out = predict(raw)
+        parts["ad"].append(out["ad_prediction"].numpy()[:, 0])
+        parts["content"].append(out["content_prediction"].numpy()[:, 0])
+        parts["label"].append(raw[F.LABEL].numpy())
+        parts["is_ad"].append(raw[F.DOMAIN].numpy() == F.DOMAIN_AD)
+        parts["user"].append(raw[F.USER_ID].numpy())
+        parts["item"].append(raw[F.ITEM_ID].numpy())
+    return {k: np.concatenate(v) if v else np.array([]) for k, v in parts.items()}
+
+
+def _train_items(files: list[str], cut: int) -> tuple[set[bytes], int]:
+    ds = data_input.make_dataset(files, 8192, end=cut, names=(F.ITEM_ID, F.TIMESTAMP))
+    ids = [batch[F.ITEM_ID].numpy() for batch in ds]
+    seen = np.concatenate(ids) if ids else np.array([], dtype=object)
+    return set(np.unique(seen).tolist()), int(seen.size)
+
+
+def _oracle(data: str, cut: int) -> dict[str, float | None]:
+    """Oracle AUCs on the same slices, from the synthetic generator's `oracle.npz`."""
+    path = os.path.join(data, "oracle.npz") if os.path.isdir(data) else ""
+    if not path or not os.path.exists(path):
+        return {}
+    oracle = np.load(path)
+    window = oracle["timestamp"] >= cut
+    items = oracle["item_id"].astype(str)
+    cold = ~np.isin(items, np.unique(items[~window]))
+    ad = window & oracle["is_ad"]
+    content = window & ~oracle["is_ad"]
+    p, y = oracle["p_label"], oracle["label"]
+    return {
+        "oracle_auc_ad": auc(y[ad], p[ad]),
+        "oracle_auc_content": auc(y[content], p[content]),
+        "oracle_auc_cold_start": auc(y[ad & cold], p[ad & cold]),
+    }
+
+
+def _first_records(files: list[str], start: int, n: int) -> list[bytes]:
+    spec = {F.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP" if files[0].endswith(".gz") else "")
+    ds = ds.filter(lambda s: tf.io.parse_single_example(s, spec)[F.TIMESTAMP] >= start)
+    return [s.numpy() for s in ds.take(n)]
+
+
+def train_and_export(
+    data: str,
+    export_dir: str,
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    verbose: int | None = None,
+) -> dict:
+    """Trains, evaluates and exports; returns the metrics and the export path."""
+    model_config = model_config or ModelConfig()
+    train_config = train_config or TrainConfig()
+    tf.keras.utils.set_random_seed(train_config.seed)
+    files = data_input.list_files(data)
+    examples = data_input.check_files(files)
+    lo, cut, hi = _split(files, train_config.eval_days)
+
+    train_ds = data_input.make_dataset(
+        files,
+        train_config.batch_size,
+        end=cut,
+        shuffle_buffer=train_config.shuffle_buffer,
+        seed=train_config.seed,
+        cache=True,
+    )
+    eval_ds = data_input.make_dataset(files, 4096, start=cut, cache=True)
+    model = LFM4AdsModel(model_config, train_config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    started = time.perf_counter()
+    history = model.fit(train_ds, epochs=train_config.epochs, verbose=verbose)
+    fit_seconds = time.perf_counter() - started
+
+    train_items, train_examples = _train_items(files, cut)
+    ev = _collect(model, eval_ds)
+    is_ad = ev["is_ad"].astype(bool)
+    cold = is_ad & ~np.isin(ev["item"], list(train_items))
+    results = {
+        "examples": examples,
+        "train_examples": train_examples,
+        "eval_examples": int(ev["label"].size),
+        "eval_ad_examples": int(is_ad.sum()),
+        "eval_content_examples": int((~is_ad).sum()),
+        "eval_cold_start_examples": int(cold.sum()),
+        "eval_window": [cut, hi],
+        "auc_ad": auc(ev["label"][is_ad], ev["ad"][is_ad]),
+        "auc_content": auc(ev["label"][~is_ad], ev["content"][~is_ad]),
+        "auc_cold_start": auc(ev["label"][cold], ev["ad"][cold]),
+        "gauc_ad": gauc(ev["user"][is_ad], ev["label"][is_ad], ev["ad"][is_ad]),
+        "oracle_auc_ad": None,
+        "oracle_auc_content": None,
+        "oracle_auc_cold_start": None,
+        "epochs": train_config.epochs,
+        "fit_seconds": round(fit_seconds, 2),
+        "examples_per_second": round(train_examples * train_config.epochs / fit_seconds, 1),
+        "final_loss": float(history.history["loss"][-1]),
+    }
+    results.update(_oracle(data, cut))
+    results["export_path"] = export_saved_model(
+        model, export_dir, warmup_examples=_first_records(files, cut, 8)
+    )
+    results["model_config"] = dataclasses.asdict(model_config)
+    return results
+
+
+def format_table(results: dict) -> str:
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    rows = [("ad (latest window)", "auc_ad", "oracle_auc_ad", "eval_ad_examples")]
+    rows.append(("content", "auc_content", "oracle_auc_content", "eval_content_examples"))
+    rows.append(("ad, cold-start items", "auc_cold_start", "oracle_auc_cold_start",
+                 "eval_cold_start_examples"))
+    lines = [f"{'slice':<24}{'model AUC':>11}{'oracle AUC':>12}{'gap':>9}{'rows':>9}"]
+    for label, key, oracle_key, rows_key in rows:
+        model_auc, oracle_auc = results.get(key), results.get(oracle_key)
+        gap = None if model_auc is None or oracle_auc is None else oracle_auc - model_auc
+        lines.append(f"{label:<24}{fmt(model_auc):>11}{fmt(oracle_auc):>12}{fmt(gap):>9}"
+                     f"{results[rows_key]:>9}")
+    lines.append(f"GAUC ad: {fmt(results.get('gauc_ad'))}   training: "
+                 f"{results['examples_per_second']:.0f} examples/s over {results['epochs']} epochs")
+    lines.append(f"exported: {results['export_path']}")
+    return "\n".join(lines)
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="directory (or glob) of tf.Example TFRecords")
+    p.add_argument("--export_dir", required=True, help="model base path: <dir>/<version>/")
+    defaults = TrainConfig()
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch_size", type=int, default=defaults.batch_size)
+    p.add_argument("--learning_rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--eval_days", type=float, default=defaults.eval_days)
+    p.add_argument("--retrieval_loss_weight", type=float, default=defaults.retrieval_loss_weight)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    mdefaults = ModelConfig()
+    p.add_argument("--interaction", choices=("cross", "cross_mix", "fm"),
+                   default=mdefaults.interaction)
+    p.add_argument("--branches", choices=("dual", "shared"), default=mdefaults.branches)
+    p.add_argument("--cr_layer", default=None,
+                   help="embedding | cross_<l> | mlp_<l> (default: penultimate MLP layer)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    model_config = ModelConfig(
+        interaction=args.interaction, branches=args.branches, cr_layer=args.cr_layer
+    )
+    train_config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        eval_days=args.eval_days,
+        retrieval_loss_weight=args.retrieval_loss_weight,
+        seed=args.seed,
+    )
+    try:
+        results = train_and_export(args.data, args.export_dir, model_config, train_config)
+    except data_input.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
