@@ -23,6 +23,7 @@ class ModelConfig:
 
     embedding_dim: int = 16
     embedding_l2: float = 0.0
+    id_dropout: float = 0.5
     user_id_buckets: int = 100_000
     item_id_buckets: int = 50_000
     category_buckets: int = 1_000
@@ -35,6 +36,8 @@ class ModelConfig:
     tower_hidden: tuple[int, ...] = (128,)
     representation_dim: int = 32
     ur_ir_product: bool = True
+    affinity_logit: bool = True
+    mix_id_fields: bool = False
     interaction: str = "cross"
     num_interaction_layers: int = 2
     cross_projection_dim: int | None = None
@@ -57,6 +60,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.id_dropout <= 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1], got {self.id_dropout}")
         self.resolved_cr_layer()  # validates cr_layer
 
     @property
@@ -89,7 +94,7 @@ class ModelConfig:
 class TrainConfig:
     """Training and evaluation (time-based split: the last `eval_days` are held out)."""
 
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 1024
     learning_rate: float = 2e-3
     eval_days: float = 1.0

@@ -21,6 +21,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     Args:
       vocabulary_sizes: table name -> number of ids.
       embedding_dim: width `d` of every embedding.
+      zero_init: tables initialised to zeros, so that an id never seen in training (a cold-start
+        item hashed to an untrained row) contributes nothing rather than random noise.
       l2: weight of `l2 * mean_batch(sum_f ||e_f||^2)` added to the layer's losses (only the rows
         a batch looks up are penalised, as in sparse-embedding training).
     Call args:
@@ -30,7 +32,12 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     """
 
     def __init__(
-        self, vocabulary_sizes: dict[str, int], embedding_dim: int, l2: float = 0.0, **kwargs
+        self,
+        vocabulary_sizes: dict[str, int],
+        embedding_dim: int,
+        l2: float = 0.0,
+        zero_init: tuple[str, ...] = (),
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if embedding_dim < 1:
@@ -38,6 +45,10 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
         if l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {l2}")
         self.l2 = float(l2)
+        unknown = sorted(set(zero_init) - set(vocabulary_sizes))
+        if unknown:
+            raise ValueError(f"zero_init names unknown tables {unknown}")
+        self.zero_init = tuple(zero_init)
         self.vocabulary_sizes = {k: int(v) for k, v in vocabulary_sizes.items()}
         self.embedding_dim = int(embedding_dim)
 
@@ -46,7 +57,9 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
             name: self.add_weight(
                 name=f"{name}_embedding",
                 shape=(size, self.embedding_dim),
-                initializer=tf.keras.initializers.RandomNormal(stddev=0.05),
+                initializer="zeros"
+                if name in self.zero_init
+                else tf.keras.initializers.RandomNormal(stddev=0.05),
             )
             for name, size in self.vocabulary_sizes.items()
         }
@@ -75,4 +88,5 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
             "vocabulary_sizes": dict(self.vocabulary_sizes),
             "embedding_dim": self.embedding_dim,
             "l2": self.l2,
+            "zero_init": list(self.zero_init),
         }

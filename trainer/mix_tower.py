@@ -62,6 +62,10 @@ class MixBranch(tf.keras.Model):
             self.fm = FactorizationMachine(name="cross_1")
         self.mlp = MLP(config.mlp_hidden, dropout=config.dropout, name="mlp")
         self.logits = {head: tf.keras.layers.Dense(1, name=f"logit_{head}") for head in heads}
+        self.affinity = {
+            head: tf.keras.layers.Dense(1, use_bias=False, name=f"affinity_{head}")
+            for head in heads
+        } if config.affinity_logit else {}
 
     def get_config(self) -> dict:
         return {"config": dataclasses.asdict(self.config), "heads": list(self.heads),
@@ -84,5 +88,8 @@ class MixBranch(tf.keras.Model):
         for i, h in enumerate(self.mlp(x, training=training)):
             outputs[f"mlp_{i + 1}"] = h
         for head, dense in self.logits.items():
-            outputs[f"logit_{head}"] = dense(h)  # [batch, 1]
+            logit = dense(h)  # [batch, 1]
+            if head in self.affinity:
+                logit += self.affinity[head](ur * ir)  # weighted <UR, IR>: [batch, 1]
+            outputs[f"logit_{head}"] = logit
         return outputs

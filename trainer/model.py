@@ -67,7 +67,10 @@ class LFM4AdsModel(tfrs.models.Model):
             if name not in SHARED_TABLES
         }
         self.embeddings = FeatureEmbeddings(
-            vocabulary_sizes, config.embedding_dim, l2=config.embedding_l2
+            vocabulary_sizes,
+            config.embedding_dim,
+            l2=config.embedding_l2,
+            zero_init=(F.USER_ID, F.ITEM_ID),
         )
         self.user_tower = UserTower(config.tower_hidden, config.representation_dim, name="user")
         self.item_tower = ItemTower(config.tower_hidden, config.representation_dim, name="item")
@@ -95,22 +98,33 @@ class LFM4AdsModel(tfrs.models.Model):
         }
 
     # -- representations -------------------------------------------------------------------
-    def _embed(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return self.embeddings(self.preprocessor(raw))
+    def _embed(self, raw: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        ids = self.preprocessor(raw)
+        if training and self.config.id_dropout:
+            # Id dropout: the model must also predict from features alone (cold start).
+            for name in (F.USER_ID, F.ITEM_ID):
+                if name in ids:
+                    keep = tf.random.uniform(tf.shape(ids[name])) >= self.config.id_dropout
+                    ids[name] = tf.where(keep, ids[name], tf.zeros_like(ids[name]))
+        return self.embeddings(ids)
 
     def user_representation(self, raw: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """UR `[batch, representation_dim]` from the user features of `raw`."""
-        return self.user_tower(self._embed(raw), training=training)
+        return self.user_tower(self._embed(raw, training), training=training)
 
     def item_representation(self, raw: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """IR `[batch, representation_dim]` from the item features of `raw`."""
-        return self.item_tower(self._embed(raw), training=training)
+        return self.item_tower(self._embed(raw, training), training=training)
 
     def _forward(self, raw: dict[str, tf.Tensor], training: bool, content: bool = True):
-        embedded = self._embed(raw)
+        embedded = self._embed(raw, training)
         ur = self.user_tower(embedded, training=training)  # [batch, d_ur]
         ir = self.item_tower(embedded, training=training)  # [batch, d_ir]
-        fields = [embedded[name] for name in MIX_FIELDS]
+        fields = [
+            embedded[name]
+            for name in MIX_FIELDS
+            if self.config.mix_id_fields or name not in (F.USER_ID, F.ITEM_ID)
+        ]
         ad = self.ad_branch((ur, ir), fields, training=training)
         if not content or self.content_branch is self.ad_branch:
             return ur, ir, ad, ad

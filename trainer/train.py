@@ -191,6 +191,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--branches", choices=("dual", "shared"), default=mdefaults.branches)
     p.add_argument("--cr_layer", default=None,
                    help="embedding | cross_<l> | mlp_<l> (default: penultimate MLP layer)")
+    p.add_argument("--id_dropout", type=float, default=mdefaults.id_dropout,
+                   help="probability of hiding user_id/item_id in training (1.0: features only)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     return p.parse_args(argv)
 
@@ -198,7 +200,10 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     model_config = ModelConfig(
-        interaction=args.interaction, branches=args.branches, cr_layer=args.cr_layer
+        interaction=args.interaction,
+        branches=args.branches,
+        cr_layer=args.cr_layer,
+        id_dropout=args.id_dropout,
     )
     train_config = TrainConfig(
         epochs=args.epochs,

@@ -10,8 +10,9 @@ from trainer.model import LFM4AdsModel
 
 SMALL = dict(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(32, 16), tower_hidden=(16,),
              representation_dim=8, embedding_dim=4)
-# x0 = UR (8) + IR (8) + 10 field embeddings (4 each): scenario + 5 user + 4 item fields.
-D0 = 8 + 8 + 10 * 4
+# x0 = UR (8) + IR (8) + UR * IR (8) + 8 field embeddings (4 each): scenario, the 4 user and
+# the 3 item features that are not ids (ids reach the branches through UR and IR only).
+D0 = 8 + 8 + 8 + 8 * 4
 
 
 @pytest.mark.parametrize("interaction", ["cross", "cross_mix", "fm"])
@@ -42,7 +43,9 @@ def test_cr_layer_selects_the_named_output(small_batch, interaction, cr_layer, w
     if cr_layer == "embedding":
         # The embedding CR starts with [UR, IR].
         np.testing.assert_allclose(cr[:, :8], model.user_representation(small_batch), atol=1e-6)
-        np.testing.assert_allclose(cr[:, 8:16], model.item_representation(small_batch), atol=1e-6)
+        ir = model.item_representation(small_batch)
+        np.testing.assert_allclose(cr[:, 8:16], ir, atol=1e-6)
+        np.testing.assert_allclose(cr[:, 16:24], cr[:, :8] * ir, atol=1e-6)
 
 
 def test_bad_cr_layer():
@@ -103,3 +106,22 @@ def test_fit_lowers_the_loss(small_data):
     history = model.fit(ds, epochs=3, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("id_dropout,trained", [(1.0, False), (0.0, True)])
+def test_id_dropout_hides_ids_in_training(small_batch, id_dropout, trained):
+    model = LFM4AdsModel(ModelConfig(id_dropout=id_dropout, **SMALL))
+    model.compile(tf.keras.optimizers.Adam(1e-2))
+    model.fit(tf.data.Dataset.from_tensors(small_batch).repeat(3), verbose=0)
+    # The id tables start at zero; with every id hidden in training the rows of real ids never
+    # move (an id then contributes what an id never seen does: nothing), while row 0, "missing",
+    # is what the hidden ids were mapped to and is learned.
+    user_table = model.embeddings.tables[F.USER_ID].numpy()
+    assert bool(np.any(user_table[1:] != 0)) == trained
+    assert bool(np.any(user_table[0] != 0))
+    assert bool(np.any(model.embeddings.tables[F.USER_GEO].numpy() != 0))
+
+
+def test_id_dropout_out_of_range():
+    with pytest.raises(ValueError, match=r"id_dropout must be in \[0, 1\], got 1.5"):
+        ModelConfig(id_dropout=1.5)
