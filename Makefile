@@ -44,7 +44,7 @@ lock:
 	rm -rf build/lockenv && $(PYTHON310) -m venv build/lockenv
 	build/lockenv/bin/pip install --quiet --upgrade "pip>=24"
 	build/lockenv/bin/pip install --quiet ".[dev]"
-	build/lockenv/bin/pip freeze --exclude lfm4ads-tfx > requirements.lock
+	build/lockenv/bin/pip freeze --all --exclude pip --exclude lfm4ads-tfx > requirements.lock
 
 clean:
 	rm -rf build data

@@ -16,20 +16,6 @@ EXPERTS = 3
 RANK = 2
 
 
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(0)
-
-
-@pytest.fixture(params=["mixed_float16", "mixed_bfloat16"])
-def mixed_policy(request):
-    tf.keras.mixed_precision.set_global_policy(request.param)
-    try:
-        yield request.param
-    finally:
-        tf.keras.mixed_precision.set_global_policy("float32")
-
-
 def randomize(layer: tf.keras.layers.Layer, rng: np.random.Generator, scale: float = 0.5):
     layer.set_weights([rng.normal(size=w.shape).astype(np.float32) * scale for w in layer.weights])
 

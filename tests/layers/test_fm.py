@@ -15,20 +15,6 @@ FIELDS = 5
 DIM = 3
 
 
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(0)
-
-
-@pytest.fixture(params=["mixed_float16", "mixed_bfloat16"])
-def mixed_policy(request):
-    tf.keras.mixed_precision.set_global_policy(request.param)
-    try:
-        yield request.param
-    finally:
-        tf.keras.mixed_precision.set_global_policy("float32")
-
-
 def pairwise_numpy(v: np.ndarray) -> np.ndarray:
     """`Σ_{f<g} v_f ⊙ v_g` with the explicit double loop over field pairs: `[batch, dim]`."""
     v = v.astype(np.float64)
