@@ -1,0 +1,221 @@
+"""Beam transforms for the time-aware EMA of cross representations (paper Sec. 3.3, Eq. 1-2).
+
+    CR(u) <- beta(t(u)) * CR(u) + (1 - beta(t(u))) * CR(u,i)        (Eq. 1)
+    CR(i) <- beta(t(i)) * CR(i) + (1 - beta(t(i))) * CR(u,i)        (Eq. 2)
+
+Semantics (initialisation, tie rule, strictly-before as-of) are those of
+``components.cr_aggregation.ema``. The transforms work on batches, not one Python object per
+event (DESIGN.md, "Measured on these machines"): each input batch is split into sub-batches by
+key bucket ``zlib.crc32(key) % num_buckets`` (stable across processes, unlike ``hash()``), the
+sub-batches of one bucket are grouped, concatenated and aggregated with numpy.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator
+
+import apache_beam as beam
+import numpy as np
+
+from components.cr_aggregation.ema import (
+    Beta,
+    _validate_events,
+    aggregate_sorted,
+    as_of,
+    half_life_decay,
+)
+
+EVENT_FIELDS = ("user_id", "item_id", "timestamp", "cross_representation")
+QUERY_FIELDS = ("key", "timestamp", "row_id")
+SIDES = {"user": "user_id", "item": "item_id"}
+
+
+def _field(batch: dict, name: str, expected: tuple[str, ...]) -> np.ndarray:
+    if name not in batch:
+        raise KeyError(f"batch is missing field {name!r}; expected fields {list(expected)}")
+    return np.asarray(batch[name])
+
+
+def _bytes_keys(keys: np.ndarray) -> np.ndarray:
+    """Keys as an object array of bytes [n] (str is UTF-8 encoded)."""
+    out = np.empty(keys.shape[0], dtype=object)
+    for i, k in enumerate(keys.tolist()):
+        if isinstance(k, str):
+            k = k.encode("utf-8")
+        elif not isinstance(k, bytes):
+            raise TypeError(f"keys must be bytes or str, got {type(k).__name__} at row {i}")
+        out[i] = k
+    return out
+
+
+def _buckets(keys: np.ndarray, num_buckets: int) -> np.ndarray:
+    """Stable bucket of each bytes key: zlib.crc32(key) % num_buckets, int64 [n]."""
+    return np.fromiter(
+        (zlib.crc32(k) % num_buckets for k in keys), dtype=np.int64, count=keys.shape[0]
+    )
+
+
+def _split_by_bucket(
+    num_buckets: int, keys: np.ndarray, *columns: np.ndarray
+) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+    """Yields (bucket, (keys[rows], *columns[rows])) for each bucket present in the batch."""
+    bucket = _buckets(keys, num_buckets)  # [n]
+    order = np.argsort(bucket, kind="stable")  # [n]
+    b_sorted = bucket[order]
+    bounds = np.flatnonzero(np.diff(b_sorted)) + 1
+    for rows in np.split(order, bounds):
+        if rows.size:
+            yield int(bucket[rows[0]]), (keys[rows],) + tuple(c[rows] for c in columns)
+
+
+def _split_events(
+    batch: dict, key_field: str, num_buckets: int
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    keys = _bytes_keys(_field(batch, key_field, EVENT_FIELDS))
+    ts = _field(batch, "timestamp", EVENT_FIELDS)
+    crs = _field(batch, "cross_representation", EVENT_FIELDS)
+    keys, ts, crs = _validate_events(keys, ts, crs)  # fail early, naming the bad row
+    yield from _split_by_bucket(num_buckets, keys, ts, crs)
+
+
+def _concat(parts: Iterable[tuple[np.ndarray, ...]], d: int | None = None) -> list[np.ndarray]:
+    parts = list(parts)
+    if not parts:  # only for an empty events side in a co-group
+        return [
+            np.empty(0, dtype=object),
+            np.empty(0, dtype=np.int64),
+            np.empty((0, d), dtype=np.float32),
+        ]
+    return [np.concatenate(cols) for cols in zip(*parts, strict=True)]
+
+
+def _aggregate_bucket(
+    element: tuple[int, Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]], beta: Beta
+) -> Iterator[tuple[bytes, np.ndarray, int]]:
+    _, parts = element
+    keys, ts, crs = _concat(parts)
+    uniq, cr, updated_at = aggregate_sorted(keys, ts, crs, beta)  # [k], [k, d], [k]
+    yield from zip(uniq.tolist(), cr, updated_at.tolist(), strict=True)  # (key, [d], int)
+
+
+class AggregateCrossRepresentations(beam.PTransform):
+    """Final CR(u) and CR(i) after all events (Eq. 1-2), from batches of CR(u,i) events.
+
+    Input: PCollection of batches ``{"user_id": bytes/str [n], "item_id": bytes/str [n],
+    "timestamp": int [n] (seconds), "cross_representation": float [n, d]}``.
+
+    Output: ``{"user": PCollection, "item": PCollection}`` of ``(key: bytes, cr: float32 [d],
+    updated_at: int)``, one element per distinct key.
+
+    Events are routed to ``num_buckets`` buckets by ``zlib.crc32(key) % num_buckets``; a
+    bucket's events are held in memory while it is aggregated (vectorised
+    ``ema.aggregate_sorted``); the result per key is one d-float vector and one int
+    (4 * d + 8 bytes of payload). Nothing is collected to the driver.
+    Tie rule: events of one key with the same timestamp are averaged and applied as one event.
+    """
+
+    def __init__(
+        self,
+        half_life_seconds: float,
+        num_buckets: int = 64,
+        beta: Beta | None = None,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(label)
+        if not (isinstance(num_buckets, int) and num_buckets >= 1):
+            raise ValueError(f"num_buckets must be an int >= 1, got {num_buckets!r}")
+        self._beta = beta if beta is not None else half_life_decay(half_life_seconds)
+        self._num_buckets = num_buckets
+
+    def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
+        out = {}
+        for side, key_field in SIDES.items():
+            out[side] = (
+                batches
+                | f"{side}/SplitByBucket"
+                >> beam.FlatMap(_split_events, key_field, self._num_buckets)
+                | f"{side}/GroupByBucket" >> beam.GroupByKey()
+                | f"{side}/Aggregate" >> beam.FlatMap(_aggregate_bucket, self._beta)
+            )
+        return out
+
+
+def _split_queries(
+    batch: dict, num_buckets: int
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    keys = _bytes_keys(_field(batch, "key", QUERY_FIELDS))
+    ts = _field(batch, "timestamp", QUERY_FIELDS)
+    row_id = _field(batch, "row_id", QUERY_FIELDS)
+    if ts.dtype.kind not in "iu":
+        raise TypeError(f"queries: timestamps must be integers, got dtype {ts.dtype}")
+    n = keys.shape[0]
+    if ts.shape != (n,) or row_id.shape[:1] != (n,):
+        raise ValueError(
+            f"queries: key, timestamp and row_id must have length {n}, "
+            f"got {ts.shape} and {row_id.shape}"
+        )
+    yield from _split_by_bucket(num_buckets, keys, ts.astype(np.int64), row_id)
+
+
+def _as_of_bucket(
+    element: tuple[int, dict[str, Iterable]], beta: Beta, cr_dim: int
+) -> Iterator[tuple[object, np.ndarray, int]]:
+    _, groups = element
+    queries = list(groups["queries"])
+    if not queries:
+        return
+    keys_e, ts_e, crs_e = _concat(groups["events"], cr_dim)
+    if crs_e.shape[1] != cr_dim:
+        raise ValueError(f"cross_representation has width {crs_e.shape[1]}, expected {cr_dim}")
+    keys_q, ts_q, row_id = _concat(queries)
+    cr, updated_at = as_of(keys_e, ts_e, crs_e, keys_q, ts_q, beta)  # [q, d], [q]
+    yield from zip(row_id.tolist(), cr, updated_at.tolist(), strict=True)  # (row_id, [d], int)
+
+
+class PointInTimeCrossRepresentations(beam.PTransform):
+    """CR(key) as of strictly before each query row's timestamp (Eq. 1-2, no leakage).
+
+    Input: ``{"events": PCollection of event batches (as AggregateCrossRepresentations),
+    "queries": PCollection of batches {"key": bytes/str [q], "timestamp": int [q],
+    "row_id": [q]}}``; ``key_field`` ("user_id" or "item_id") picks the events' key column.
+
+    Output: PCollection of ``(row_id, cr: float32 [cr_dim], updated_at: int)``: the state after
+    all of the key's events with timestamp < the row's timestamp; NaN vector and -1 when none.
+    Events and queries meet per bucket (``zlib.crc32(key) % num_buckets``) via CoGroupByKey;
+    a bucket's events and queries are held in memory while it is processed.
+    """
+
+    def __init__(
+        self,
+        key_field: str,
+        cr_dim: int,
+        half_life_seconds: float,
+        num_buckets: int = 64,
+        beta: Beta | None = None,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(label)
+        if key_field not in SIDES.values():
+            raise ValueError(
+                f"key_field must be one of {sorted(SIDES.values())}, got {key_field!r}"
+            )
+        if not (isinstance(num_buckets, int) and num_buckets >= 1):
+            raise ValueError(f"num_buckets must be an int >= 1, got {num_buckets!r}")
+        self._key_field = key_field
+        self._cr_dim = int(cr_dim)
+        self._beta = beta if beta is not None else half_life_decay(half_life_seconds)
+        self._num_buckets = num_buckets
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        events = inputs["events"] | "SplitEvents" >> beam.FlatMap(
+            _split_events, self._key_field, self._num_buckets
+        )
+        queries = inputs["queries"] | "SplitQueries" >> beam.FlatMap(
+            _split_queries, self._num_buckets
+        )
+        return (
+            {"events": events, "queries": queries}
+            | "CoGroupByBucket" >> beam.CoGroupByKey()
+            | "AsOf" >> beam.FlatMap(_as_of_bucket, self._beta, self._cr_dim)
+        )
