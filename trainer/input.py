@@ -78,6 +78,24 @@ def time_range(files: list[str]) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def records_in_window(
+    files: list[str], start: int | None = None, end: int | None = None
+) -> tf.data.Dataset:
+    """Serialized records with `start <= timestamp < end`, parsing only `timestamp` per record."""
+    ds = _records(files)
+    if start is None and end is None:
+        return ds
+    lo = tf.constant(-(2**62) if start is None else start, tf.int64)
+    hi = tf.constant(2**62 if end is None else end, tf.int64)
+    spec = {F.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
+
+    def in_window(serialized):
+        t = tf.io.parse_single_example(serialized, spec)[F.TIMESTAMP]
+        return tf.logical_and(t >= lo, t < hi)
+
+    return ds.filter(in_window)
+
+
 def make_dataset(
     files: list[str],
     batch_size: int,
@@ -92,21 +110,11 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of raw feature dicts for the records with `start <= timestamp < end`.
 
-    The time filter parses only `timestamp` per record; the batch is then parsed at once.
+    The time filter parses only `timestamp` per record; each batch is then parsed at once.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ds = _records(files)
-    if start is not None or end is not None:
-        lo = tf.constant(-(2**62) if start is None else start, tf.int64)
-        hi = tf.constant(2**62 if end is None else end, tf.int64)
-        spec = {F.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
-
-        def in_window(serialized):
-            t = tf.io.parse_single_example(serialized, spec)[F.TIMESTAMP]
-            return tf.logical_and(t >= lo, t < hi)
-
-        ds = ds.filter(in_window)
+    ds = records_in_window(files, start, end)
     if cache:
         ds = ds.cache()
     if shuffle_buffer:

@@ -44,8 +44,9 @@ def _split(files: list[str], eval_days: float) -> tuple[int, int, int]:
 
 def _collect(model: LFM4AdsModel, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
     predict = tf.function(lambda raw: model(raw, training=False))
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ad", "content", "label", "is_ad")}
-    parts.update(user=[], item=[])
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("ad", "content", "label", "is_ad", "user", "item")
+    }
     for raw in dataset:
         out = predict(raw)
         parts["ad"].append(out["ad_prediction"].numpy()[:, 0])
@@ -81,13 +82,6 @@ def _oracle(data: str, cut: int) -> dict[str, float | None]:
         "oracle_auc_content": auc(y[content], p[content]),
         "oracle_auc_cold_start": auc(y[ad & cold], p[ad & cold]),
     }
-
-
-def _first_records(files: list[str], start: int, n: int) -> list[bytes]:
-    spec = {F.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP" if files[0].endswith(".gz") else "")
-    ds = ds.filter(lambda s: tf.io.parse_single_example(s, spec)[F.TIMESTAMP] >= start)
-    return [s.numpy() for s in ds.take(n)]
 
 
 def train_and_export(
@@ -148,7 +142,9 @@ def train_and_export(
     }
     results.update(_oracle(data, cut))
     results["export_path"] = export_saved_model(
-        model, export_dir, warmup_examples=_first_records(files, cut, 8)
+        model, export_dir, warmup_examples=[
+            s.numpy() for s in data_input.records_in_window(files, start=cut).take(8)
+        ]
     )
     results["model_config"] = dataclasses.asdict(model_config)
     return results
