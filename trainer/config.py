@@ -19,6 +19,18 @@ class ModelConfig:
     `cross_<l>` (output of interaction layer l, 1-based) or `mlp_<l>` (output of hidden MLP
     layer l, 1-based). `None` means the paper's choice, the penultimate MLP layer, i.e. the
     last hidden layer before the logit.
+
+    Choices this implementation adds to the paper's Fig. 2, each measured in
+    `docs/BENCHMARKS.md` (small ad data over-fits through ids):
+      * `ur_ir_product`: the branch input also holds `UR * IR` (elementwise);
+      * `affinity_logit`: each head's logit adds a learned weighting of `UR * IR`, i.e. a
+        weighted `<UR, IR>`, so both domains train the towers' user-item affinity;
+      * `mix_id_fields`: whether the `user_id`/`item_id` embeddings also enter the branches
+        directly (default: no, ids reach them only through UR and IR);
+      * `id_dropout`: in training, each `user_id`/`item_id` is hidden (mapped to the learned
+        "missing" id) with this probability; id tables start at zero, so an id never trained
+        contributes nothing (cold start). 1.0 trains on features and history only.
+    `embedding_l2` adds `l2 * mean_batch(sum_f ||e_f||^2)` to the loss.
     """
 
     embedding_dim: int = 16
