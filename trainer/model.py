@@ -88,7 +88,7 @@ class LFM4AdsModel(tfrs.models.Model):
             loss=tf.keras.losses.CategoricalCrossentropy(
                 from_logits=True, reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE
             )
-        )
+        ) if self.train_config.retrieval_loss_weight else None
 
     def get_config(self) -> dict:
         return {
