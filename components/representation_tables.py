@@ -1,0 +1,169 @@
+"""The published representation table: one tf.Example per key (paper Sec. 4.3.1).
+
+LFM4Ads serves the upstream representations (UR, IR, CR(u), CR(i); Sec. 3.2-3.3) to the
+downstream models as look-up tables keyed by user or item id. Every row of such a table is a
+serialized ``tf.Example`` with the fields
+
+    key             bytes_list [1]   the user or item id
+    representation  float_list [d]   the vector (float32; d is the same for every row)
+    updated_at      int64_list [1]   unix seconds of the event the vector was computed from
+    model_version   int64_list [1]   the SavedModel version that produced it
+
+Files are gzip TFRecords named ``<prefix>-SSSSS-of-NNNNN.tfrecord.gz``.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+
+KEY = "key"
+REPRESENTATION = "representation"
+UPDATED_AT = "updated_at"
+MODEL_VERSION = "model_version"
+FIELDS = (KEY, REPRESENTATION, UPDATED_AT, MODEL_VERSION)
+FILE_SUFFIX = ".tfrecord.gz"
+
+
+class TableError(ValueError):
+    """A representation table row that does not follow the format above."""
+
+
+def _example_cls():
+    from tensorflow.core.example import example_pb2  # proto only: no TF runtime needed
+
+    return example_pb2.Example
+
+
+def encode_row(key: bytes | str, vector, updated_at: int, model_version: int) -> bytes:
+    """One serialized table row. `vector`: float [d] (stored as float32)."""
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if not isinstance(key, bytes):
+        raise TypeError(f"key must be bytes or str, got {type(key).__name__}")
+    vec = np.asarray(vector, dtype=np.float32)  # [d]
+    if vec.ndim != 1:
+        raise TableError(f"representation of key {key!r} must be 1-D, got shape {vec.shape}")
+    example = _example_cls()()
+    feature = example.features.feature
+    feature[KEY].bytes_list.value.append(key)
+    feature[REPRESENTATION].float_list.value.extend(vec.tolist())
+    feature[UPDATED_AT].int64_list.value.append(int(updated_at))
+    feature[MODEL_VERSION].int64_list.value.append(int(model_version))
+    return example.SerializeToString()
+
+
+def _single(feature, name: str, kind: str, row: int):
+    values = getattr(feature[name], kind).value
+    if len(values) != 1:
+        raise TableError(f"row {row}: field {name!r} must hold exactly one value, got "
+                         f"{len(values)}")
+    return values[0]
+
+
+def decode_rows(
+    serialized: Sequence[bytes],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Parses table rows, keeping their order.
+
+    Returns:
+      (keys object [n] of bytes, representations float32 [n, d], updated_at int64 [n],
+      model_version int64 [n]). With no rows, the matrix is [0, 0].
+
+    Raises:
+      TableError naming the row and field: a missing field, a field of the wrong kind or
+      length, representations of different dimensions, or bytes that are not a tf.Example.
+    """
+    example_cls = _example_cls()
+    n = len(serialized)
+    keys = np.empty(n, dtype=object)  # [n]
+    updated_at = np.empty(n, dtype=np.int64)  # [n]
+    versions = np.empty(n, dtype=np.int64)  # [n]
+    vectors: list[np.ndarray] = []
+    dim = None
+    kinds = {KEY: "bytes_list", REPRESENTATION: "float_list", UPDATED_AT: "int64_list",
+             MODEL_VERSION: "int64_list"}
+    for row, record in enumerate(serialized):
+        try:
+            example = example_cls.FromString(bytes(record))
+        except Exception as e:  # protobuf's DecodeError
+            raise TableError(f"row {row} is not a serialized tf.Example: {e}") from e
+        feature = example.features.feature
+        for name in FIELDS:
+            if name not in feature:
+                raise TableError(f"row {row} is missing field {name!r}; fields are {FIELDS}")
+            if feature[name].WhichOneof("kind") != kinds[name]:
+                raise TableError(f"row {row}: field {name!r} must be a {kinds[name]}, got "
+                                 f"{feature[name].WhichOneof('kind')}")
+        keys[row] = _single(feature, KEY, "bytes_list", row)
+        updated_at[row] = _single(feature, UPDATED_AT, "int64_list", row)
+        versions[row] = _single(feature, MODEL_VERSION, "int64_list", row)
+        vec = np.asarray(feature[REPRESENTATION].float_list.value, dtype=np.float32)  # [d]
+        if dim is None:
+            dim = vec.shape[0]
+        elif vec.shape[0] != dim:
+            raise TableError(f"row {row} (key {keys[row]!r}): field {REPRESENTATION!r} has "
+                             f"dimension {vec.shape[0]}, earlier rows have {dim}")
+        vectors.append(vec)
+    matrix = np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)  # [n, d]
+    return keys, matrix, updated_at, versions
+
+
+def read_table(pattern: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reads every file matching `pattern` (gzip TFRecords); rows sorted by key.
+
+    Returns the arrays of `decode_rows`. Raises FileNotFoundError if nothing matches and
+    TableError if a key appears twice.
+    """
+    import tensorflow as tf
+
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no representation table file matches {pattern!r}")
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    keys, matrix, updated_at, versions = decode_rows(records)
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    order = np.asarray(order, dtype=np.int64)  # [n]
+    keys, matrix, updated_at, versions = (
+        keys[order], matrix[order], updated_at[order], versions[order])
+    dup = [keys[i] for i in range(1, len(keys)) if keys[i] == keys[i - 1]]
+    if dup:
+        raise TableError(f"key {dup[0]!r} appears more than once in {pattern!r}")
+    return keys, matrix, updated_at, versions
+
+
+def _encode_element(element: tuple, model_version: int) -> bytes:
+    key, vector, updated_at = element
+    return encode_row(key, vector, updated_at, model_version)
+
+
+class WriteRepresentationTable(beam.PTransform):
+    """Writes `(key, vector float [d], updated_at int)` elements as a representation table.
+
+    Output: PCollection of the written file names. Rows are not deduplicated: the input must
+    hold one element per key (e.g. the output of `ExtractRepresentations` or
+    `AggregateCrossRepresentations`).
+    """
+
+    def __init__(self, file_path_prefix: str, model_version: int, num_shards: int = 0):
+        super().__init__()
+        self._prefix = file_path_prefix
+        self._model_version = int(model_version)
+        self._num_shards = num_shards
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        return (
+            pcoll
+            | "Encode" >> beam.Map(_encode_element, self._model_version)
+            | "Write" >> beam.io.WriteToTFRecord(
+                self._prefix,
+                file_name_suffix=FILE_SUFFIX,
+                num_shards=self._num_shards,
+                compression_type=CompressionTypes.GZIP,
+            )
+        )
+

@@ -1,0 +1,260 @@
+"""UR/IR/CR extraction with the upstream SavedModel (paper Sec. 3.2, 4.3.1) vs naive references,
+and the published representation table format."""
+
+import hashlib
+import os
+import random
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import BeamAssertException, assert_that
+
+from components import representation_tables as T
+from components.representation_extractor import ExtractRepresentations
+from pipelines.sources import synthetic
+from trainer import features as F
+from trainer import input as data_input
+from trainer import signatures as S
+from trainer.config import ModelConfig
+from trainer.export import export_saved_model
+from trainer.model import LFM4AdsModel
+
+SMALL = dict(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(32, 16), tower_hidden=(16,),
+             representation_dim=8, embedding_dim=4)
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def _with_timestamp(record: bytes, t: int, features_of: bytes | None = None) -> bytes:
+    """`record` at timestamp `t`; with the user features but user_id of `features_of` if given."""
+    example = tf.train.Example.FromString(record)
+    example.features.feature[F.TIMESTAMP].int64_list.value[:] = [t]
+    if features_of is not None:
+        other = tf.train.Example.FromString(features_of).features.feature
+        for name in F.USER_FEATURES:
+            if name != F.USER_ID:
+                example.features.feature[name].CopyFrom(other[name])
+    return example.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(SavedModel dir, serialized samples, loaded SavedModel); samples include forced ties."""
+    data = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(str(data), examples=600, seed=11, days=2, progress=False)
+    files = data_input.list_files(str(data))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, "GZIP")]
+    # Ties: for a few users with >= 2 samples, give two samples the user's latest timestamp and
+    # user features (so their URs differ), and add a byte-identical duplicate sample.
+    by_user: dict[bytes, list[int]] = {}
+    for i, r in enumerate(records):
+        uid = tf.train.Example.FromString(r).features.feature[F.USER_ID].bytes_list.value[0]
+        by_user.setdefault(uid, []).append(i)
+    tied = [rows for rows in by_user.values() if len(rows) >= 2][:5]
+    assert tied, "synthetic data has no user with two samples"
+    for rows in tied:
+        t = max(tf.train.Example.FromString(records[i]).features.feature[F.TIMESTAMP]
+                .int64_list.value[0] for i in rows)
+        records[rows[0]] = _with_timestamp(records[rows[0]], t)
+        donor = next(r for i, r in enumerate(records) if i not in rows)
+        records[rows[1]] = _with_timestamp(records[rows[1]], t, features_of=donor)
+    records.append(records[tied[0][0]])
+    model = LFM4AdsModel(ModelConfig(**SMALL))
+    model(F.parse_examples(tf.constant(records[:2])))
+    base = str(tmp_path_factory.mktemp("export") / "lfm4ads")
+    path = export_saved_model(model, base, warmup_examples=records[:2], version=3)
+    return path, records, tf.saved_model.load(path)
+
+
+def _ids(records):
+    parsed = tf.io.parse_example(
+        tf.constant(records), F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP)))
+    return (parsed[F.USER_ID].numpy().tolist(), parsed[F.ITEM_ID].numpy().tolist(),
+            parsed[F.TIMESTAMP].numpy().tolist())
+
+
+def _naive_latest(records, keys, timestamps, loaded, signature):
+    """{key: (vector, updated_at)}: the signature on each key's latest sample, one at a time.
+
+    Latest: largest (timestamp, BLAKE2b-128 digest of the serialized sample).
+    """
+    best: dict[bytes, tuple] = {}
+    for r, k, t in zip(records, keys, timestamps, strict=True):
+        rank = (t, hashlib.blake2b(r, digest_size=16).digest())
+        if k not in best or rank > best[k][0]:
+            best[k] = (rank, r)
+    out = {}
+    for k, ((t, _), r) in best.items():
+        vec = loaded.signatures[signature](examples=tf.constant([r]))[signature].numpy()[0]
+        out[k] = (vec, t)
+    return out
+
+
+def _matches_latest(expected):
+    def check(actual):
+        got = {k: (v, t) for k, v, t in actual}
+        if len(got) != len(actual):
+            raise BeamAssertException(f"duplicate keys in output: {len(actual)} rows, "
+                                      f"{len(got)} keys")
+        if sorted(got) != sorted(expected):
+            raise BeamAssertException(f"keys differ: {sorted(set(got) ^ set(expected))[:5]}")
+        for k, (v, t) in got.items():
+            if t != expected[k][1]:
+                raise BeamAssertException(f"{k!r}: updated_at {t} != {expected[k][1]}")
+            if v.dtype != np.float32 or not np.allclose(v, expected[k][0], **TOL):
+                raise BeamAssertException(f"{k!r}: {v} != {expected[k][0]}")
+    return check
+
+
+def _matches_cross(expected_rows, d_cr, max_batch):
+    """expected_rows: list of (user, item, t, CR [d]); compared as multisets."""
+    def check(batches):
+        rows = []
+        for b in batches:
+            if set(b) != {"user_id", "item_id", "timestamp", "cross_representation"}:
+                raise BeamAssertException(f"batch fields {sorted(b)}")
+            n = len(b["user_id"])
+            if not 1 <= n <= max_batch or b["cross_representation"].shape != (n, d_cr):
+                raise BeamAssertException(f"batch of {n}: {b['cross_representation'].shape}")
+            if b["timestamp"].dtype != np.int64 or b["cross_representation"].dtype != np.float32:
+                raise BeamAssertException("wrong dtypes")
+            rows += zip(b["user_id"].tolist(), b["item_id"].tolist(), b["timestamp"].tolist(),
+                        b["cross_representation"], strict=True)
+        key = lambda r: (r[0], r[1], r[2], r[3].round(4).tolist())  # noqa: E731
+        got, want = sorted(rows, key=key), sorted(expected_rows, key=key)
+        if len(got) != len(want):
+            raise BeamAssertException(f"{len(got)} events, expected {len(want)}")
+        for g, w in zip(got, want, strict=True):
+            if g[:3] != w[:3] or not np.allclose(g[3], w[3], **TOL):
+                raise BeamAssertException(f"event {g[:3]} != {w[:3]}")
+    return check
+
+
+@pytest.mark.parametrize("shuffle_seed", [None, 5])
+def test_extract_matches_signatures(setup, shuffle_seed):
+    path, records, loaded = setup
+    users, items, ts = _ids(records)
+    exp_user = _naive_latest(records, users, ts, loaded, S.USER_REPRESENTATION)
+    exp_item = _naive_latest(records, items, ts, loaded, S.ITEM_REPRESENTATION)
+    assert len(exp_user) < len(records)  # some users have several samples: "latest" matters
+    cr = loaded.signatures[S.CROSS_REPRESENTATION](examples=tf.constant(records))
+    cr = cr[S.CROSS_REPRESENTATION].numpy()  # [n, d_cr]
+    exp_cross = list(zip(users, items, ts, cr, strict=True))
+    inputs = list(records)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(inputs)
+    with BeamTestPipeline() as p:
+        out = (p | beam.Create(inputs, reshuffle=False)
+               | ExtractRepresentations(path, min_batch_size=8, max_batch_size=64))
+        assert_that(out["user"], _matches_latest(exp_user), label="user")
+        assert_that(out["item"], _matches_latest(exp_item), label="item")
+        assert_that(out["cross_events"], _matches_cross(exp_cross, cr.shape[1], 64),
+                    label="cross")
+
+
+def test_tie_rule_is_order_independent(setup):
+    """Users whose two latest samples share a timestamp: the larger digest wins, whatever the
+    order, and never the other sample (its vector differs)."""
+    path, records, loaded = setup
+    users, _, ts = _ids(records)
+    tied = {}
+    for r, u, t in zip(records, users, ts, strict=True):
+        tied.setdefault((u, t), set()).add(r)
+    tied = {k: v for k, v in tied.items() if len(v) >= 2}
+    latest = {}
+    for u, t in zip(users, ts, strict=True):
+        latest[u] = max(latest.get(u, t), t)
+    tied = {k: v for k, v in tied.items() if latest[k[0]] == k[1]}
+    assert tied, "fixture should force ties"
+    expected = {}
+    for (u, _t), rs in tied.items():
+        winner = max(rs, key=lambda r: hashlib.blake2b(r, digest_size=16).digest())
+        losers = [r for r in rs if r != winner]
+        vecs = loaded.signatures[S.USER_REPRESENTATION](examples=tf.constant([winner] + losers))
+        vecs = vecs[S.USER_REPRESENTATION].numpy()  # [1 + losers, d]
+        assert not np.allclose(vecs[0], vecs[1:], **TOL)  # the rule is observable
+        expected[u] = vecs[0]
+
+    def check(rows):
+        got = dict(rows)
+        if sorted(got) != sorted(expected):
+            raise BeamAssertException(f"tied users {sorted(got)} != {sorted(expected)}")
+        for u, v in got.items():
+            if not np.allclose(v, expected[u], **TOL):
+                raise BeamAssertException(f"{u!r}: the larger-digest sample did not win")
+
+    for name, order in (("asc", sorted), ("desc", lambda rs: sorted(rs, reverse=True))):
+        with BeamTestPipeline() as p:
+            out = (p | beam.Create(order(records), reshuffle=False)
+                   | ExtractRepresentations(path, min_batch_size=4, max_batch_size=32))
+            assert_that(out["user"] | beam.Filter(lambda r: (r[0], r[2]) in tied)
+                        | beam.Map(lambda r: (r[0], r[1])), check, label=name)
+
+
+def test_rejects_bad_batch_sizes():
+    with pytest.raises(ValueError, match="min_batch_size"):
+        ExtractRepresentations("x", min_batch_size=10, max_batch_size=5)
+
+
+# ---------------------------------------------------------------- table format
+
+
+def test_table_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [(b"k%03d" % i, rng.normal(size=6).astype(np.float32), 1_700_000_000 + i)
+            for i in range(50)]
+    prefix = os.path.join(str(tmp_path), "user_table")
+    with BeamTestPipeline() as p:
+        _ = p | beam.Create(rows[::-1]) | T.WriteRepresentationTable(prefix, model_version=42,
+                                                                     num_shards=3)
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 3 and all(f.endswith(".tfrecord.gz") for f in files), files
+    keys, matrix, updated_at, versions = T.read_table(prefix + "-*")
+    assert keys.tolist() == [r[0] for r in rows]
+    np.testing.assert_array_equal(matrix, np.stack([r[1] for r in rows]))
+    assert matrix.dtype == np.float32 and matrix.shape == (50, 6)
+    assert updated_at.tolist() == [r[2] for r in rows] and updated_at.dtype == np.int64
+    assert versions.tolist() == [42] * 50
+
+
+def test_decode_rows_keeps_order_and_names_errors():
+    good = [T.encode_row("b", [1.0, 2.0], 5, 1), T.encode_row(b"a", np.ones(2), 6, 1)]
+    keys, matrix, updated_at, versions = T.decode_rows(good)
+    assert keys.tolist() == [b"b", b"a"] and updated_at.tolist() == [5, 6]
+    np.testing.assert_array_equal(matrix, [[1, 2], [1, 1]])
+    empty = T.decode_rows([])
+    assert empty[0].shape == (0,) and empty[1].shape == (0, 0)
+
+    with pytest.raises(T.TableError, match=r"row 2 \(key b'c'\).*dimension 3.*have 2"):
+        T.decode_rows(good + [T.encode_row(b"c", [1, 2, 3], 7, 1)])
+    for field in T.FIELDS:
+        example = tf.train.Example.FromString(good[0])
+        del example.features.feature[field]
+        with pytest.raises(T.TableError, match=f"row 1 is missing field '{field}'"):
+            T.decode_rows([good[1], example.SerializeToString()])
+    example = tf.train.Example.FromString(good[0])
+    example.features.feature[T.UPDATED_AT].Clear()
+    example.features.feature[T.UPDATED_AT].float_list.value.append(1.5)
+    with pytest.raises(T.TableError, match="'updated_at' must be a int64_list"):
+        T.decode_rows([example.SerializeToString()])
+    example = tf.train.Example.FromString(good[0])
+    example.features.feature[T.KEY].bytes_list.value.append(b"x")
+    with pytest.raises(T.TableError, match="'key' must hold exactly one value, got 2"):
+        T.decode_rows([example.SerializeToString()])
+    with pytest.raises(T.TableError, match="row 0 is not a serialized tf.Example"):
+        T.decode_rows([b"\xff\xff not a proto"])
+    with pytest.raises(T.TableError, match="must be 1-D"):
+        T.encode_row(b"k", np.ones((2, 2)), 1, 1)
+
+
+def test_read_table_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no representation table file"):
+        T.read_table(str(tmp_path / "nothing-*"))
+    path = str(tmp_path / "t-00000-of-00001.tfrecord.gz")
+    with tf.io.TFRecordWriter(path, "GZIP") as w:
+        for _ in range(2):
+            w.write(T.encode_row(b"dup", [1.0], 1, 1))
+    with pytest.raises(T.TableError, match="key b'dup' appears more than once"):
+        T.read_table(str(tmp_path / "t-*"))
