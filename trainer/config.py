@@ -30,12 +30,17 @@ class ModelConfig:
       * `id_dropout`: in training, each `user_id`/`item_id` is hidden (mapped to the learned
         "missing" id) with this probability; id tables start at zero, so an id never trained
         contributes nothing (cold start). 1.0 trains on features and history only.
+      * `ad_tower_gradient_scale`: scale of the ad branch's gradient into the shared towers and
+        embeddings (1.0: the paper, both domains train UR/IR; 0.0: only content trains them and
+        the ad branch learns on top, which over-fits far less when ad data is small). Dual
+        branches only.
     `embedding_l2` adds `l2 * mean_batch(sum_f ||e_f||^2)` to the loss.
     """
 
     embedding_dim: int = 16
     embedding_l2: float = 0.0
     id_dropout: float = 0.5
+    ad_tower_gradient_scale: float = 1.0
     user_id_buckets: int = 100_000
     item_id_buckets: int = 50_000
     category_buckets: int = 1_000
@@ -74,6 +79,15 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.id_dropout <= 1.0:
             raise ValueError(f"id_dropout must be in [0, 1], got {self.id_dropout}")
+        if not 0.0 <= self.ad_tower_gradient_scale <= 1.0:
+            raise ValueError(
+                f"ad_tower_gradient_scale must be in [0, 1], got {self.ad_tower_gradient_scale}"
+            )
+        if self.branches == "shared" and self.ad_tower_gradient_scale != 1.0:
+            raise ValueError(
+                "ad_tower_gradient_scale needs branches='dual' (one shared branch serves both "
+                f"domains), got {self.ad_tower_gradient_scale} with branches='shared'"
+            )
         self.resolved_cr_layer()  # validates cr_layer
 
     @property

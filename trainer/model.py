@@ -125,7 +125,15 @@ class LFM4AdsModel(tfrs.models.Model):
             for name in MIX_FIELDS
             if self.config.mix_id_fields or name not in (F.USER_ID, F.ITEM_ID)
         ]
-        ad = self.ad_branch((ur, ir), fields, training=training)
+        scale = self.config.ad_tower_gradient_scale
+        if scale != 1.0:
+            # Forward values unchanged; the ad loss reaches the shared parts scaled by `scale`.
+            def damp(x):
+                return scale * x + (1.0 - scale) * tf.stop_gradient(x)
+
+            ad = self.ad_branch((damp(ur), damp(ir)), [damp(f) for f in fields], training=training)
+        else:
+            ad = self.ad_branch((ur, ir), fields, training=training)
         if not content or self.content_branch is self.ad_branch:
             return ur, ir, ad, ad
         return ur, ir, ad, self.content_branch((ur, ir), fields, training=training)

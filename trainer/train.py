@@ -189,6 +189,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                    help="embedding | cross_<l> | mlp_<l> (default: penultimate MLP layer)")
     p.add_argument("--id_dropout", type=float, default=mdefaults.id_dropout,
                    help="probability of hiding user_id/item_id in training (1.0: features only)")
+    p.add_argument("--ad_tower_gradient_scale", type=float,
+                   default=mdefaults.ad_tower_gradient_scale,
+                   help="scale of the ad loss's gradient into the shared towers (0: content only)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     return p.parse_args(argv)
 
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         branches=args.branches,
         cr_layer=args.cr_layer,
         id_dropout=args.id_dropout,
+        ad_tower_gradient_scale=args.ad_tower_gradient_scale,
     )
     train_config = TrainConfig(
         epochs=args.epochs,

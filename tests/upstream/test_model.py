@@ -75,13 +75,30 @@ def _grads(model, batch):
             for k, v in grads.items()}
 
 
-def test_losses_are_masked_by_domain(small_batch):
-    model = LFM4AdsModel(ModelConfig(**SMALL))
+@pytest.mark.parametrize("scale", [1.0, 0.0])
+def test_losses_are_masked_by_domain(small_batch, scale):
+    model = LFM4AdsModel(ModelConfig(ad_tower_gradient_scale=scale, **SMALL))
     model(small_batch)
     content_only = _grads(model, _only(small_batch, F.DOMAIN_CONTENT))
     assert content_only["ad"] == 0.0 and content_only["content"] > 0 and content_only["user"] > 0
     ad_only = _grads(model, _only(small_batch, F.DOMAIN_AD))
-    assert ad_only["content"] == 0.0 and ad_only["ad"] > 0 and ad_only["user"] > 0
+    assert ad_only["content"] == 0.0 and ad_only["ad"] > 0
+    # With scale 0 the ad loss trains its branch only; the towers learn from content.
+    assert (ad_only["user"] > 0) == (scale > 0)
+
+
+def test_ad_tower_gradient_scale_keeps_the_forward_pass(small_batch):
+    base = LFM4AdsModel(ModelConfig(**SMALL))
+    damped = LFM4AdsModel(ModelConfig(ad_tower_gradient_scale=0.0, **SMALL))
+    base(small_batch)
+    damped(small_batch)
+    damped.set_weights(base.get_weights())
+    np.testing.assert_allclose(damped(small_batch)["ad_prediction"],
+                               base(small_batch)["ad_prediction"], rtol=1e-6)
+    with pytest.raises(ValueError, match="needs branches='dual'"):
+        ModelConfig(branches="shared", ad_tower_gradient_scale=0.0)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\], got -1"):
+        ModelConfig(ad_tower_gradient_scale=-1.0)
 
 
 def test_retrieval_loss_adds_to_the_loss(small_batch):
