@@ -42,6 +42,8 @@ DOMAIN_AD = b"ad"
 # Maximum length of `user_hist_items` that a source writes and the model reads.
 MAX_HISTORY = 20
 
+# The two id features (the rest describe users and items by their attributes).
+ID_FEATURES = (USER_ID, ITEM_ID)
 USER_FEATURES = (USER_ID, USER_AGE, USER_GENDER, USER_GEO, USER_HIST_ITEMS)
 ITEM_FEATURES = (ITEM_ID, ITEM_CATEGORY, ITEM_TAGS, ITEM_ADVERTISER)
 CONTEXT_FEATURES = (DOMAIN, SCENARIO, TIMESTAMP)

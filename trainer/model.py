@@ -70,7 +70,11 @@ class LFM4AdsModel(tfrs.models.Model):
             vocabulary_sizes,
             config.embedding_dim,
             l2=config.embedding_l2,
-            zero_init=(F.USER_ID, F.ITEM_ID),
+            zero_init=F.ID_FEATURES,
+        )
+        # Field embeddings that enter the branches next to UR, IR (ids only if mix_id_fields).
+        self.mix_fields = tuple(
+            name for name in MIX_FIELDS if config.mix_id_fields or name not in F.ID_FEATURES
         )
         self.user_tower = UserTower(config.tower_hidden, config.representation_dim, name="user")
         self.item_tower = ItemTower(config.tower_hidden, config.representation_dim, name="item")
@@ -102,7 +106,7 @@ class LFM4AdsModel(tfrs.models.Model):
         ids = self.preprocessor(raw)
         if training and self.config.id_dropout:
             # Id dropout: the model must also predict from features alone (cold start).
-            for name in (F.USER_ID, F.ITEM_ID):
+            for name in F.ID_FEATURES:
                 if name in ids:
                     keep = tf.random.uniform(tf.shape(ids[name])) >= self.config.id_dropout
                     ids[name] = tf.where(keep, ids[name], tf.zeros_like(ids[name]))
@@ -120,20 +124,14 @@ class LFM4AdsModel(tfrs.models.Model):
         embedded = self._embed(raw, training)
         ur = self.user_tower(embedded, training=training)  # [batch, d_ur]
         ir = self.item_tower(embedded, training=training)  # [batch, d_ir]
-        fields = [
-            embedded[name]
-            for name in MIX_FIELDS
-            if self.config.mix_id_fields or name not in (F.USER_ID, F.ITEM_ID)
-        ]
+        fields = [embedded[name] for name in self.mix_fields]
         scale = self.config.ad_tower_gradient_scale
-        if scale != 1.0:
-            # Forward values unchanged; the ad loss reaches the shared parts scaled by `scale`.
-            def damp(x):
-                return scale * x + (1.0 - scale) * tf.stop_gradient(x)
 
-            ad = self.ad_branch((damp(ur), damp(ir)), [damp(f) for f in fields], training=training)
-        else:
-            ad = self.ad_branch((ur, ir), fields, training=training)
+        def damp(x):
+            # Forward value unchanged; the ad loss reaches the shared parts scaled by `scale`.
+            return x if scale == 1.0 else scale * x + (1.0 - scale) * tf.stop_gradient(x)
+
+        ad = self.ad_branch((damp(ur), damp(ir)), [damp(f) for f in fields], training=training)
         if not content or self.content_branch is self.ad_branch:
             return ur, ir, ad, ad
         return ur, ir, ad, self.content_branch((ur, ir), fields, training=training)

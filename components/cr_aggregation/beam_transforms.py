@@ -99,6 +99,15 @@ def _aggregate_bucket(
     yield from zip(uniq.tolist(), cr, updated_at.tolist(), strict=True)  # (key, [d], int)
 
 
+def _decay_and_buckets(
+    half_life_seconds: float, beta: Beta | None, num_buckets: int
+) -> tuple[Beta, int]:
+    """The transforms' shared arguments: beta (default: half-life decay), checked bucket count."""
+    if not (isinstance(num_buckets, int) and num_buckets >= 1):
+        raise ValueError(f"num_buckets must be an int >= 1, got {num_buckets!r}")
+    return (beta if beta is not None else half_life_decay(half_life_seconds)), num_buckets
+
+
 class AggregateCrossRepresentations(beam.PTransform):
     """Final CR(u) and CR(i) after all events (Eq. 1-2), from batches of CR(u,i) events.
 
@@ -123,10 +132,7 @@ class AggregateCrossRepresentations(beam.PTransform):
         label: str | None = None,
     ) -> None:
         super().__init__(label)
-        if not (isinstance(num_buckets, int) and num_buckets >= 1):
-            raise ValueError(f"num_buckets must be an int >= 1, got {num_buckets!r}")
-        self._beta = beta if beta is not None else half_life_decay(half_life_seconds)
-        self._num_buckets = num_buckets
+        self._beta, self._num_buckets = _decay_and_buckets(half_life_seconds, beta, num_buckets)
 
     def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
         out = {}
@@ -200,12 +206,9 @@ class PointInTimeCrossRepresentations(beam.PTransform):
             raise ValueError(
                 f"key_field must be one of {sorted(SIDES.values())}, got {key_field!r}"
             )
-        if not (isinstance(num_buckets, int) and num_buckets >= 1):
-            raise ValueError(f"num_buckets must be an int >= 1, got {num_buckets!r}")
         self._key_field = key_field
         self._cr_dim = int(cr_dim)
-        self._beta = beta if beta is not None else half_life_decay(half_life_seconds)
-        self._num_buckets = num_buckets
+        self._beta, self._num_buckets = _decay_and_buckets(half_life_seconds, beta, num_buckets)
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
         events = inputs["events"] | "SplitEvents" >> beam.FlatMap(
