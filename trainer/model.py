@@ -61,9 +61,10 @@ class LFM4AdsModel(tfrs.models.Model):
         self.train_config = train_config or TrainConfig()
         self.cr_layer = config.resolved_cr_layer()
         self.preprocessor = preprocessor or HashingPreprocessor.from_model_config(config)
+        context = tuple(self.preprocessor.context_fields())
         vocabulary_sizes = {
             name: self.preprocessor.vocabulary_size(name)
-            for name in BUCKET_FIELDS
+            for name in tuple(BUCKET_FIELDS) + context
             if name not in SHARED_TABLES
         }
         self.embeddings = FeatureEmbeddings(
@@ -75,7 +76,7 @@ class LFM4AdsModel(tfrs.models.Model):
         # Field embeddings that enter the branches next to UR, IR (ids only if mix_id_fields).
         self.mix_fields = tuple(
             name for name in MIX_FIELDS if config.mix_id_fields or name not in F.ID_FEATURES
-        )
+        ) + context
         self.user_tower = UserTower(config.tower_hidden, config.representation_dim, name="user")
         self.item_tower = ItemTower(config.tower_hidden, config.representation_dim, name="item")
         if config.branches == "dual":

@@ -40,6 +40,10 @@ class FeaturePreprocessor(tf.keras.layers.Layer):
     def vocabulary_size(self, name: str) -> int:
         raise NotImplementedError
 
+    def context_fields(self) -> tuple[str, ...]:
+        """Extra context features (beyond `BUCKET_FIELDS`) the mix tower embeds; none here."""
+        return ()
+
 
 @tf.keras.utils.register_keras_serializable(package="lfm4ads")
 class HashingPreprocessor(FeaturePreprocessor):

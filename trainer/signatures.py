@@ -11,6 +11,9 @@ SERVING_DEFAULT = "serving_default"
 USER_REPRESENTATION = "user_representation"
 ITEM_REPRESENTATION = "item_representation"
 CROSS_REPRESENTATION = "cross_representation"
+# Only in pipeline exports (Transform graph inside): raw examples -> transformed features, for
+# TFMA slicing on transformed features such as `item_cold_start`.
+TRANSFORM_FEATURES = "transform_features"
 
 AD_PREDICTION = "ad_prediction"
 CONTENT_PREDICTION = "content_prediction"

@@ -1,0 +1,37 @@
+"""Artifact types of the custom components (recorded by type name in ML Metadata)."""
+
+from __future__ import annotations
+
+from tfx.types import artifact
+
+
+class Representations(artifact.Artifact):
+    """RepresentationExtractor output: `user/`, `item/` tables and `cross_events/` batches.
+
+    Custom properties: `model_version` (int), `skipped` (1 when the model was not pushed),
+    `user_rows`, `item_rows`, `cross_events`.
+    """
+
+    TYPE_NAME = "lfm4ads.Representations"
+
+
+class CrossRepresentationTables(artifact.Artifact):
+    """CrossRepresentationAggregator output: `cross_user/` CR(u) and `cross_item/` CR(i)."""
+
+    TYPE_NAME = "lfm4ads.CrossRepresentationTables"
+
+
+class GuardResult(artifact.Artifact):
+    """RepresentationGuard output: `verdict.json`; custom properties `verdict` and friends."""
+
+    TYPE_NAME = "lfm4ads.RepresentationGuardResult"
+
+
+# Table names inside the artifacts and the published directory (one sub-directory each).
+USER_TABLE = "user"
+ITEM_TABLE = "item"
+CROSS_EVENTS = "cross_events"
+CROSS_USER_TABLE = "cross_user"
+CROSS_ITEM_TABLE = "cross_item"
+TABLES = (USER_TABLE, ITEM_TABLE, CROSS_USER_TABLE, CROSS_ITEM_TABLE)
+TABLE_PREFIX = "part"

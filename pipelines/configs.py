@@ -1,0 +1,67 @@
+"""Defaults of the pipeline: names, paths, thresholds and Beam arguments.
+
+Every value here is only a default: `pipelines.pipeline.create_pipeline` takes each as a
+parameter, and the runners take them from flags or environment variables
+(`LFM4ADS_DATA`, `LFM4ADS_PIPELINE_ROOT`, `LFM4ADS_SERVING_ROOT`, `LFM4ADS_BEAM_WORKERS`).
+"""
+
+from __future__ import annotations
+
+import os
+
+PIPELINE_NAME = "lfm4ads"
+MODEL_NAME = "lfm4ads"
+
+# Where things live when nothing is given (relative to the working directory).
+DATA_ROOT = os.environ.get("LFM4ADS_DATA", "data/synthetic")
+PIPELINE_ROOT = os.environ.get("LFM4ADS_PIPELINE_ROOT", "build/pipeline")
+SERVING_ROOT = os.environ.get("LFM4ADS_SERVING_ROOT", "build/serving")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEMA_FILE = os.path.join(REPO_ROOT, "pipelines", "schema", "schema.pbtxt")
+
+# Split: the last EVAL_DAYS of the data are the eval window (same rule as trainer.train).
+EVAL_DAYS = 1.0
+
+# Module functions (importable names: the repository is on sys.path of every worker).
+PREPROCESSING_FN = "trainer.transform.preprocessing_fn"
+RUN_FN = "trainer.tfx_trainer.run_fn"
+
+# Trainer custom_config: ModelConfig / TrainConfig field overrides.
+MODEL_OVERRIDES: dict = {}
+TRAIN_OVERRIDES: dict = {"epochs": 2}
+
+# Evaluator: the model is blessed when the ad AUC on the eval window is at least
+# AUC_AD_THRESHOLD and not more than AUC_MAX_DROP below the last blessed model's.
+AUC_AD_THRESHOLD = 0.55
+AUC_MAX_DROP = 0.01
+
+# CR aggregation (Eq. 1-2): b(dt) = 0.5 ** (dt / half_life).
+CR_HALF_LIFE_SECONDS = 86_400.0
+
+# RepresentationGuard: GuardThresholds field overrides (empty = the defaults).
+GUARD_THRESHOLDS: dict = {}
+
+# The serving store the guard loads published tables into; the local runner's default is
+# SQLite under the serving root (`LFM4ADS_STORE_URL` overrides it; "none" disables it).
+STORE_URL = os.environ.get("LFM4ADS_STORE_URL", "")
+
+
+def default_store_url(serving_root: str) -> str:
+    """`STORE_URL`, else `sqlite:///<serving_root>/representations.db`."""
+    if STORE_URL.lower() == "none":
+        return ""
+    return STORE_URL or "sqlite:///" + os.path.join(os.path.abspath(serving_root),
+                                                     "representations.db")
+
+
+def beam_pipeline_args(workers: int | None = None) -> list[str]:
+    """DirectRunner arguments: in-process for one worker, multi-processing for more.
+
+    `workers` defaults to `LFM4ADS_BEAM_WORKERS` or 1: on small data the processes' start-up
+    costs more than it saves (docs/BENCHMARKS.md has the measurement).
+    """
+    if workers is None:
+        workers = int(os.environ.get("LFM4ADS_BEAM_WORKERS", "1"))
+    if workers <= 1:
+        return ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    return ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]

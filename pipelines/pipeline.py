@@ -1,0 +1,178 @@
+"""The LFM4Ads TFX pipeline (paper Sec. 3.2-3.3, 4.3): one `create_pipeline(...)` for every runner.
+
+    ExampleGen (time split) -> StatisticsGen -> SchemaGen (inferred, for reference)
+                                  |            ImportSchemaGen (curated schema in the repo)
+                                  +---------> ExampleValidator -> ValidationGate (stops on anomaly)
+    Transform (TFT) -> Trainer (TFRS model, run_fn) -> Evaluator (TFMA, vs last blessed) -> Pusher
+    Pusher -> RepresentationExtractor -> CrossRepresentationAggregator -> RepresentationGuard
+
+Every path, threshold and Beam argument is a parameter; `pipelines.configs` has the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from components.cr_aggregation.component import CrossRepresentationAggregator
+from components.representation_extractor.component import RepresentationExtractor
+from components.representation_guard.component import RepresentationGuard
+from pipelines import configs
+from pipelines.example_gen import time_split_example_gen
+from pipelines.validation_gate import ValidationGate
+from trainer import signatures as S
+from trainer.transform import ITEM_COLD_START
+
+
+def eval_config(auc_threshold: float, max_drop: float) -> tfma.EvalConfig:
+    """TFMA config: AUC and GAUC per domain, slices by domain, scenario and cold-start items.
+
+    The ad AUC on the `domain: ad` slice blesses the model: at least `auc_threshold`, and at
+    most `max_drop` below the baseline (the last blessed model) when there is one.
+    """
+    ad_slice = tfma.SlicingSpec(feature_values={"domain": "ad"})
+    blessing = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": auc_threshold}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -max_drop},
+        ),
+    )
+    gauc = tfma.MetricConfig(class_name="GAUC", module="components.tfma_metrics",
+                             config=json.dumps({"user_key": "user_id"}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(
+            signature_name=S.SERVING_DEFAULT,
+            label_keys={S.AD_PREDICTION: "label", S.CONTENT_PREDICTION: "label"},
+            preprocessing_function_names=[S.TRANSFORM_FEATURES],
+        )],
+        slicing_specs=[
+            tfma.SlicingSpec(),
+            tfma.SlicingSpec(feature_keys=["domain"]),
+            tfma.SlicingSpec(feature_keys=["domain", "scenario"]),
+            tfma.SlicingSpec(feature_keys=["domain", ITEM_COLD_START]),
+        ],
+        metrics_specs=[
+            tfma.MetricsSpec(
+                output_names=[S.AD_PREDICTION],
+                metrics=[
+                    tfma.MetricConfig(class_name="ExampleCount"),
+                    tfma.MetricConfig(class_name="MeanLabel"),
+                    tfma.MetricConfig(
+                        class_name="AUC",
+                        per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                            slicing_specs=[ad_slice], threshold=blessing)],
+                    ),
+                    gauc,
+                ],
+            ),
+            tfma.MetricsSpec(
+                output_names=[S.CONTENT_PREDICTION],
+                metrics=[tfma.MetricConfig(class_name="MeanLabel"),
+                         tfma.MetricConfig(class_name="AUC"), gauc],
+            ),
+        ],
+    )
+
+
+def create_pipeline(
+    pipeline_name: str = configs.PIPELINE_NAME,
+    pipeline_root: str = configs.PIPELINE_ROOT,
+    data_root: str = configs.DATA_ROOT,
+    serving_root: str = configs.SERVING_ROOT,
+    model_name: str = configs.MODEL_NAME,
+    schema_file: str = configs.SCHEMA_FILE,
+    metadata_connection_config=None,
+    beam_pipeline_args: list[str] | None = None,
+    eval_days: float = configs.EVAL_DAYS,
+    model_overrides: dict | None = None,
+    train_overrides: dict | None = None,
+    auc_threshold: float = configs.AUC_AD_THRESHOLD,
+    auc_max_drop: float = configs.AUC_MAX_DROP,
+    cr_half_life_seconds: float = configs.CR_HALF_LIFE_SECONDS,
+    guard_thresholds: dict | None = None,
+    publish_root: str | None = None,
+    store_url: str = "",
+    enable_cache: bool = False,
+) -> tfx.dsl.Pipeline:
+    """The whole pipeline. Pushed models go to `<serving_root>/<model_name>/<version>`; the
+    guarded representation tables to `publish_root` (default `<serving_root>/representations`)
+    and, with `store_url` (`sqlite:///...` or `redis://...`), into the serving store.
+    """
+    example_gen = time_split_example_gen(data_root, eval_days)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(
+        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    curated_schema = tfx.components.ImportSchemaGen(schema_file=schema_file).with_id(
+        "CuratedSchema")
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"],
+        schema=curated_schema.outputs["schema"])
+    gate = ValidationGate(anomalies=example_validator.outputs["anomalies"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=curated_schema.outputs["schema"],
+        preprocessing_fn=configs.PREPROCESSING_FN,
+    )
+    transform.add_upstream_node(gate)
+    trainer = tfx.components.Trainer(
+        run_fn=configs.RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=curated_schema.outputs["schema"],
+        custom_config={
+            "model": dict(configs.MODEL_OVERRIDES if model_overrides is None
+                          else model_overrides),
+            "train": dict(configs.TRAIN_OVERRIDES if train_overrides is None
+                          else train_overrides),
+        },
+    )
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModelResolver")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=baseline.outputs["model"],
+        example_splits=["eval"],
+        eval_config=eval_config(auc_threshold, auc_max_drop),
+    )
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=os.path.join(serving_root, model_name))),
+    )
+    extractor = RepresentationExtractor(
+        examples=example_gen.outputs["examples"],
+        pushed_model=pusher.outputs["pushed_model"],
+    )
+    aggregator = CrossRepresentationAggregator(
+        representations=extractor.outputs["representations"],
+        half_life_seconds=float(cr_half_life_seconds),
+    )
+    guard = RepresentationGuard(
+        representations=extractor.outputs["representations"],
+        cross_tables=aggregator.outputs["cross_tables"],
+        publish_root=publish_root or os.path.join(serving_root, "representations"),
+        thresholds_json=json.dumps(configs.GUARD_THRESHOLDS if guard_thresholds is None
+                                   else guard_thresholds),
+        store_url=store_url,
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[
+            example_gen, statistics_gen, schema_gen, curated_schema, example_validator, gate,
+            transform, trainer, baseline, evaluator, pusher, extractor, aggregator, guard,
+        ],
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(beam_pipeline_args or configs.beam_pipeline_args()),
+    )

@@ -1,0 +1,164 @@
+"""What a pipeline run produced, read back from ML Metadata and the artifacts.
+
+`run_summary(metadata_path, pipeline_name)` returns the figures the runners print: the TFMA
+AUC / GAUC per domain and on the cold-start slice, the blessing, the pushed version, the
+representation table sizes and the guard verdict, plus each component's wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from components import artifacts as A
+from trainer import signatures as S
+from trainer.transform import ITEM_COLD_START
+
+
+def _store(metadata_path: str) -> metadata_store.MetadataStore:
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
+def _latest(store, type_name: str):
+    artifacts = store.get_artifacts_by_type(type_name)
+    return max(artifacts, key=lambda a: a.id) if artifacts else None
+
+
+def _prop(artifact, name: str, default=None):
+    if artifact is None or name not in artifact.custom_properties:
+        return default
+    value = artifact.custom_properties[name]
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else default
+
+
+def _slice(slice_key) -> dict[str, str]:
+    out = {}
+    for part in slice_key.single_slice_keys:
+        kind = part.WhichOneof("kind")
+        value = getattr(part, kind)
+        out[part.column] = value.decode() if isinstance(value, bytes) else str(value)
+    return out
+
+
+def tfma_metrics(evaluation_uri: str) -> dict[tuple, dict[str, float]]:
+    """(output name, sorted slice items) -> {metric: value} of a TFMA evaluation."""
+    import tensorflow_model_analysis as tfma
+
+    out: dict[tuple, dict[str, float]] = {}
+    for metrics in tfma.load_metrics(evaluation_uri):
+        slice_items = tuple(sorted(_slice(metrics.slice_key).items()))
+        for kv in metrics.metric_keys_and_values:
+            if kv.key.is_diff:
+                continue
+            value = kv.value
+            if value.WhichOneof("type") != "double_value":
+                continue
+            out.setdefault((kv.key.output_name, slice_items), {})[kv.key.name] = (
+                value.double_value.value)
+    return out
+
+
+def _metric(metrics, output: str, slice_items: dict, name: str):
+    values = metrics.get((output, tuple(sorted(slice_items.items()))), {})
+    value = values.get(name)
+    if name in ("auc", "gauc") and values.get("mean_label") in (0.0, 1.0):
+        return None  # one class only: TFMA reports 0, the AUC is undefined
+    return None if value is None or value != value else round(float(value), 4)
+
+
+def component_seconds(store, pipeline_name: str) -> dict[str, float]:
+    """Wall seconds of each component's latest execution in `pipeline_name`."""
+    out: dict[str, float] = {}
+    latest: dict[str, int] = {}
+    for execution in store.get_executions():
+        node = _prop(execution, "component_id") or ""
+        for context in store.get_contexts_by_execution(execution.id):
+            if context.type == "node" and context.name.startswith(pipeline_name + "."):
+                node = context.name[len(pipeline_name) + 1:]
+        if not node or execution.id < latest.get(node, -1):
+            continue
+        latest[node] = execution.id
+        out[node] = round(
+            (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1e3, 2)
+    return out
+
+
+def _guard_file(guard) -> dict:
+    if guard is None:
+        return {}
+    path = os.path.join(guard.uri, "verdict.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_summary(metadata_path: str, pipeline_name: str) -> dict:
+    """The figures of the latest run (module doc)."""
+    store = _store(metadata_path)
+    evaluation = _latest(store, "ModelEvaluation")
+    blessing = _latest(store, "ModelBlessing")
+    pushed = _latest(store, "PushedModel")
+    representations = _latest(store, A.Representations.TYPE_NAME)
+    cross = _latest(store, A.CrossRepresentationTables.TYPE_NAME)
+    guard = _latest(store, A.GuardResult.TYPE_NAME)
+    metrics = tfma_metrics(evaluation.uri) if evaluation is not None else {}
+    ad, content = {"domain": "ad"}, {"domain": "content"}
+    summary = {
+        "auc_ad": _metric(metrics, S.AD_PREDICTION, ad, "auc"),
+        "gauc_ad": _metric(metrics, S.AD_PREDICTION, ad, "gauc"),
+        "auc_content": _metric(metrics, S.CONTENT_PREDICTION, content, "auc"),
+        "gauc_content": _metric(metrics, S.CONTENT_PREDICTION, content, "gauc"),
+        "auc_cold_start": _metric(metrics, S.AD_PREDICTION,
+                                  {"domain": "ad", ITEM_COLD_START: "1"}, "auc"),
+        "eval_ad_examples": _metric(metrics, S.AD_PREDICTION, ad, "example_count"),
+        "blessed": bool(_prop(blessing, "blessed", 0)),
+        "pushed": bool(_prop(pushed, "pushed", 0)),
+        "pushed_version": int(_prop(pushed, "pushed_version", 0) or 0) or None,
+        "pushed_path": _prop(pushed, "pushed_destination"),
+        "ur_rows": _prop(representations, "user_rows"),
+        "ir_rows": _prop(representations, "item_rows"),
+        "cr_users": _prop(cross, "cross_user_rows"),
+        "cr_items": _prop(cross, "cross_item_rows"),
+        "guard": _prop(guard, "verdict"),
+        "guard_reasons": json.loads(_prop(guard, "reasons", "[]")),
+        "live_representations_version": _prop(guard, "live_version") or None,
+        "store_url": _prop(guard, "store_url"),
+        "store_rows": _guard_file(guard).get("store_rows"),
+        "evaluation_uri": evaluation.uri if evaluation is not None else None,
+        "component_seconds": component_seconds(store, pipeline_name),
+    }
+    if summary["eval_ad_examples"] is not None:
+        summary["eval_ad_examples"] = int(summary["eval_ad_examples"])
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The printed table of a run."""
+    rows = [
+        ("ad AUC / GAUC", f"{summary['auc_ad']} / {summary['gauc_ad']}"),
+        ("content AUC / GAUC", f"{summary['auc_content']} / {summary['gauc_content']}"),
+        ("cold-start ad AUC", f"{summary['auc_cold_start']}"),
+        ("blessed / pushed", f"{summary['blessed']} / {summary['pushed']}"),
+        ("pushed model", f"{summary['pushed_path']} (version {summary['pushed_version']})"),
+        ("UR / IR rows", f"{summary['ur_rows']} / {summary['ir_rows']}"),
+        ("CR(u) / CR(i) rows", f"{summary['cr_users']} / {summary['cr_items']}"),
+        ("guard", f"{summary['guard']} (live version {summary['live_representations_version']})"),
+    ]
+    if summary.get("store_rows"):
+        rows.append(("store", f"{summary['store_url']} {summary['store_rows']}"))
+    rows += [("  reason", r) for r in summary["guard_reasons"]]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def metadata_file(pipeline_root: str) -> str:
+    """The SQLite ML Metadata file the local runner uses for `pipeline_root`."""
+    return os.path.join(pipeline_root, "metadata.sqlite")

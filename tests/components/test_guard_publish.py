@@ -1,0 +1,112 @@
+"""RepresentationGuard's publish step: corrupted tables are held and the live version stays."""
+
+import hashlib
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import artifacts as A
+from components import representation_tables as tables
+from components.representation_guard.component import (
+    LIVE_FILE,
+    guard_and_publish,
+    live_statistics,
+    live_version,
+)
+from components.representation_guard.statistics import GuardThresholds
+
+
+def _write_tables(root, matrices: dict[str, np.ndarray], version: int) -> dict[str, str]:
+    dirs = {}
+    for name, matrix in matrices.items():
+        directory = root / name
+        directory.mkdir(parents=True)
+        rows = [tables.encode_row(f"k{i}", matrix[i], 1000 + i, version)
+                for i in range(matrix.shape[0])]
+        with tf.io.TFRecordWriter(str(directory / f"part-00000-of-00001{tables.FILE_SUFFIX}"),
+                                  "GZIP") as w:
+            for r in rows:
+                w.write(r)
+        dirs[name] = str(directory)
+    return dirs
+
+
+def _tables(seed: int, rows: int = 200, d: int = 8) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: rng.normal(size=(rows, d)).astype(np.float32) for name in A.TABLES}
+
+
+def _tree_digest(root: str) -> str:
+    h = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            path = os.path.join(dirpath, f)
+            h.update(path.encode())
+            with open(path, "rb") as fh:
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+def _guard(tmp_path, name, matrices, version, publish_root):
+    dirs = _write_tables(tmp_path / name, matrices, version)
+    work = tmp_path / f"{name}-work"
+    work.mkdir()
+    return guard_and_publish(dirs, version, str(publish_root), GuardThresholds(),
+                             beam.Pipeline(), str(work))
+
+
+@pytest.fixture()
+def published(tmp_path):
+    publish_root = tmp_path / "published"
+    verdict = _guard(tmp_path, "v1", _tables(0), 1, publish_root)
+    assert verdict["status"] == "published", verdict["reasons"]
+    return publish_root
+
+
+def test_first_version_is_published(published):
+    assert live_version(str(published)) == 1
+    stats = live_statistics(str(published))
+    assert set(stats) == set(A.TABLES) and stats["user"].rows == 200
+    keys, matrix, _, versions = tables.read_table(
+        str(published / "1" / "user" / ("*" + tables.FILE_SUFFIX)))
+    assert len(keys) == 200 and set(versions.tolist()) == {1}
+    np.testing.assert_allclose(np.sort(matrix, axis=None),
+                               np.sort(_tables(0)["user"], axis=None))
+
+
+def test_a_normal_new_version_is_published(tmp_path, published):
+    verdict = _guard(tmp_path, "v2", _tables(1), 2, published)
+    assert verdict["status"] == "published", verdict["reasons"]
+    assert live_version(str(published)) == 2
+    assert set(verdict["tables"]["user"]["rates"]) >= {"mean", "variance"}
+
+
+@pytest.mark.parametrize("corruption, table", [
+    ("nan", "user"), ("scaled_x100", "cross_item"), ("all_zeros", "item")])
+def test_corrupted_tables_are_held(tmp_path, published, corruption, table):
+    before = _tree_digest(str(published))
+    matrices = _tables(2)
+    m = matrices[table]
+    if corruption == "nan":
+        m[::7, 3] = np.nan
+    elif corruption == "scaled_x100":
+        matrices[table] = m * 100
+    else:
+        matrices[table] = np.zeros_like(m)
+    verdict = _guard(tmp_path, "bad", matrices, 3, published)
+    assert verdict["status"] == "held"
+    assert verdict["reasons"] and all(r.startswith(f"{table}:") for r in verdict["reasons"])
+    assert _tree_digest(str(published)) == before  # nothing written, nothing lost
+    assert live_version(str(published)) == 1
+    assert not (published / "3").exists()
+    with open(published / LIVE_FILE) as f:
+        assert f.read().strip() == "1"
+
+
+def test_republishing_a_version_is_refused(tmp_path, published):
+    verdict = _guard(tmp_path, "again", _tables(0), 1, published)
+    assert verdict["status"] == "held"
+    assert any("already published" in r for r in verdict["reasons"])

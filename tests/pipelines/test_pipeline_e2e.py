@@ -1,0 +1,194 @@
+"""The whole TFX pipeline, run locally twice: on data, then on shifted data (CLI path).
+
+Run 1 (Python API) trains, evaluates, pushes, extracts, aggregates and publishes; run 2 goes
+through `tfx pipeline create` / `tfx run create` on data from another seed of the simulator,
+so the Evaluator has a blessed baseline to compare with and the guard a live version.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+
+from components import artifacts as A
+from components import representation_tables as tables
+from components.representation_guard.component import LIVE_FILE, live_version
+from pipelines import local_runner
+from pipelines.sources import synthetic
+from pipelines.summary import metadata_file, run_summary
+from serving.store import open_store
+from trainer import evaluation
+from trainer import features as F
+from trainer import input as data_input
+from trainer import signatures as S
+
+EXAMPLES = 4000
+FAST = {"epochs": 2, "batch_size": 256}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    synthetic.generate(str(root / "data1"), examples=EXAMPLES, seed=11, days=4, progress=False)
+    synthetic.generate(str(root / "data2"), examples=EXAMPLES, seed=12, days=4, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(workdir):
+    return local_runner.run(
+        str(workdir / "data1"), str(workdir / "root"), str(workdir / "serving"),
+        train_overrides=FAST,
+        # The eval day of 4000 examples has a handful of ad clicks: bless on any AUC here;
+        # run 2 uses the default threshold, and its test accepts either verdict.
+        auc_threshold=0.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def second_run(workdir, first_run):
+    env = {
+        **os.environ,
+        "LOCAL_HOME": str(workdir / "tfx_home"),
+        "LFM4ADS_DATA": str(workdir / "data2"),
+        "LFM4ADS_PIPELINE_ROOT": str(workdir / "root"),
+        "LFM4ADS_SERVING_ROOT": str(workdir / "serving"),
+    }
+    tfx = os.path.join(os.path.dirname(sys.executable), "tfx")
+    create = subprocess.run(
+        [tfx, "pipeline", "create", "--engine", "local",
+         "--pipeline_path", "pipelines/local_runner.py"],
+        env=env, capture_output=True, text=True, cwd=local_runner.configs.REPO_ROOT)
+    assert create.returncode == 0, create.stderr[-3000:]
+    assert 'Pipeline "lfm4ads" created successfully' in create.stdout
+    run = subprocess.run(
+        [tfx, "run", "create", "--engine", "local", "--pipeline_name", "lfm4ads"],
+        env=env, capture_output=True, text=True, cwd=local_runner.configs.REPO_ROOT)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    summary = run_summary(metadata_file(str(workdir / "root")), "lfm4ads")
+    return summary, run.stdout
+
+
+def _eval_examples(data_dir: str) -> list[bytes]:
+    files = data_input.list_files(data_dir)
+    lo, hi = data_input.time_range(files)
+    cut = hi + 1 - 86_400
+    return [r.numpy() for r in data_input.records_in_window(files, start=cut)]
+
+
+def test_first_run_pushes_and_publishes(first_run, workdir):
+    s = first_run
+    expected_components = {
+        "ExampleGen", "StatisticsGen", "SchemaGen", "CuratedSchema", "ExampleValidator",
+        "ValidationGate", "Transform", "Trainer", "Evaluator", "Pusher",
+        "RepresentationExtractor", "CrossRepresentationAggregator", "RepresentationGuard",
+    }
+    assert expected_components <= set(s["component_seconds"])
+    assert s["blessed"] and s["pushed"]
+    assert s["pushed_path"] == str(workdir / "serving" / "lfm4ads" / str(s["pushed_version"])), s
+    assert os.path.exists(os.path.join(s["pushed_path"], "saved_model.pb"))
+    assert s["guard"] == "published"
+    assert live_version(str(workdir / "serving" / "representations")) == s["pushed_version"]
+    for key in ("auc_ad", "auc_content", "gauc_content"):
+        assert 0.0 < s[key] < 1.0, key
+
+
+def test_pushed_model_takes_raw_examples_and_matches_tfma(first_run, workdir):
+    """The pushed SavedModel parses raw tf.Examples (Transform graph inside), and the
+    Evaluator's AUC / GAUC equal ours computed from its predictions on the eval window."""
+    model = tf.saved_model.load(first_run["pushed_path"])
+    assert {S.SERVING_DEFAULT, S.USER_REPRESENTATION, S.ITEM_REPRESENTATION,
+            S.CROSS_REPRESENTATION, S.TRANSFORM_FEATURES} <= set(model.signatures)
+    serialized = _eval_examples(str(workdir / "data1"))
+    batch = tf.constant(serialized)
+    out = model.signatures[S.SERVING_DEFAULT](examples=batch)
+    raw = F.parse_examples(batch)
+    is_ad = raw[F.DOMAIN].numpy() == F.DOMAIN_AD
+    labels = raw[F.LABEL].numpy()
+    users = raw[F.USER_ID].numpy()
+    content = out[S.CONTENT_PREDICTION].numpy()[:, 0]
+    assert first_run["auc_content"] == pytest.approx(
+        evaluation.auc(labels[~is_ad], content[~is_ad]), abs=2e-3)
+    assert first_run["gauc_content"] == pytest.approx(
+        evaluation.gauc(users[~is_ad], labels[~is_ad], content[~is_ad]), abs=1e-3)
+    ur = model.signatures[S.USER_REPRESENTATION](examples=batch)[S.USER_REPRESENTATION]
+    assert ur.shape[0] == len(serialized) and np.isfinite(ur.numpy()).all()
+    # A request without a required feature fails naming it.
+    example = tf.train.Example.FromString(serialized[0])
+    del example.features.feature[F.USER_GEO]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=F.USER_GEO):
+        model.signatures[S.SERVING_DEFAULT](examples=tf.constant([example.SerializeToString()]))
+
+
+def test_published_tables_match_the_artifacts(first_run, workdir):
+    published = workdir / "serving" / "representations" / str(first_run["pushed_version"])
+    sizes = {}
+    for table in A.TABLES:
+        keys, matrix, updated_at, versions = tables.read_table(
+            str(published / table / ("*" + tables.FILE_SUFFIX)))
+        assert np.isfinite(matrix).all()
+        assert set(versions.tolist()) == {first_run["pushed_version"]}
+        sizes[table] = len(keys)
+    assert sizes[A.CROSS_USER_TABLE] == first_run["cr_users"] == first_run["ur_rows"]
+    assert sizes[A.CROSS_ITEM_TABLE] == first_run["cr_items"] == first_run["ir_rows"]
+    # The guard loaded the published version into the serving store (SQLite by default).
+    store = open_store(first_run["store_url"])
+    try:
+        for table in A.TABLES:
+            assert store.count(table) == sizes[table]
+        keys, matrix, _, _ = tables.read_table(
+            str(published / A.CROSS_USER_TABLE / ("*" + tables.FILE_SUFFIX)))
+        rows = store.get(A.CROSS_USER_TABLE, list(keys[:5]))
+        np.testing.assert_allclose(rows.representations, matrix[:5], rtol=1e-6)
+        assert set(rows.model_version.tolist()) == {first_run["pushed_version"]}
+    finally:
+        store.close()
+    # Every user and item of the data has a row (the extractor reads both splits).
+    files = data_input.list_files(str(workdir / "data1"))
+    ds = data_input.make_dataset(files, 4096, names=(F.USER_ID, F.ITEM_ID))
+    users = set(np.concatenate([b[F.USER_ID].numpy() for b in ds]).tolist())
+    assert sizes[A.USER_TABLE] == len(users)
+
+
+def test_second_run_compares_with_the_blessed_model(first_run, second_run, workdir):
+    summary, stdout = second_run
+    assert "guard" in stdout and "ad AUC" in stdout  # the CLI run printed its summary
+    assert summary["evaluation_uri"] != first_run["evaluation_uri"]
+    diffs = {}
+    for metrics in tfma.load_metrics(summary["evaluation_uri"]):
+        sk = {k.column: k.bytes_value.decode() for k in metrics.slice_key.single_slice_keys}
+        for kv in metrics.metric_keys_and_values:
+            if kv.key.is_diff and sk == {"domain": "ad"} and kv.key.name == "auc":
+                diffs[kv.key.output_name] = kv.value.double_value.value
+    assert S.AD_PREDICTION in diffs, "no comparison with the baseline in the evaluation"
+    # The blessing follows the thresholds: value >= 0.55 and no drop of more than 0.01.
+    auc_ad = summary["auc_ad"]
+    expected = auc_ad is not None and auc_ad >= 0.55 and diffs[S.AD_PREDICTION] >= -0.01
+    assert summary["blessed"] == expected
+    assert summary["pushed"] == expected
+    # The guard compared with the live version of run 1 and acted on its verdict.
+    publish_root = str(workdir / "serving" / "representations")
+    with open(os.path.join(publish_root, LIVE_FILE)) as f:
+        live = int(f.read())
+    if summary["guard"] == "published":
+        assert live == summary["pushed_version"] != first_run["pushed_version"]
+    else:
+        assert live == first_run["pushed_version"]
+        assert summary["guard_reasons"]
+    store = open_store(first_run["store_url"])
+    try:
+        rows = store.get(A.USER_TABLE, _some_users(workdir))
+        assert rows.found.any()
+        assert set(rows.model_version[rows.found].tolist()) == {live}
+    finally:
+        store.close()
+
+
+def _some_users(workdir) -> list[bytes]:
+    files = data_input.list_files(str(workdir / "data1"))
+    batch = next(iter(data_input.make_dataset(files, 50, names=(F.USER_ID, F.TIMESTAMP))))
+    return sorted(set(batch[F.USER_ID].numpy().tolist()))

@@ -1,0 +1,99 @@
+"""The TFX Trainer's `run_fn`: the upstream model trained on the Transform component's output.
+
+The Trainer component is given `run_fn="trainer.tfx_trainer.run_fn"`, the transformed
+examples and the Transform graph. `custom_config` may hold `model` and `train` dicts of
+`ModelConfig` / `TrainConfig` fields. The SavedModel written to `serving_model_dir` keeps the
+signature contract of DESIGN (raw serialized tf.Examples in, the Transform graph inside) and
+adds `transform_features` for TFMA.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import tensorflow as tf
+
+from trainer import features as F
+from trainer.config import ModelConfig, TrainConfig
+from trainer.export import TransformParser, export_saved_model
+from trainer.model import LFM4AdsModel
+from trainer.transform import TransformPreprocessor, vocabulary_sizes
+
+
+def transformed_dataset(
+    file_patterns: list[str],
+    feature_spec: dict,
+    batch_size: int,
+    shuffle_buffer: int = 0,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of transformed feature dicts from the Transform component's gzip TFRecords."""
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no transformed examples match {file_patterns}")
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda s: tf.io.parse_example(s, feature_spec),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def warmup_examples(raw_spec: dict, count: int = 4) -> list[bytes]:
+    """Valid raw tf.Examples for the warmup file, built from the raw feature spec alone.
+
+    The Trainer sees only transformed examples, so it makes its own: every feature of the
+    raw spec gets one value (`b"warmup"` or `0`; lists `count` long so they are padded/cut).
+    """
+    examples = []
+    for row in range(count):
+        feature = {}
+        for name, spec in sorted(raw_spec.items()):
+            n = 1 if isinstance(spec, tf.io.FixedLenFeature) else row + 1
+            if spec.dtype == tf.string:
+                values = [f"warmup-{name}-{row}-{j}".encode() for j in range(n)]
+                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+            else:
+                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[row] * n))
+        if F.DOMAIN in feature:
+            domain = F.DOMAIN_AD if row % 2 else F.DOMAIN_CONTENT
+            feature[F.DOMAIN] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[domain]))
+        examples.append(tf.train.Example(features=tf.train.Features(feature=feature))
+                        .SerializeToString())
+    return examples
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point (`tfx.components.Trainer(run_fn=...)`)."""
+    import tensorflow_transform as tft
+
+    custom = dict(fn_args.custom_config or {})
+    model_config = ModelConfig(**custom.get("model", {}))
+    train_config = TrainConfig(**custom.get("train", {}))
+    tf.keras.utils.set_random_seed(train_config.seed)
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    spec = tft_output.transformed_feature_spec()
+    train_ds = transformed_dataset(
+        fn_args.train_files, spec, train_config.batch_size,
+        shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed,
+    ).cache()
+    model = LFM4AdsModel(
+        model_config, train_config,
+        preprocessor=TransformPreprocessor(vocabulary_sizes(tft_output)),
+    )
+    model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
+    eval_ds = transformed_dataset(fn_args.eval_files, spec, 4096)
+    model.fit(
+        train_ds,
+        epochs=train_config.epochs,
+        validation_data=eval_ds,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    export_saved_model(
+        model,
+        fn_args.serving_model_dir,
+        warmup_examples=warmup_examples(tft_output.raw_feature_spec()),
+        parser=TransformParser(tft_output),
+        versioned=False,
+    )
