@@ -6,13 +6,15 @@ DATA ?= data/synthetic
 EXAMPLES ?= 200000
 SEED ?= 1
 EXPORT_DIR ?= build/export/lfm4ads
+PIPELINE_ROOT ?= build/pipeline
+SERVING_ROOT ?= build/serving
 PYTEST_ARGS ?=
 
 # A working Python 3.10: python3.10 on PATH, else the newest 3.10 that pyenv has.
 PYTHON310 ?= $(shell for p in python3.10 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10 2>/dev/null | sort -V -r) /usr/bin/python3.10; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 
-.PHONY: venv run test lint lock clean
+.PHONY: venv run train test lint lock clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +31,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	@touch $@
 
 run: venv
+	$(PY) -m pipelines.sources.synthetic --out $(DATA) --examples $(EXAMPLES) --seed $(SEED) --overwrite
+	$(PY) -m pipelines.local_runner --data $(DATA) --pipeline_root $(PIPELINE_ROOT) --serving_root $(SERVING_ROOT)
+
+# The model alone, without TFX: train, print the AUC table, export.
+train: venv
 	$(PY) -m pipelines.sources.synthetic --out $(DATA) --examples $(EXAMPLES) --seed $(SEED) --overwrite
 	$(PY) -m trainer.train --data $(DATA) --export_dir $(EXPORT_DIR)
 

@@ -37,6 +37,8 @@ AUC_MAX_DROP = 0.01
 
 # CR aggregation (Eq. 1-2): b(dt) = 0.5 ** (dt / half_life).
 CR_HALF_LIFE_SECONDS = 86_400.0
+# Splits whose examples get CR(u), CR(i) as of strictly before each row (downstream training).
+POINT_IN_TIME_SPLITS = "train,eval"
 
 # RepresentationGuard: GuardThresholds field overrides (empty = the defaults).
 GUARD_THRESHOLDS: dict = {}

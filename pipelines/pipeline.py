@@ -93,6 +93,7 @@ def create_pipeline(
     auc_threshold: float = configs.AUC_AD_THRESHOLD,
     auc_max_drop: float = configs.AUC_MAX_DROP,
     cr_half_life_seconds: float = configs.CR_HALF_LIFE_SECONDS,
+    point_in_time_splits: str = configs.POINT_IN_TIME_SPLITS,
     guard_thresholds: dict | None = None,
     publish_root: str | None = None,
     store_url: str = "",
@@ -155,7 +156,9 @@ def create_pipeline(
     )
     aggregator = CrossRepresentationAggregator(
         representations=extractor.outputs["representations"],
+        examples=example_gen.outputs["examples"],
         half_life_seconds=float(cr_half_life_seconds),
+        point_in_time_splits=point_in_time_splits,
     )
     guard = RepresentationGuard(
         representations=extractor.outputs["representations"],

@@ -3,6 +3,11 @@
 Reads the extractor's CR(u,i) event stream and writes the time-aware EMA tables CR(u) and
 CR(i) with `AggregateCrossRepresentations` (per-key state in key buckets, nothing collected to
 the driver; tie rule and memory per key in `components.cr_aggregation.beam_transforms`).
+
+With `point_in_time_splits` (names of `examples` splits), it also writes those splits'
+examples with CR(u) and CR(i) as of strictly before each row's timestamp
+(`AttachPointInTimeCrossRepresentations`) under `<cross_tables>/point_in_time/Split-<name>/`:
+downstream training features without look-ahead leakage.
 """
 
 
@@ -10,24 +15,41 @@ import os
 
 import apache_beam as beam
 from tfx import v1 as tfx
+from tfx.types import standard_artifacts
 
 from components import artifacts as A
 from components import representation_tables as tables
-from components.cr_aggregation.beam_transforms import AggregateCrossRepresentations
+from components.cr_aggregation.beam_transforms import (
+    AggregateCrossRepresentations,
+    AttachPointInTimeCrossRepresentations,
+)
+from components.representation_extractor.component import split_patterns
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
 _InputArtifact = tfx.dsl.components.InputArtifact
 _Parameter = tfx.dsl.components.Parameter
+POINT_IN_TIME = "point_in_time"
 
 DEFAULT_HALF_LIFE_SECONDS = 86_400.0
+
+
+def _cr_dim(events_pattern: str) -> int:
+    """Width of CR(u,i), from the first event batch."""
+    import tensorflow as tf
+
+    for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(events_pattern)), "GZIP"):
+        return int(tables.decode_event_batch(record.numpy())["cross_representation"].shape[1])
+    raise ValueError(f"no CR events in {events_pattern}")
 
 
 @tfx.dsl.components.component(use_beam=True)
 def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
     representations: _InputArtifact[A.Representations],
     cross_tables: _OutputArtifact[A.CrossRepresentationTables],
+    examples: _InputArtifact[standard_artifacts.Examples],
     half_life_seconds: _Parameter[float] = DEFAULT_HALF_LIFE_SECONDS,
     num_buckets: _Parameter[int] = 64,
+    point_in_time_splits: _Parameter[str] = "",
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     """CR(u), CR(i) tables from the CR(u,i) events of `representations`."""
@@ -39,16 +61,34 @@ def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
     cross_tables.set_int_custom_property("model_version", version)
     cross_tables.set_float_custom_property("half_life_seconds", float(half_life_seconds))
     events = os.path.join(representations.uri, A.CROSS_EVENTS, "*" + tables.FILE_SUFFIX)
+    splits = [s.strip() for s in point_in_time_splits.split(",") if s.strip()]
     with beam_pipeline as p:
-        out = (
+        batches = (
             p
             | "ReadEvents" >> beam.io.ReadFromTFRecord(events, compression_type="gzip")
             | "Decode" >> beam.Map(tables.decode_event_batch)
-            | "Aggregate" >> AggregateCrossRepresentations(half_life_seconds, num_buckets)
         )
+        out = batches | "Aggregate" >> AggregateCrossRepresentations(
+            half_life_seconds, num_buckets)
         for side, table in (("user", A.CROSS_USER_TABLE), ("item", A.CROSS_ITEM_TABLE)):
             _ = out[side] | f"Write[{table}]" >> tables.WriteRepresentationTable(
                 os.path.join(cross_tables.uri, table, A.TABLE_PREFIX), version)
+        if splits:
+            cr_dim = _cr_dim(events)
+            for split, pattern in zip(splits, split_patterns(examples, ",".join(splits)),
+                                      strict=True):
+                _ = (
+                    {"events": batches,
+                     "examples": p | f"Read[{split}]" >> beam.io.ReadFromTFRecord(
+                         pattern, compression_type="gzip")}
+                    | f"PointInTime[{split}]" >> AttachPointInTimeCrossRepresentations(
+                        cr_dim, half_life_seconds, num_buckets)
+                    | f"WritePointInTime[{split}]" >> beam.io.WriteToTFRecord(
+                        os.path.join(cross_tables.uri, POINT_IN_TIME, f"Split-{split}",
+                                     A.TABLE_PREFIX),
+                        file_name_suffix=tables.FILE_SUFFIX, compression_type="gzip")
+                )
+    cross_tables.set_string_custom_property("point_in_time_splits", ",".join(splits))
     for table in (A.CROSS_USER_TABLE, A.CROSS_ITEM_TABLE):
         keys, *_ = tables.read_table(
             os.path.join(cross_tables.uri, table, "*" + tables.FILE_SUFFIX))

@@ -8,6 +8,7 @@ so the Evaluator has a blessed baseline to compare with and the guard a live ver
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +153,28 @@ def test_published_tables_match_the_artifacts(first_run, workdir):
     ds = data_input.make_dataset(files, 4096, names=(F.USER_ID, F.ITEM_ID))
     users = set(np.concatenate([b[F.USER_ID].numpy() for b in ds]).tolist())
     assert sizes[A.USER_TABLE] == len(users)
+
+
+def test_point_in_time_examples_for_downstream_training(first_run, workdir):
+    """The aggregator wrote every example of both splits with CR(u), CR(i) as of before it."""
+    from pipelines.summary import _latest, _store
+
+    cross = _latest(_store(metadata_file(str(workdir / "root"))),
+                    A.CrossRepresentationTables.TYPE_NAME)
+    total = 0
+    for split in ("train", "eval"):
+        files = sorted((Path(cross.uri) / "point_in_time" / f"Split-{split}").glob("*.gz"))
+        rows = [tf.train.Example.FromString(r.numpy())
+                for r in tf.data.TFRecordDataset([str(f) for f in files], "GZIP")]
+        total += len(rows)
+        for row in rows[:200]:
+            f = row.features.feature
+            t = f[F.TIMESTAMP].int64_list.value[0]
+            for side in ("user", "item"):
+                updated = f[f"cr_{side}_updated_at"].int64_list.value[0]
+                assert updated < t  # strictly before the row: no leakage
+                assert len(f[f"cr_{side}"].float_list.value) > 0
+    assert total == EXAMPLES
 
 
 def test_second_run_compares_with_the_blessed_model(first_run, second_run, workdir):

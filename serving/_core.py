@@ -1,0 +1,551 @@
+"""What the server does with each request, independent of gRPC or REST.
+
+Each method takes a tensorflow-serving-api request proto and returns its response proto, or
+raises `ServingError` with TF Serving's status code and message
+(`servables/tensorflow/predict_util.cc`, `classifier.cc`, `regressor.cc`,
+`multi_inference.cc`, `get_model_metadata_impl.cc`, `model_servers/get_model_status_impl.cc`,
+`model_service_impl.cc`). Checks run in TF Serving's order, so the first error a client sees is
+the one TF Serving would report; on top of TF Serving, input shapes are checked against the
+signature before the model runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import message as proto_message
+from google.protobuf import text_format
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    model_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+    regression_pb2,
+)
+
+from serving import _tensors
+from serving._batching import BatchScheduler
+from serving._config import BatchingParameters, ServerOptions
+from serving._errors import (
+    ServingError,
+    failed_precondition,
+    from_tf_error,
+    internal,
+    invalid_argument,
+)
+from serving._manager import ModelManager
+from serving._metrics import ServingMetrics
+from serving._servable import Servable, Signature, load_servable
+
+logger = logging.getLogger("serving.server")
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+CLASSIFY_INPUTS, CLASSES, SCORES = "inputs", "classes", "scores"
+REGRESS_INPUTS, REGRESS_OUTPUTS = "inputs", "outputs"
+SIGNATURE_DEF_FIELD = "signature_def"
+MAX_WARMUP_RECORDS = 1000
+
+
+def _join(keys: Iterable[str]) -> str:
+    return ",".join(sorted(keys))
+
+
+def _debug_string(message: proto_message.Message) -> str:
+    return text_format.MessageToString(message)
+
+
+def _shape_string(shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def check_input_count(signature: Signature, keys: Iterable[str]) -> None:
+    """VerifyRequestInputsSize (predict_util.cc)."""
+    request_keys, signature_keys = set(keys), set(signature.definition.inputs)
+    defaults = getattr(signature.definition, "defaults", {})
+    if len(request_keys) > len(signature_keys) or (
+            len(request_keys) < len(signature_keys) and not defaults):
+        raise invalid_argument(
+            f"input size does not match signature: {len(request_keys)}!={len(signature_keys)} "
+            f"len({{{_join(request_keys)}}}) != len({{{_join(signature_keys)}}}). "
+            f"Sent extra: {{{_join(request_keys - signature_keys)}}}. "
+            f"Missing but required: {{{_join(signature_keys - request_keys)}}}.")
+
+
+def check_input_arrays(signature: Signature, inputs: dict[str, np.ndarray]) -> None:
+    """The session's dtype check ("Expects arg[i] to be ..."), then the signature's shapes."""
+    for index, alias in enumerate(signature.input_keys):
+        info, array = signature.definition.inputs[alias], inputs[alias]
+        dtype = _tensors.dtype_of(array)
+        if dtype != info.dtype:
+            raise invalid_argument(
+                f"Expects arg[{index}] to be {_tensors.dtype_string(info.dtype)} but "
+                f"{_tensors.dtype_string(dtype)} is provided")
+    for alias in signature.input_keys:
+        info, array = signature.definition.inputs[alias], inputs[alias]
+        if info.tensor_shape.unknown_rank:
+            continue
+        expected = [dim.size for dim in info.tensor_shape.dim]
+        if len(expected) != array.ndim or any(
+                e >= 0 and e != a for e, a in zip(expected, array.shape, strict=True)):
+            raise invalid_argument(
+                f"input '{alias}' has shape {_shape_string(array.shape)} but signature "
+                f"'{signature.name}' expects {_shape_string(expected)} (-1: any size)")
+
+
+def output_aliases(signature: Signature, output_filter: Iterable[str]) -> list[str]:
+    """PreProcessPrediction's output_filter checks; all outputs when the filter is empty."""
+    chosen: list[str] = []
+    for alias in output_filter:
+        if alias not in signature.definition.outputs:
+            raise invalid_argument(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                f"in the set {{{_join(signature.definition.outputs)}}}.")
+        if alias in chosen:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        chosen.append(alias)
+    return chosen or list(signature.output_keys)
+
+
+def serialized_examples(input_proto) -> np.ndarray:
+    """InputToSerializedExampleTensor: an `Input` as a [batch] string array (context first)."""
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        items = [e.SerializeToString() for e in input_proto.example_list.examples]
+    elif kind == "example_list_with_context":
+        context = input_proto.example_list_with_context.context.SerializeToString()
+        items = [context + e.SerializeToString()
+                 for e in input_proto.example_list_with_context.examples]
+    else:
+        items = []
+    if not items:
+        raise invalid_argument("Input is empty.")
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+def make_model_spec(spec: model_pb2.ModelSpec, name: str, signature_name: str | None,
+                    version: int) -> None:
+    """MakeModelSpec (util.cc): name, resolved version, signature (empty -> default)."""
+    spec.Clear()
+    spec.name = name
+    if signature_name is not None:
+        spec.signature_name = signature_name or DEFAULT_SIGNATURE
+    spec.version.value = version
+
+
+class ServingCore:
+    """The model manager, the optional batch scheduler, and the request handlers."""
+
+    def __init__(self, options: ServerOptions, metrics: ServingMetrics,
+                 batching: BatchingParameters | None = None):
+        self.options = options
+        self.metrics = metrics
+        self.batcher = BatchScheduler(batching, metrics) if batching is not None else None
+        self._tags = {t.strip() for t in options.saved_model_tags.split(",") if t.strip()}
+        self.manager = ModelManager(
+            load=self._load,
+            poll_wait_seconds=options.file_system_poll_wait_seconds,
+            max_num_load_retries=options.max_num_load_retries,
+            load_retry_interval_s=options.load_retry_interval_micros / 1e6,
+            allow_version_labels_for_unavailable_models=(
+                options.allow_version_labels_for_unavailable_models))
+
+    def close(self) -> None:
+        self.manager.stop()
+        if self.batcher is not None:
+            self.batcher.close()
+
+    # -- running a signature ---------------------------------------------------------------
+
+    def run(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
+            api: str, timeout: float | None = None, batch: bool = True) -> dict[str, np.ndarray]:
+        """Runs `signature`, through the batch scheduler when batching is on."""
+        start = time.perf_counter()
+        if self.batcher is not None and batch:
+            key = (servable.name, servable.version, signature.name, id(servable))
+            outputs = self.batcher.submit(key, signature.run, inputs).wait(timeout)
+        else:
+            outputs = signature.run(inputs)
+        self.metrics.runtime_latency.observe((time.perf_counter() - start) * 1e6,
+                                             servable.name, api, "TF1")
+        return outputs
+
+    # -- Predict ---------------------------------------------------------------------------
+
+    def predict_signature(self, servable: Servable, name: str) -> Signature:
+        """The signature a Predict names (empty: serving_default); FAILED_PRECONDITION if none."""
+        name = name or DEFAULT_SIGNATURE
+        signature = servable.signatures.get(name)
+        if signature is None or signature.function is None:
+            raise failed_precondition(f'Serving signature key "{name}" not found.')
+        if self.options.enable_signature_method_name_check and signature.method_name not in (
+                PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+            raise internal(f"Expected prediction signature method_name to be one of "
+                           f"{{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: "
+                           f"{signature.method_name}")
+        return signature
+
+    def predict_arrays(self, servable: Servable, signature: Signature,
+                       inputs: dict[str, np.ndarray], output_filter: Iterable[str] = (),
+                       timeout: float | None = None, batch: bool = True
+                       ) -> dict[str, np.ndarray]:
+        """Checked numpy inputs -> the filtered outputs (aliases in response order)."""
+        aliases = output_aliases(signature, output_filter)
+        check_input_arrays(signature, inputs)
+        outputs = self.run(servable, signature, inputs, "Predict", timeout, batch)
+        return {alias: outputs[alias] for alias in aliases}
+
+    def predict(self, request: predict_pb2.PredictRequest,
+                timeout: float | None = None) -> predict_pb2.PredictResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        servable = self.manager.resolve(request.model_spec)
+        return self._predict_on(servable, request, timeout)
+
+    def _predict_on(self, servable: Servable, request: predict_pb2.PredictRequest,
+                    timeout: float | None = None, batch: bool = True
+                    ) -> predict_pb2.PredictResponse:
+        signature = self.predict_signature(servable, request.model_spec.signature_name)
+        check_input_count(signature, request.inputs.keys())
+        inputs = self._decode_inputs(signature, request.inputs)
+        outputs = self.predict_arrays(servable, signature, inputs, request.output_filter,
+                                      timeout, batch)
+        response = predict_pb2.PredictResponse()
+        make_model_spec(response.model_spec, request.model_spec.name, signature.name,
+                        servable.version)
+        as_content = self.options.enable_serialization_as_tensor_content
+        for alias, array in outputs.items():
+            _tensors.fill_proto(response.outputs[alias], array, as_content)
+        return response
+
+    @staticmethod
+    def _decode_inputs(signature: Signature, request_inputs) -> dict[str, np.ndarray]:
+        """saved_model::GetInputValues: every signature alias, from the request or defaults."""
+        defaults = getattr(signature.definition, "defaults", {})
+        inputs = {}
+        for alias in signature.input_keys:
+            if alias in request_inputs:
+                proto = request_inputs[alias]
+            elif alias in defaults:
+                proto = defaults[alias]
+            else:
+                feed = signature.definition.inputs[alias].name
+                raise invalid_argument(
+                    f"Signature input alias: {alias}(feed name: {feed}) not found in request "
+                    f"and no default value provided. Inputs expected to be in the request "
+                    f"{{{_join(request_inputs.keys())}}}, or default input alias set: "
+                    f"{_join(defaults.keys())}")
+            inputs[alias] = _tensors.to_ndarray(proto, alias)
+        return inputs
+
+    # -- Classify / Regress / MultiInference -----------------------------------------------
+
+    def _method_signature(self, servable: Servable, name: str, method: str) -> Signature:
+        """GetClassificationSignatureDef / GetRegressionSignatureDef, then the shape checks."""
+        key = name or DEFAULT_SIGNATURE
+        signature = servable.signatures.get(key)
+        if signature is None or signature.function is None:
+            raise invalid_argument(f"No signature was found with the name: {key}")
+        if self.options.enable_signature_method_name_check and signature.method_name != method:
+            kind = "classification" if method == CLASSIFY_METHOD else "regression"
+            raise invalid_argument(f"Expected {kind} signature method_name to be {method}. "
+                                   f"Was: {signature.method_name}")
+        check = _check_classification if method == CLASSIFY_METHOD else _check_regression
+        check(signature)
+        return signature
+
+    def classify(self, request: classification_pb2.ClassificationRequest,
+                 timeout: float | None = None) -> classification_pb2.ClassificationResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        return self._classify_on(self.manager.resolve(request.model_spec), request, timeout)
+
+    def _classify_on(self, servable: Servable, request, timeout: float | None = None,
+                     batch: bool = True) -> classification_pb2.ClassificationResponse:
+        signature = self._method_signature(servable, request.model_spec.signature_name,
+                                           CLASSIFY_METHOD)
+        examples = serialized_examples(request.input)
+        self._record_examples(servable.name, len(examples))
+        outputs = self.run(servable, signature, {CLASSIFY_INPUTS: examples}, "Classify",
+                           timeout, batch)
+        response = classification_pb2.ClassificationResponse()
+        make_model_spec(response.model_spec, request.model_spec.name,
+                        request.model_spec.signature_name, servable.version)
+        _classification_result(outputs, len(examples), response.result)
+        return response
+
+    def regress(self, request: regression_pb2.RegressionRequest,
+                timeout: float | None = None) -> regression_pb2.RegressionResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        return self._regress_on(self.manager.resolve(request.model_spec), request, timeout)
+
+    def _regress_on(self, servable: Servable, request, timeout: float | None = None,
+                    batch: bool = True) -> regression_pb2.RegressionResponse:
+        signature = self._method_signature(servable, request.model_spec.signature_name,
+                                           REGRESS_METHOD)
+        examples = serialized_examples(request.input)
+        self._record_examples(servable.name, len(examples))
+        outputs = self.run(servable, signature, {REGRESS_INPUTS: examples}, "Regress",
+                           timeout, batch)
+        response = regression_pb2.RegressionResponse()
+        make_model_spec(response.model_spec, request.model_spec.name,
+                        request.model_spec.signature_name, servable.version)
+        _regression_result(outputs, len(examples), response.result)
+        return response
+
+    def multi_inference(self, request: inference_pb2.MultiInferenceRequest,
+                        timeout: float | None = None) -> inference_pb2.MultiInferenceResponse:
+        spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        return self._multi_inference_on(self.manager.resolve(spec), request, timeout)
+
+    def _multi_inference_on(self, servable: Servable, request, timeout: float | None = None,
+                            batch: bool = True) -> inference_pb2.MultiInferenceResponse:
+        model_name, seen = "", set()
+        signatures = []
+        for task in request.tasks:
+            if not task.model_spec.name:
+                raise invalid_argument("Found ModelSpec with an empty model name.")
+            if model_name and task.model_spec.name != model_name:
+                raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access "
+                                       "the same model name.")
+            model_name = task.model_spec.name
+            key = task.model_spec.signature_name or DEFAULT_SIGNATURE
+            if key in seen:
+                raise invalid_argument(f"Duplicate evaluation of signature: {key}")
+            seen.add(key)
+            if key not in servable.signatures:
+                raise invalid_argument(f"Requested signature not found in model graph: {key}")
+            if task.method_name == CLASSIFY_METHOD:
+                _check_classification(servable.signatures[key])
+            elif task.method_name == REGRESS_METHOD:
+                _check_regression(servable.signatures[key])
+            else:
+                raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                                   f"Unsupported signature method_name: {task.method_name}")
+            signatures.append(servable.signatures[key])
+        examples = serialized_examples(request.input)
+        self._record_examples(model_name, len(examples))
+        response = inference_pb2.MultiInferenceResponse()
+        for task, signature in zip(request.tasks, signatures, strict=True):
+            outputs = self.run(servable, signature, {CLASSIFY_INPUTS: examples},
+                               "MultiInference", timeout, batch)
+            result = response.results.add()
+            if task.method_name == CLASSIFY_METHOD:
+                _classification_result(outputs, len(examples), result.classification_result)
+            else:
+                _regression_result(outputs, len(examples), result.regression_result)
+            make_model_spec(result.model_spec, task.model_spec.name,
+                            task.model_spec.signature_name, servable.version)
+        return response
+
+    def _record_examples(self, model_name: str, count: int) -> None:
+        self.metrics.request_example_counts.observe(count, model_name)
+        self.metrics.request_example_count_total.increment(model_name, by=count)
+
+    # -- metadata, status, config ----------------------------------------------------------
+
+    def get_model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
+                           ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        if not request.metadata_field:
+            raise invalid_argument(
+                "GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != SIGNATURE_DEF_FIELD:
+                raise invalid_argument(f"Metadata field {field} is not supported")
+        servable = self.manager.resolve(request.model_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in servable.signatures.items():
+            signature_map.signature_def[key].CopyFrom(signature.definition)
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
+        return response
+
+    def get_model_status(self, request: get_model_status_pb2.GetModelStatusRequest
+                         ) -> get_model_status_pb2.GetModelStatusResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        spec = request.model_spec
+        version = spec.version.value if spec.HasField("version") else None
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in self.manager.statuses(spec.name, version):
+            entry = response.model_version_status.add(version=status.version,
+                                                      state=int(status.state))
+            entry.status.SetInParent()  # TF always sets it: OK when healthy
+            if status.error is not None:
+                entry.status.error_code = status.error.code.value[0]
+                entry.status.error_message = status.error.message
+        return response
+
+    def reload_config(self, request: model_management_pb2.ReloadConfigRequest,
+                      is_cancelled: Callable[[], bool] = lambda: False
+                      ) -> model_management_pb2.ReloadConfigResponse:
+        """HandleReloadConfigRequest: the new config replaces the whole model set."""
+        before = {name: self._metric_value(name) for name in request.metric_names}
+        self.manager.reload_config(request.config, is_cancelled=is_cancelled)
+        response = model_management_pb2.ReloadConfigResponse()
+        for name, old in before.items():
+            response.metric.add(name=name, int64_value_increase=self._metric_value(name) - old)
+        return response
+
+    def _metric_value(self, name: str) -> int:
+        metric = self.metrics.find(name)
+        return metric.first_value() if metric is not None and hasattr(metric, "first_value") \
+            else 0
+
+    # -- loading and warmup ----------------------------------------------------------------
+
+    def _load(self, name: str, version: int, path: str) -> Servable:
+        servable = load_servable(name, version, path, self._tags)
+        if self.options.enable_model_warmup:
+            self._warm_up(servable)
+        return servable
+
+    def _warm_up(self, servable: Servable) -> None:
+        """Replays `assets.extra/tf_serving_warmup_requests` (PredictionLogs, at most 1000)."""
+        path = servable.warmup_path
+        if not tf.io.gfile.exists(path):
+            logger.info("No warmup data file found at %s", path)
+            return
+        start, status = time.perf_counter(), "OK"
+        try:
+            self._replay_file(servable, path)
+        except ServingError as e:
+            status = e.code.name
+            raise ServingError(e.code, f"Warmup of {servable} from {path} failed: "
+                                       f"{e.message}") from None
+        finally:
+            self.metrics.model_warmup_latency.observe((time.perf_counter() - start) * 1e6,
+                                                      servable.path, status)
+        logger.info("Finished reading warmup data for model at %s", path)
+
+    def _replay_file(self, servable: Servable, path: str) -> None:
+        iterations = max(1, self.options.num_request_iterations_for_warmup)
+        try:
+            for count, record in enumerate(tf.data.TFRecordDataset(path), start=1):
+                if count > MAX_WARMUP_RECORDS:
+                    raise invalid_argument(f"Number of warmup records exceeds the maximum "
+                                           f"({MAX_WARMUP_RECORDS}) at {path}")
+                log = _parse_warmup_record(record.numpy(), path)
+                for _ in range(iterations):
+                    self._replay(servable, log)
+        except tf.errors.OpError as e:
+            raise from_tf_error(e) from None
+
+    def _replay(self, servable: Servable, log: prediction_log_pb2.PredictionLog) -> None:
+        kind = log.WhichOneof("log_type")
+        if kind == "predict_log":
+            self._predict_on(servable, log.predict_log.request, batch=False)
+        elif kind == "classify_log":
+            self._classify_on(servable, log.classify_log.request, batch=False)
+        elif kind == "regress_log":
+            self._regress_on(servable, log.regress_log.request, batch=False)
+        elif kind == "multi_inference_log":
+            self._multi_inference_on(servable, log.multi_inference_log.request, batch=False)
+        else:
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                               f"Unsupported log_type for warmup: {kind}")
+
+
+def _parse_warmup_record(record: bytes, path: str) -> prediction_log_pb2.PredictionLog:
+    try:
+        return prediction_log_pb2.PredictionLog.FromString(record)
+    except proto_message.DecodeError:
+        raise invalid_argument(f"Failed to parse warmup record: {record[:64]!r} from "
+                               f"{path}") from None
+
+
+def _check_classification(signature: Signature) -> None:
+    """PreProcessClassification (classifier.cc)."""
+    definition = signature.definition
+    if len(definition.inputs) != 1:
+        raise invalid_argument("Expected one input Tensor.")
+    if len(definition.outputs) not in (1, 2):
+        raise invalid_argument(
+            f"Expected one or two output Tensors, found {len(definition.outputs)}")
+    if CLASSIFY_INPUTS not in definition.inputs:
+        raise invalid_argument(
+            f"No classification inputs found in SignatureDef: {_debug_string(definition)}")
+    if CLASSES not in definition.outputs and SCORES not in definition.outputs:
+        raise invalid_argument(
+            f'Expected classification signature outputs to contain at least one of "{CLASSES}" '
+            f'or "{SCORES}". Signature was: {_debug_string(definition)}')
+
+
+def _check_regression(signature: Signature) -> None:
+    """PreProcessRegression (regressor.cc)."""
+    definition = signature.definition
+    if len(definition.inputs) != 1:
+        raise invalid_argument("Expected one input Tensor.")
+    if len(definition.outputs) != 1:
+        raise invalid_argument("Expected one output Tensor.")
+    if REGRESS_INPUTS not in definition.inputs:
+        raise invalid_argument(
+            f"No regression inputs found in SignatureDef: {_debug_string(definition)}")
+    if REGRESS_OUTPUTS not in definition.outputs:
+        raise invalid_argument(
+            f"No regression outputs found in SignatureDef: {_debug_string(definition)}")
+
+
+def _classification_result(outputs: dict[str, np.ndarray], num_examples: int, result) -> None:
+    """PostProcessClassificationResult."""
+    classes, scores = outputs.get(CLASSES), outputs.get(SCORES)
+    for name, tensor, dtype in ((CLASSES, classes, "DT_STRING"), (SCORES, scores, "DT_FLOAT")):
+        if tensor is None:
+            continue
+        if tensor.ndim != 2:
+            raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got "
+                                   f"{_shape_string(tensor.shape)}")
+        actual = _tensors.types_name(_tensors.dtype_of(tensor))
+        if actual != dtype:
+            raise invalid_argument(f"Expected {name} Tensor of {dtype}. Got: {actual}")
+        if tensor.shape[0] != num_examples:
+            raise invalid_argument(f"Expected {name} output batch size of {num_examples}. Got: "
+                                   f"{tensor.shape[0]}")
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise invalid_argument(f"Tensors class and score should match in dim_size(1). Got "
+                               f"{classes.shape[1]} vs. {scores.shape[1]}")
+    num_classes = (classes if classes is not None else scores).shape[1]
+    for i in range(num_examples):
+        classifications = result.classifications.add()
+        for c in range(num_classes):
+            item = classifications.classes.add()
+            if classes is not None:
+                label = classes[i, c]
+                item.label = label.decode("utf-8", "replace") if isinstance(label, bytes) \
+                    else str(label)
+            if scores is not None:
+                item.score = float(scores[i, c])
+
+
+def _regression_result(outputs: dict[str, np.ndarray], num_examples: int, result) -> None:
+    """PostProcessRegressionResult."""
+    tensor = outputs[REGRESS_OUTPUTS]
+    if not (tensor.ndim == 1 or (tensor.ndim == 2 and tensor.shape[1] == 1)):
+        raise invalid_argument(f"Expected output Tensor shape to be either [batch_size] or "
+                               f"[batch_size, 1] but got {_shape_string(tensor.shape)}")
+    if tensor.shape[0] != num_examples:
+        raise invalid_argument(f"Input batch size did not match output batch size: "
+                               f"{num_examples} vs. {tensor.shape[0]}")
+    actual = _tensors.types_name(_tensors.dtype_of(tensor))
+    if actual != "DT_FLOAT":
+        raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {actual}")
+    for value in tensor.reshape(-1):
+        result.regressions.add(value=float(value))
