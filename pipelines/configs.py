@@ -37,8 +37,10 @@ AUC_MAX_DROP = 0.01
 
 # CR aggregation (Eq. 1-2): b(dt) = 0.5 ** (dt / half_life).
 CR_HALF_LIFE_SECONDS = 86_400.0
-# Splits whose examples get CR(u), CR(i) as of strictly before each row (downstream training).
-POINT_IN_TIME_SPLITS = "train,eval"
+# Splits whose examples get CR(u), CR(i) as of strictly before each row: the downstream
+# models' training window (the latest data). All splits cost about as much as the rest of the
+# pipeline at 1M examples (docs/BENCHMARKS.md), hence only eval by default.
+POINT_IN_TIME_SPLITS = "eval"
 
 # RepresentationGuard: GuardThresholds field overrides (empty = the defaults).
 GUARD_THRESHOLDS: dict = {}

@@ -56,8 +56,12 @@ def build(
     )
 
 
-def run(data_root: str, pipeline_root: str, serving_root: str, **kwargs) -> dict:
-    """Runs the whole pipeline once; returns `pipelines.summary.run_summary` + `seconds`."""
+def run(data_root: str, pipeline_root: str, serving_root: str, online_requests: int = 0,
+        **kwargs) -> dict:
+    """Runs the whole pipeline once; returns `pipelines.summary.run_summary` + `seconds`.
+
+    With `online_requests`, then serves the pushed model in-process and runs the online loop
+    over that many of the latest examples (`online_check`)."""
     from tfx import v1 as tfx
 
     from trainer import input as data_input
@@ -76,7 +80,26 @@ def run(data_root: str, pipeline_root: str, serving_root: str, **kwargs) -> dict
     summary = run_summary(metadata_file(os.path.abspath(pipeline_root)), pipeline.pipeline_info
                           .pipeline_name)
     summary["seconds"] = round(time.perf_counter() - started, 1)
+    # Only when this run's tables went live: the store then holds this model's representations
+    # (a held run leaves the previous version's tables, which the new model must not update).
+    if online_requests and summary["guard"] == "published" and summary.get("store_url"):
+        summary.update(online_check(data_root, summary, online_requests))
     return summary
+
+
+def online_check(data_root: str, summary: dict, requests: int) -> dict:
+    """The online loop of Fig. 4 on the pushed model: the in-process server answers the last
+    `requests` examples of the data in time order, and the store is updated from them."""
+    from serving.online import serve_and_replay
+    from trainer import input as data_input
+
+    files = data_input.list_files(data_root)
+    lo, hi = data_input.time_range(files)
+    records = [r.numpy() for r in data_input.records_in_window(files, start=hi - 3600)]
+    records = records[-requests:]
+    return serve_and_replay(configs.MODEL_NAME, os.path.dirname(summary["pushed_path"]),
+                            summary["store_url"], records,
+                            half_life_seconds=configs.CR_HALF_LIFE_SECONDS)
 
 
 def _compiling_for_tfx_cli() -> bool:
@@ -97,6 +120,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2)")
     p.add_argument("--beam_workers", type=int, default=None,
                    help="DirectRunner workers (1: in-process; more: multi-processing)")
+    p.add_argument("--online_requests", type=int, default=256,
+                   help="after the run, serve the pushed model in-process and run the online "
+                        "loop (Fig. 4) over this many of the latest examples (0: skip)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     return p.parse_args(argv)
 
@@ -107,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         kwargs["train_overrides"] = {**configs.TRAIN_OVERRIDES, "epochs": args.epochs}
     summary = run(args.data, args.pipeline_root, args.serving_root,
-                  pipeline_name=args.pipeline_name, beam_workers=args.beam_workers, **kwargs)
+                  pipeline_name=args.pipeline_name, beam_workers=args.beam_workers,
+                  online_requests=args.online_requests, **kwargs)
     if not summary:
         return 0
     print(format_summary(summary))

@@ -157,6 +157,9 @@ def _handler_class(api: RestApi, metrics: ServingMetrics, monitoring: Monitoring
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "TensorFlow-Serving-compatible"
+        # Headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm holds
+        # the body until the client's delayed ACK (~40 ms per keep-alive request).
+        disable_nagle_algorithm = True
 
         def do_GET(self):  # noqa: N802  (http.server's method names)
             self._dispatch("GET")

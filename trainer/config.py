@@ -124,6 +124,11 @@ class TrainConfig:
     batch_size: int = 1024
     learning_rate: float = 2e-3
     eval_days: float = 1.0
+    # > 0: the `validation_days` before the eval window are held out of training; training
+    # stops when the validation ad AUC has not improved for `patience` epochs and keeps the
+    # best epoch's weights (at most `epochs` epochs).
+    validation_days: float = 0.0
+    patience: int = 2
     shuffle_buffer: int = 100_000
     conversion_loss_weight: float = 0.5
     retrieval_loss_weight: float = 0.0

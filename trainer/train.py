@@ -65,15 +65,18 @@ def _train_items(files: list[str], cut: int) -> tuple[set[bytes], int]:
     return set(np.unique(seen).tolist()), int(seen.size)
 
 
-def _oracle(data: str, cut: int) -> dict[str, float | None]:
-    """Oracle AUCs on the same slices, from the synthetic generator's `oracle.npz`."""
+def _oracle(data: str, cut: int, train_end: int | None = None) -> dict[str, float | None]:
+    """Oracle AUCs on the same slices, from the synthetic generator's `oracle.npz`.
+
+    Cold-start items: never seen before `train_end` (default `cut`)."""
     path = os.path.join(data, "oracle.npz") if os.path.isdir(data) else ""
     if not path or not os.path.exists(path):
         return {}
     oracle = np.load(path)
     window = oracle["timestamp"] >= cut
     items = oracle["item_id"].astype(str)
-    cold = ~np.isin(items, np.unique(items[~window]))
+    trained = oracle["timestamp"] < (cut if train_end is None else train_end)
+    cold = ~np.isin(items, np.unique(items[trained]))
     ad = window & oracle["is_ad"]
     content = window & ~oracle["is_ad"]
     p, y = oracle["p_label"], oracle["label"]
@@ -99,10 +102,15 @@ def train_and_export(
     examples = data_input.check_files(files)
     lo, cut, hi = _split(files, train_config.eval_days)
 
+    train_end = cut - int(round(train_config.validation_days * DAY))
+    if train_end <= lo:
+        raise data_input.DataError(
+            f"validation_days={train_config.validation_days} and eval_days="
+            f"{train_config.eval_days} leave nothing to train on")
     train_ds = data_input.make_dataset(
         files,
         train_config.batch_size,
-        end=cut,
+        end=train_end,
         shuffle_buffer=train_config.shuffle_buffer,
         seed=train_config.seed,
         cache=True,
@@ -113,10 +121,18 @@ def train_and_export(
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     started = time.perf_counter()
-    history = model.fit(train_ds, epochs=train_config.epochs, verbose=verbose)
+    fit_args = {}
+    if train_config.validation_days > 0:
+        fit_args["validation_data"] = data_input.make_dataset(
+            files, 4096, start=train_end, end=cut, cache=True)
+        fit_args["callbacks"] = [tf.keras.callbacks.EarlyStopping(
+            monitor="val_ad_auc", mode="max", patience=train_config.patience,
+            restore_best_weights=True)]
+    history = model.fit(train_ds, epochs=train_config.epochs, verbose=verbose, **fit_args)
+    epochs_run = len(history.history["loss"])
     fit_seconds = time.perf_counter() - started
 
-    train_items, train_examples = _train_items(files, cut)
+    train_items, train_examples = _train_items(files, train_end)
     ev = _collect(model, eval_ds)
     is_ad = ev["is_ad"].astype(bool)
     cold = is_ad & ~np.isin(ev["item"], list(train_items))
@@ -135,12 +151,14 @@ def train_and_export(
         "oracle_auc_ad": None,
         "oracle_auc_content": None,
         "oracle_auc_cold_start": None,
-        "epochs": train_config.epochs,
+        "epochs": epochs_run,
+        "best_epoch": (int(np.argmax(history.history["val_ad_auc"])) + 1
+                       if "val_ad_auc" in history.history else epochs_run),
         "fit_seconds": round(fit_seconds, 2),
-        "examples_per_second": round(train_examples * train_config.epochs / fit_seconds, 1),
+        "examples_per_second": round(train_examples * epochs_run / fit_seconds, 1),
         "final_loss": float(history.history["loss"][-1]),
     }
-    results.update(_oracle(data, cut))
+    results.update(_oracle(data, cut, train_end))
     results["export_path"] = export_saved_model(
         model, export_dir, warmup_examples=[
             s.numpy() for s in data_input.records_in_window(files, start=cut).take(8)
@@ -179,6 +197,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=defaults.batch_size)
     p.add_argument("--learning_rate", type=float, default=defaults.learning_rate)
     p.add_argument("--eval_days", type=float, default=defaults.eval_days)
+    p.add_argument("--validation_days", type=float, default=defaults.validation_days,
+                   help="days before the eval window held out for early stopping (0: none)")
+    p.add_argument("--patience", type=int, default=defaults.patience)
     p.add_argument("--retrieval_loss_weight", type=float, default=defaults.retrieval_loss_weight)
     p.add_argument("--seed", type=int, default=defaults.seed)
     mdefaults = ModelConfig()
@@ -210,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         eval_days=args.eval_days,
+        validation_days=args.validation_days,
+        patience=args.patience,
         retrieval_loss_weight=args.retrieval_loss_weight,
         seed=args.seed,
     )

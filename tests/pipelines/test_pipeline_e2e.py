@@ -155,14 +155,36 @@ def test_published_tables_match_the_artifacts(first_run, workdir):
     assert sizes[A.USER_TABLE] == len(users)
 
 
+def test_online_loop_serves_the_pushed_model_and_updates_the_store(first_run, workdir):
+    data = str(workdir / "data1")
+    out = local_runner.online_check(data, first_run, 64)
+    assert out["online_requests"] == 64 and out["online_batches"] == 2
+    assert out["online_model_version"] == first_run["pushed_version"]
+    files = data_input.list_files(data)
+    _, hi = data_input.time_range(files)
+    latest = [r.numpy() for r in data_input.records_in_window(files, start=hi - 3600)][-64:]
+    users = sorted({tf.train.Example.FromString(r).features.feature[F.USER_ID]
+                    .bytes_list.value[0] for r in latest})
+    store = open_store(first_run["store_url"])
+    try:
+        rows = store.get(A.CROSS_USER_TABLE, users)
+        assert rows.found.all()
+        assert set(rows.model_version.tolist()) == {first_run["pushed_version"]}
+    finally:
+        store.close()
+
+
 def test_point_in_time_examples_for_downstream_training(first_run, workdir):
-    """The aggregator wrote every example of both splits with CR(u), CR(i) as of before it."""
+    """The aggregator wrote every example of the eval split (the default) with CR(u), CR(i)
+    as of strictly before it."""
     from pipelines.summary import _latest, _store
 
     cross = _latest(_store(metadata_file(str(workdir / "root"))),
                     A.CrossRepresentationTables.TYPE_NAME)
+    assert cross.custom_properties["point_in_time_splits"].string_value == "eval"
+    assert not (Path(cross.uri) / "point_in_time" / "Split-train").exists()
     total = 0
-    for split in ("train", "eval"):
+    for split in ("eval",):
         files = sorted((Path(cross.uri) / "point_in_time" / f"Split-{split}").glob("*.gz"))
         rows = [tf.train.Example.FromString(r.numpy())
                 for r in tf.data.TFRecordDataset([str(f) for f in files], "GZIP")]
@@ -174,12 +196,16 @@ def test_point_in_time_examples_for_downstream_training(first_run, workdir):
                 updated = f[f"cr_{side}_updated_at"].int64_list.value[0]
                 assert updated < t  # strictly before the row: no leakage
                 assert len(f[f"cr_{side}"].float_list.value) > 0
-    assert total == EXAMPLES
+    files = data_input.list_files(str(workdir / "data1"))
+    _, hi = data_input.time_range(files)
+    assert total == sum(1 for _ in data_input.records_in_window(files, start=hi + 1 - 86_400))
 
 
 def test_second_run_compares_with_the_blessed_model(first_run, second_run, workdir):
     summary, stdout = second_run
     assert "guard" in stdout and "ad AUC" in stdout  # the CLI run printed its summary
+    # The CLI default runs the online loop through the in-process server when tables went live.
+    assert ("online loop" in stdout) == (summary["guard"] == "published")
     assert summary["evaluation_uri"] != first_run["evaluation_uri"]
     diffs = {}
     for metrics in tfma.load_metrics(summary["evaluation_uri"]):

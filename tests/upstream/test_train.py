@@ -61,3 +61,25 @@ def test_cli_rejects_an_eval_window_longer_than_the_data(small_data, tmp_path, e
     )
     assert proc.returncode != 0
     assert "nothing would be left to train on" in proc.stderr
+
+
+def test_early_stopping_on_a_validation_window(small_data, tmp_path):
+    """`validation_days` holds the day before the eval window out of training and keeps the
+    weights of the best validation epoch."""
+    from trainer.config import ModelConfig, TrainConfig
+    from trainer.train import train_and_export
+
+    small = dict(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(16,),
+                 tower_hidden=(8,), representation_dim=8, embedding_dim=4)
+    plain = train_and_export(small_data, str(tmp_path / "a"), ModelConfig(**small),
+                             TrainConfig(epochs=1, batch_size=256), verbose=0)
+    held = train_and_export(small_data, str(tmp_path / "b"), ModelConfig(**small),
+                            TrainConfig(epochs=4, batch_size=256, validation_days=1.0,
+                                        patience=1), verbose=0)
+    # One of the six days is the validation window: fewer training rows, same eval rows.
+    assert held["train_examples"] < plain["train_examples"]
+    assert held["eval_examples"] == plain["eval_examples"]
+    assert 1 <= held["best_epoch"] <= held["epochs"] <= 4
+    with pytest.raises(data_input.DataError, match="validation_days"):
+        train_and_export(small_data, str(tmp_path / "c"), ModelConfig(**small),
+                         TrainConfig(epochs=1, validation_days=5.0), verbose=0)

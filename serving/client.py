@@ -1,0 +1,261 @@
+"""Client for the upstream model behind TF Serving's gRPC API (ours or `tensorflow/serving`).
+
+    client = EmbeddingClient("localhost:8500", "lfm4ads", timeout=2.0)
+    ur = client.user_representations(serialized_examples)   # float32 [n, d_ur]
+    ir = client.item_representations(serialized_examples)   # float32 [n, d_ir]
+    cr = client.cross_representations(serialized_examples)  # float32 [n, d_cr]
+    scores = client.predict(serialized_examples)            # {"ad_prediction": [n, 1], ...}
+
+Every call carries a deadline (`timeout` seconds). Predict has no side effects, so a call that
+fails before the server could answer (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`: connection refused,
+server restarting, batch queue full) is retried with exponential backoff, at most `retries`
+times and never past the call's deadline. Every other status (an invalid example, an unknown
+model, `DEADLINE_EXCEEDED`) is raised at once as `ServingClientError` with the server's message.
+
+The CLI embeds a TFRecord file of serialized tf.Examples:
+
+    python -m serving.client --target localhost:8500 --model_name lfm4ads \
+        --signature user_representation --input examples.tfrecord.gz --output ur.npy
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+import grpc
+import numpy as np
+
+from trainer import signatures as S
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+MAX_MESSAGE_BYTES = 2**31 - 1  # as TF Serving: no 4 MiB gRPC default
+
+
+class ServingClientError(RuntimeError):
+    """A Predict call failed; `code` is the gRPC status code, the message the server's."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, signature: str):
+        super().__init__(f"{signature}: {code.name}: {message}")
+        self.code = code
+        self.details = message
+
+
+def _tensor_to_numpy(proto) -> np.ndarray:
+    """TensorProto -> numpy without importing TensorFlow (typed fields or tensor_content)."""
+    from tensorflow.core.framework import types_pb2
+
+    shape = [d.size for d in proto.tensor_shape.dim]
+    dtypes = {
+        types_pb2.DT_FLOAT: (np.float32, "float_val"),
+        types_pb2.DT_DOUBLE: (np.float64, "double_val"),
+        types_pb2.DT_INT32: (np.int32, "int_val"),
+        types_pb2.DT_INT64: (np.int64, "int64_val"),
+        types_pb2.DT_STRING: (object, "string_val"),
+    }
+    if proto.dtype not in dtypes:
+        raise ValueError(f"unsupported output dtype {types_pb2.DataType.Name(proto.dtype)}")
+    dtype, field = dtypes[proto.dtype]
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape).copy()
+    values = list(getattr(proto, field))
+    n = int(np.prod(shape)) if shape else 1
+    if len(values) == 1 and n > 1:  # TF's "splat" encoding of a constant tensor
+        values = values * n
+    return np.array(values, dtype=dtype).reshape(shape)
+
+
+class EmbeddingClient:
+    """UR / IR / CR and predictions of the upstream model over gRPC (module doc).
+
+    Args:
+      target: `host:port` of the server's gRPC port.
+      model_name: the served model's name.
+      timeout: seconds per call (the deadline, retries included).
+      version: a model version (default: the server's latest), or `version_label`.
+      retries: how many times a retryable failure is retried.
+      channel: an existing channel (then `target` is ignored for connecting).
+    """
+
+    def __init__(self, target: str, model_name: str, timeout: float = 5.0, *,
+                 version: int | None = None, version_label: str | None = None,
+                 retries: int = 3, channel: grpc.Channel | None = None):
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if version is not None and version_label is not None:
+            raise ValueError("give version or version_label, not both")
+        self.target = target
+        self.model_name = model_name
+        self.timeout = float(timeout)
+        self.version = version
+        self.version_label = version_label
+        self.retries = int(retries)
+        self._own_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ])
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self.last_model_version: int | None = None  # the version that answered the last call
+
+    def close(self) -> None:
+        if self._own_channel:
+            self._channel.close()
+
+    def __enter__(self) -> EmbeddingClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- requests -----------------------------------------------------------------------------
+    def _request(self, signature: str, examples: Sequence[bytes],
+                 output_filter: Sequence[str] = ()):
+        from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+        from tensorflow_serving.apis import predict_pb2
+
+        examples = [bytes(e) for e in examples]
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = signature
+        if self.version is not None:
+            request.model_spec.version.value = int(self.version)
+        elif self.version_label is not None:
+            request.model_spec.version_label = self.version_label
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(examples))]),
+            string_val=examples,
+        )
+        request.inputs[S.INPUT_KEY].CopyFrom(tensor)
+        request.output_filter.extend(output_filter)
+        return request
+
+    def _call(self, signature: str, examples: Sequence[bytes],
+              output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        if len(examples) == 0:
+            raise ValueError("examples is empty: give at least one serialized tf.Example")
+        request = self._request(signature, examples, output_filter)
+        deadline = time.monotonic() + self.timeout
+        delay = 0.02
+        for attempt in range(self.retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServingClientError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                         f"no answer within {self.timeout} s", signature)
+            try:
+                response = self._stub.Predict(request, timeout=remaining)
+                self.last_model_version = int(response.model_spec.version.value)
+                return {k: _tensor_to_numpy(v) for k, v in response.outputs.items()}
+            except grpc.RpcError as e:
+                code = e.code()
+                if code not in RETRYABLE or attempt == self.retries:
+                    raise ServingClientError(code, e.details() or "", signature) from None
+            time.sleep(min(delay * (1 + random.random()), max(0.0, deadline - time.monotonic())))
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _representation(self, signature: str, examples: Sequence[bytes]) -> np.ndarray:
+        return self._call(signature, examples)[signature].astype(np.float32)
+
+    def user_representations(self, examples: Sequence[bytes]) -> np.ndarray:
+        """UR `[n, d_ur]` float32 from the user features of each example."""
+        return self._representation(S.USER_REPRESENTATION, examples)
+
+    def item_representations(self, examples: Sequence[bytes]) -> np.ndarray:
+        """IR `[n, d_ir]` float32 from the item features of each example."""
+        return self._representation(S.ITEM_REPRESENTATION, examples)
+
+    def cross_representations(self, examples: Sequence[bytes]) -> np.ndarray:
+        """CR(u,i) `[n, d_cr]` float32 of each (user, item) example."""
+        return self._representation(S.CROSS_REPRESENTATION, examples)
+
+    def predict(self, examples: Sequence[bytes],
+                outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """`serving_default`: output key -> array (`ad_prediction` `[n, 1]`, ...)."""
+        return self._call(S.SERVING_DEFAULT, examples, outputs)
+
+
+# ----------------------------------------------------------------------------------------- CLI
+SIGNATURES = (S.USER_REPRESENTATION, S.ITEM_REPRESENTATION, S.CROSS_REPRESENTATION)
+
+
+def _records(path: str) -> Iterator[bytes]:
+    import tensorflow as tf
+
+    compression = "GZIP" if path.endswith(".gz") else ""
+    for record in tf.data.TFRecordDataset(path, compression_type=compression):
+        yield record.numpy()
+
+
+def _batches(records: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def embed_file(client: EmbeddingClient, signature: str, input_path: str, output_path: str,
+               batch_size: int = 256) -> int:
+    """Embeds every example of a TFRecord file; writes `.npy` `[n, d]` or a TFRecord of rows.
+
+    A TFRecord output holds one tf.Example per input row with `representation` (float list)
+    and `row` (int64, the input position). Returns the number of rows.
+    """
+    if signature not in SIGNATURES:
+        raise ValueError(f"signature must be one of {SIGNATURES}, got {signature!r}")
+    parts = [client._representation(signature, batch)
+             for batch in _batches(_records(input_path), batch_size)]
+    if not parts:
+        raise ValueError(f"{input_path} holds no records")
+    matrix = np.concatenate(parts)
+    if output_path.endswith(".npy"):
+        np.save(output_path, matrix)
+    else:
+        import tensorflow as tf
+
+        options = "GZIP" if output_path.endswith(".gz") else None
+        with tf.io.TFRecordWriter(output_path, options) as writer:
+            for row, vector in enumerate(matrix):
+                writer.write(tf.train.Example(features=tf.train.Features(feature={
+                    "representation": tf.train.Feature(
+                        float_list=tf.train.FloatList(value=vector.tolist())),
+                    "row": tf.train.Feature(int64_list=tf.train.Int64List(value=[row])),
+                })).SerializeToString())
+    return int(matrix.shape[0])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Embed a TFRecord file of tf.Examples over gRPC.")
+    p.add_argument("--target", default="localhost:8500")
+    p.add_argument("--model_name", default="lfm4ads")
+    p.add_argument("--signature", default=S.USER_REPRESENTATION, choices=SIGNATURES)
+    p.add_argument("--input", required=True, help="TFRecord file (.gz: gzip)")
+    p.add_argument("--output", required=True, help=".npy, or a TFRecord path")
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--timeout", type=float, default=10.0)
+    args = p.parse_args(argv)
+    import trainer  # noqa: F401  (tf-keras before TensorFlow, for the TFRecord reader)
+
+    with EmbeddingClient(args.target, args.model_name, args.timeout) as client:
+        try:
+            n = embed_file(client, args.signature, args.input, args.output, args.batch_size)
+        except ServingClientError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    print(f"wrote {n} rows of {args.signature} to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The online loop of paper Fig. 4: serve the stored representations, then refresh them.
+
+For a batch of requests (serialized tf.Examples of (user, item) pairs with their timestamps):
+
+1. `fetch`: UR(u), IR(i), CR(u), CR(i) from the representation store, as the downstream model
+   reads them (the state before this request; missing keys flagged);
+2. run the upstream model through the TF-Serving-compatible server on the same examples
+   (`user_representation`, `item_representation`, `cross_representation` signatures);
+3. write the new UR(u) and IR(i) (the latest request per key wins, as in the offline
+   extractor: largest (timestamp, BLAKE2b digest of the example); a stored row with a later
+   `updated_at` is kept) and fold CR(u,i) into CR(u), CR(i) with the store's atomic
+   time-aware EMA (Eq. 1-2, the offline aggregator's tie rule).
+
+Replaying a time-ordered stream through `OnlineLoop.replay` leaves the same four tables as the
+offline RepresentationExtractor + CrossRepresentationAggregator on that stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.client import EmbeddingClient
+from serving.store import CR_ITEM, CR_USER, IR, UR, RepresentationStore, Rows
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What the downstream model gets for a batch: the stored rows before the update."""
+
+    user: Rows
+    item: Rows
+    cross_user: Rows
+    cross_item: Rows
+
+
+@dataclass(frozen=True)
+class Processed:
+    """One `process` call: the fetched rows and what was written."""
+
+    fetched: Fetched
+    model_version: int
+    ur_written: int
+    ir_written: int
+    late_user: int
+    late_item: int
+
+
+def _ids(examples: Sequence[bytes]) -> tuple[list[bytes], list[bytes], np.ndarray]:
+    """user_id, item_id, timestamp of each serialized example (a clear error if one lacks one)."""
+    from tensorflow.core.example import example_pb2
+
+    users, items, ts = [], [], np.empty(len(examples), dtype=np.int64)
+    for row, serialized in enumerate(examples):
+        feature = example_pb2.Example.FromString(serialized).features.feature
+        for name, out in (("user_id", users), ("item_id", items)):
+            values = feature[name].bytes_list.value if name in feature else []
+            if len(values) != 1:
+                raise ValueError(f"example {row}: feature {name!r} must hold one bytes value")
+            out.append(values[0])
+        values = feature["timestamp"].int64_list.value if "timestamp" in feature else []
+        if len(values) != 1:
+            raise ValueError(f"example {row}: feature 'timestamp' must hold one int64 value")
+        ts[row] = values[0]
+    return users, items, ts
+
+
+def _latest_rows(keys: list[bytes], ts: np.ndarray, examples: Sequence[bytes]) -> list[int]:
+    """Row index of each key's latest example by (timestamp, digest), as the extractor."""
+    best: dict[bytes, tuple[int, bytes, int]] = {}
+    for row, key in enumerate(keys):
+        rank = (int(ts[row]), hashlib.blake2b(examples[row], digest_size=16).digest(), row)
+        if key not in best or rank[:2] > best[key][:2]:
+            best[key] = rank
+    return [rank[2] for rank in best.values()]
+
+
+class OnlineLoop:
+    """Fig. 4's online path over an `EmbeddingClient` and a `RepresentationStore`."""
+
+    def __init__(self, client: EmbeddingClient, store: RepresentationStore):
+        self.client = client
+        self.store = store
+
+    def fetch(self, user_ids: Sequence[bytes], item_ids: Sequence[bytes]) -> Fetched:
+        """UR(u), IR(i), CR(u), CR(i) as stored now."""
+        return Fetched(self.store.get(UR, user_ids), self.store.get(IR, item_ids),
+                       self.store.get(CR_USER, user_ids), self.store.get(CR_ITEM, item_ids))
+
+    def _write_latest(self, table: str, keys: list[bytes], ts: np.ndarray,
+                      examples: Sequence[bytes], vectors: np.ndarray, stored: Rows,
+                      version: int) -> int:
+        rows = _latest_rows(keys, ts, examples)
+        # A stored row from a later request stays (stored.updated_at is -1 when missing).
+        stored_at = {k: int(t) for k, t in zip(stored.keys, stored.updated_at, strict=True)}
+        rows = [r for r in rows if int(ts[r]) >= stored_at.get(keys[r], -1)]
+        if rows:
+            self.store.put(table, [keys[r] for r in rows], vectors[rows], ts[rows], version)
+        return len(rows)
+
+    def process(self, examples: Sequence[bytes]) -> Processed:
+        """Fetch for, then refresh from, a batch of requests (module doc)."""
+        examples = [bytes(e) for e in examples]
+        if not examples:
+            raise ValueError("examples is empty")
+        users, items, ts = _ids(examples)
+        fetched = self.fetch(users, items)
+        ur = self.client.user_representations(examples)
+        ir = self.client.item_representations(examples)
+        cr = self.client.cross_representations(examples)
+        version = int(self.client.last_model_version or 0)
+        ur_written = self._write_latest(UR, users, ts, examples, ur, fetched.user, version)
+        ir_written = self._write_latest(IR, items, ts, examples, ir, fetched.item, version)
+        update = self.store.update_cross(users, items, cr, ts, model_version=version)
+        return Processed(fetched, version, ur_written, ir_written,
+                         update.late_user, update.late_item)
+
+    def replay(self, records: Iterable[bytes], batch_size: int = 64) -> dict[str, int]:
+        """Processes a time-ordered stream in batches; returns counts."""
+        totals = {"requests": 0, "batches": 0, "late_user": 0, "late_item": 0}
+        for batch in _batches(records, batch_size):
+            out = self.process(batch)
+            totals["requests"] += len(batch)
+            totals["batches"] += 1
+            totals["late_user"] += out.late_user
+            totals["late_item"] += out.late_item
+        return totals
+
+
+def _batches(records: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    batch: list[bytes] = []
+    for record in records:
+        batch.append(bytes(record))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
+                     records: Sequence[bytes], batch_size: int = 32,
+                     half_life_seconds: float = 86_400.0) -> dict:
+    """Starts the server in-process on a free port, replays `records` through the online loop
+    into the store at `store_url`, stops the server; returns counts and per-batch latency."""
+    import time
+
+    from serving.server import ModelServer
+    from serving.store import open_store
+
+    latencies = []
+    with ModelServer(model_name=model_name, model_base_path=model_base_path, port=0,
+                     rest_api_port=None) as server:
+        store = open_store(store_url, half_life_seconds=half_life_seconds)
+        try:
+            with EmbeddingClient(server.grpc_target, model_name, timeout=30) as client:
+                loop = OnlineLoop(client, store)
+                for batch in _batches(records, batch_size):
+                    started = time.perf_counter()
+                    loop.process(batch)
+                    latencies.append(time.perf_counter() - started)
+                version = client.last_model_version
+        finally:
+            store.close()
+    ms = np.asarray(latencies) * 1e3
+    return {
+        "online_requests": len(records),
+        "online_batches": len(latencies),
+        "online_model_version": version,
+        "online_batch_p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+        "online_batch_p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+    }

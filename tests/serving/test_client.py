@@ -1,0 +1,127 @@
+"""EmbeddingClient against the server: outputs equal the SavedModel's, deadlines, retries, CLI."""
+
+import os
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving import client as C
+from serving.server import ModelServer
+from tests.serving.conftest import MODEL
+from trainer import features as F
+from trainer import signatures as S
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    base = os.path.dirname(exported["a"])
+    with ModelServer(model_name=MODEL, model_base_path=base, port=0, rest_api_port=None) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def direct(exported):
+    return tf.saved_model.load(exported["a"])
+
+
+def test_representations_equal_the_saved_model(server, direct, examples):
+    with C.EmbeddingClient(server.grpc_target, MODEL, timeout=10) as client:
+        batch = tf.constant(examples[:16])
+        for method, signature in ((client.user_representations, S.USER_REPRESENTATION),
+                                  (client.item_representations, S.ITEM_REPRESENTATION),
+                                  (client.cross_representations, S.CROSS_REPRESENTATION)):
+            got = method(examples[:16])
+            want = direct.signatures[signature](examples=batch)[signature].numpy()
+            assert got.dtype == np.float32 and got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        scores = client.predict(examples[:16])
+        want = direct.signatures[S.SERVING_DEFAULT](examples=batch)
+        assert set(scores) == set(S.OUTPUT_KEYS[S.SERVING_DEFAULT])
+        np.testing.assert_allclose(scores[S.AD_PREDICTION], want[S.AD_PREDICTION].numpy(),
+                                   rtol=1e-5)
+        only = client.predict(examples[:2], outputs=[S.AD_PREDICTION])
+        assert set(only) == {S.AD_PREDICTION}
+        assert client.last_model_version == 1
+
+
+def test_errors_are_raised_with_the_server_message(server, examples):
+    with C.EmbeddingClient(server.grpc_target, MODEL, timeout=10) as client:
+        bad = tf.train.Example.FromString(examples[0])
+        del bad.features.feature[F.USER_GEO]
+        with pytest.raises(C.ServingClientError, match=F.USER_GEO) as info:
+            client.user_representations([bad.SerializeToString()])
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(ValueError, match="empty"):
+            client.user_representations([])
+    with C.EmbeddingClient(server.grpc_target, "nope", timeout=10) as client:
+        with pytest.raises(C.ServingClientError) as info:
+            client.user_representations(examples[:1])
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_unavailable_is_retried_until_the_server_is_up(exported, examples):
+    """A server that starts late: the call retries UNAVAILABLE and succeeds within its deadline."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = os.path.dirname(exported["a"])
+    started = []
+
+    def start_later():
+        time.sleep(1.0)
+        started.append(ModelServer(model_name=MODEL, model_base_path=base, port=port,
+                                   rest_api_port=None).start())
+
+    thread = threading.Thread(target=start_later)
+    thread.start()
+    try:
+        with C.EmbeddingClient(f"127.0.0.1:{port}", MODEL, timeout=60, retries=50) as client:
+            out = client.user_representations(examples[:2])
+        assert out.shape[0] == 2
+    finally:
+        thread.join()
+        for server in started:
+            server.stop()
+
+
+def test_deadline_is_not_exceeded_when_nothing_answers(examples):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with C.EmbeddingClient(f"127.0.0.1:{port}", MODEL, timeout=0.5, retries=100) as client:
+        started = time.monotonic()
+        with pytest.raises(C.ServingClientError) as info:
+            client.user_representations(examples[:1])
+        assert time.monotonic() - started < 2.0
+        assert info.value.code in (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   grpc.StatusCode.UNAVAILABLE)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tfrecord.gz"])
+def test_cli_embeds_a_tfrecord_file(server, direct, examples, tmp_path, suffix):
+    source = tmp_path / "in.tfrecord.gz"
+    with tf.io.TFRecordWriter(str(source), "GZIP") as w:
+        for e in examples[:40]:
+            w.write(e)
+    out = tmp_path / f"ur{suffix}"
+    code = C.main(["--target", server.grpc_target, "--model_name", MODEL, "--input",
+                   str(source), "--output", str(out), "--batch_size", "16"])
+    assert code == 0
+    want = direct.signatures[S.USER_REPRESENTATION](
+        examples=tf.constant(examples[:40]))[S.USER_REPRESENTATION].numpy()
+    if suffix == ".npy":
+        got = np.load(out)
+    else:
+        rows = [tf.train.Example.FromString(r.numpy())
+                for r in tf.data.TFRecordDataset(str(out), "GZIP")]
+        assert [r.features.feature["row"].int64_list.value[0] for r in rows] == list(range(40))
+        got = np.array([r.features.feature["representation"].float_list.value for r in rows])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

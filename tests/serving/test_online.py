@@ -1,0 +1,102 @@
+"""The online loop (Fig. 4): replaying a time-ordered stream through server + store gives the
+tables of the offline RepresentationExtractor + CrossRepresentationAggregator on that stream."""
+
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from components.cr_aggregation.beam_transforms import AggregateCrossRepresentations
+from components.representation_extractor.beam_transforms import ExtractRepresentations
+from pipelines.sources import synthetic
+from serving.client import EmbeddingClient
+from serving.online import OnlineLoop
+from serving.server import ModelServer
+from serving.store import CR_ITEM, CR_USER, IR, UR, open_store
+from tests.serving.conftest import MODEL
+from trainer import input as data_input
+
+HALF_LIFE = 3600.0
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory) -> list[bytes]:
+    """A time-ordered stream with repeat users/items and timestamp ties."""
+    out = tmp_path_factory.mktemp("online_data")
+    synthetic.generate(str(out), examples=500, seed=21, days=1, progress=False)
+    files = data_input.list_files(str(out))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, "GZIP")]
+    ts = [tf.train.Example.FromString(r).features.feature["timestamp"].int64_list.value[0]
+          for r in records]
+    order = np.argsort(np.asarray(ts), kind="stable")
+    return [records[i] for i in order]
+
+
+def _offline(model_dir: str, stream: list[bytes], tmp_path) -> dict:
+    out_dir = str(tmp_path)
+    with TestPipeline() as p:
+        reps = p | beam.Create(stream) | ExtractRepresentations(model_dir, 8, 64)
+        crs = reps["cross_events"] | AggregateCrossRepresentations(HALF_LIFE, num_buckets=4)
+        for name, pcoll in (("ur", reps["user"]), ("ir", reps["item"]),
+                            ("cru", crs["user"]), ("cri", crs["item"])):
+            _ = (pcoll | f"Np[{name}]" >> beam.Map(
+                lambda r: (r[0], np.asarray(r[1], np.float32).tolist(), int(r[2])))
+                | f"Collect[{name}]" >> beam.combiners.ToList()
+                | f"Save[{name}]" >> beam.Map(
+                    lambda rows, n=name: np.save(os.path.join(out_dir, f"{n}.npy"),
+                                                 np.array(rows, dtype=object),
+                                                 allow_pickle=True)))
+    return {name: {k: (np.asarray(v, np.float32), t) for k, v, t in
+                   np.load(os.path.join(out_dir, f"{name}.npy"), allow_pickle=True)}
+            for name in ("ur", "ir", "cru", "cri")}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_replay_equals_the_offline_pipeline(exported, stream, tmp_path, backend, request):
+    url = (f"sqlite:///{tmp_path / 'store.db'}" if backend == "sqlite"
+           else request.getfixturevalue("redis_url"))
+    offline = _offline(exported["a"], stream, tmp_path)
+    base = os.path.dirname(exported["a"])
+    with ModelServer(model_name=MODEL, model_base_path=base, port=0, rest_api_port=None) as srv:
+        store = open_store(url, half_life_seconds=HALF_LIFE)
+        for table in (UR, IR, CR_USER, CR_ITEM):
+            store.clear(table)
+        with EmbeddingClient(srv.grpc_target, MODEL, timeout=30) as client:
+            loop = OnlineLoop(client, store)
+            first = loop.process(stream[:1])
+            assert not first.fetched.user.found.any()  # nothing stored before the first request
+            totals = loop.replay(stream[1:], batch_size=37)
+        assert totals["requests"] == len(stream) - 1
+        assert totals["late_user"] == totals["late_item"] == 0
+        for table, name in ((UR, "ur"), (IR, "ir"), (CR_USER, "cru"), (CR_ITEM, "cri")):
+            expected = offline[name]
+            assert store.count(table) == len(expected), table
+            keys = sorted(expected)
+            rows = store.get(table, keys)
+            assert rows.found.all()
+            np.testing.assert_allclose(rows.representations,
+                                       np.stack([expected[k][0] for k in keys]),
+                                       rtol=2e-5, atol=2e-6, err_msg=table)
+            assert rows.updated_at.tolist() == [expected[k][1] for k in keys], table
+            assert set(rows.model_version.tolist()) == {1}
+        # The downstream model sees the state before its own request.
+        fetched = loop.fetch([b"unknown-user"], [b"unknown-item"])
+        assert not fetched.user.found[0] and not fetched.cross_item.found[0]
+        store.close()
+
+
+def test_bad_examples_are_refused_before_anything_is_written(exported, stream, tmp_path):
+    base = os.path.dirname(exported["a"])
+    with ModelServer(model_name=MODEL, model_base_path=base, port=0, rest_api_port=None) as srv:
+        store = open_store(f"sqlite:///{tmp_path / 'store.db'}", half_life_seconds=HALF_LIFE)
+        with EmbeddingClient(srv.grpc_target, MODEL, timeout=30) as client:
+            loop = OnlineLoop(client, store)
+            bad = tf.train.Example.FromString(stream[0])
+            del bad.features.feature["timestamp"]
+            with pytest.raises(ValueError, match="timestamp"):
+                loop.process([stream[1], bad.SerializeToString()])
+        assert all(store.count(t) == 0 for t in (UR, IR, CR_USER, CR_ITEM))
+        store.close()
