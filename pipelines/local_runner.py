@@ -87,16 +87,28 @@ def run(data_root: str, pipeline_root: str, serving_root: str, online_requests: 
     return summary
 
 
-def online_check(data_root: str, summary: dict, requests: int) -> dict:
+def _next_day(record: bytes, shift: int) -> bytes:
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example.FromString(record)
+    timestamp = example.features.feature["timestamp"].int64_list.value
+    timestamp[0] += shift
+    return example.SerializeToString()
+
+
+def online_check(data_root: str, summary: dict, requests: int, shift: int = 86_400) -> dict:
     """The online loop of Fig. 4 on the pushed model: the in-process server answers the last
-    `requests` examples of the data in time order, and the store is updated from them."""
+    `requests` examples of the data, replayed in time order `shift` seconds later (as the next
+    day's traffic: the published tables already hold the data's own events), and the store's
+    UR, IR, CR(u), CR(i) are updated from them."""
     from serving.online import serve_and_replay
     from trainer import input as data_input
 
     files = data_input.list_files(data_root)
-    lo, hi = data_input.time_range(files)
-    records = [r.numpy() for r in data_input.records_in_window(files, start=hi - 3600)]
-    records = records[-requests:]
+    _, hi = data_input.time_range(files)
+    # The latest day, in time order (the shards are written in timestamp order).
+    records = [r.numpy() for r in data_input.records_in_window(files, start=hi + 1 - 86_400)]
+    records = [_next_day(r, shift) for r in records[-requests:]]
     return serve_and_replay(configs.MODEL_NAME, os.path.dirname(summary["pushed_path"]),
                             summary["store_url"], records,
                             half_life_seconds=configs.CR_HALF_LIFE_SECONDS)

@@ -156,9 +156,10 @@ def format_summary(summary: dict) -> str:
         rows.append(("store", f"{summary['store_url']} {summary['store_rows']}"))
     rows += [("  reason", r) for r in summary["guard_reasons"]]
     if summary.get("online_requests"):
-        rows.append(("online loop", f"{summary['online_requests']} requests in batches of 32 "
-                     f"through the in-process server (version {summary['online_model_version']}"
-                     f"), p50 {summary['online_batch_p50_ms']} ms per batch"))
+        rows.append(("online loop", f"{summary['online_requests']} next-day requests in "
+                     f"batches of 32 through the in-process server (version "
+                     f"{summary['online_model_version']}), p50 {summary['online_batch_p50_ms']} "
+                     "ms per batch; store updated"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

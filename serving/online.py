@@ -154,6 +154,7 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
     from serving.store import open_store
 
     latencies = []
+    late = [0, 0]
     with ModelServer(model_name=model_name, model_base_path=model_base_path, port=0,
                      rest_api_port=None) as server:
         store = open_store(store_url, half_life_seconds=half_life_seconds)
@@ -162,8 +163,10 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
                 loop = OnlineLoop(client, store)
                 for batch in _batches(records, batch_size):
                     started = time.perf_counter()
-                    loop.process(batch)
+                    out = loop.process(batch)
                     latencies.append(time.perf_counter() - started)
+                    late[0] += out.late_user
+                    late[1] += out.late_item
                 version = client.last_model_version
         finally:
             store.close()
@@ -172,6 +175,7 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
         "online_requests": len(records),
         "online_batches": len(latencies),
         "online_model_version": version,
+        "online_late_events": late[0] + late[1],
         "online_batch_p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
         "online_batch_p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
     }

@@ -156,20 +156,29 @@ def test_published_tables_match_the_artifacts(first_run, workdir):
 
 
 def test_online_loop_serves_the_pushed_model_and_updates_the_store(first_run, workdir):
+    """The next day's requests (the last 64 examples, a day later) go through the in-process
+    server and update UR and CR(u) of their users in the store."""
     data = str(workdir / "data1")
     out = local_runner.online_check(data, first_run, 64)
     assert out["online_requests"] == 64 and out["online_batches"] == 2
     assert out["online_model_version"] == first_run["pushed_version"]
+    assert out["online_late_events"] == 0
     files = data_input.list_files(data)
     _, hi = data_input.time_range(files)
-    latest = [r.numpy() for r in data_input.records_in_window(files, start=hi - 3600)][-64:]
-    users = sorted({tf.train.Example.FromString(r).features.feature[F.USER_ID]
-                    .bytes_list.value[0] for r in latest})
+    latest = [r.numpy() for r in data_input.records_in_window(files, start=hi + 1 - 86_400)]
+    last_seen: dict[bytes, int] = {}
+    for record in latest[-64:]:
+        f = tf.train.Example.FromString(record).features.feature
+        user = f[F.USER_ID].bytes_list.value[0]
+        last_seen[user] = max(last_seen.get(user, 0), f[F.TIMESTAMP].int64_list.value[0])
+    users = sorted(last_seen)
     store = open_store(first_run["store_url"])
     try:
-        rows = store.get(A.CROSS_USER_TABLE, users)
-        assert rows.found.all()
-        assert set(rows.model_version.tolist()) == {first_run["pushed_version"]}
+        for table in (A.USER_TABLE, A.CROSS_USER_TABLE):
+            rows = store.get(table, users)
+            assert rows.found.all()
+            assert rows.updated_at.tolist() == [last_seen[u] + 86_400 for u in users], table
+            assert set(rows.model_version.tolist()) == {first_run["pushed_version"]}
     finally:
         store.close()
 
