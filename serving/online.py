@@ -8,8 +8,9 @@ For a batch of requests (serialized tf.Examples of (user, item) pairs with their
    (`user_representation`, `item_representation`, `cross_representation` signatures);
 3. write the new UR(u) and IR(i) (the latest request per key wins, as in the offline
    extractor: largest (timestamp, BLAKE2b digest of the example); a stored row with a later
-   `updated_at` is kept) and fold CR(u,i) into CR(u), CR(i) with the store's atomic
-   time-aware EMA (Eq. 1-2, the offline aggregator's tie rule).
+   `updated_at` is kept, atomically: `put(..., only_newer=True)`) and fold CR(u,i) into
+   CR(u), CR(i) with the store's atomic time-aware EMA (Eq. 1-2, the offline aggregator's
+   tie rule).
 
 Replaying a time-ordered stream through `OnlineLoop.replay` leaves the same four tables as the
 offline RepresentationExtractor + CrossRepresentationAggregator on that stream.
@@ -91,15 +92,12 @@ class OnlineLoop:
                        self.store.get(CR_USER, user_ids), self.store.get(CR_ITEM, item_ids))
 
     def _write_latest(self, table: str, keys: list[bytes], ts: np.ndarray,
-                      examples: Sequence[bytes], vectors: np.ndarray, stored: Rows,
-                      version: int) -> int:
+                      examples: Sequence[bytes], vectors: np.ndarray, version: int) -> int:
         rows = _latest_rows(keys, ts, examples)
-        # A stored row from a later request stays (stored.updated_at is -1 when missing).
-        stored_at = {k: int(t) for k, t in zip(stored.keys, stored.updated_at, strict=True)}
-        rows = [r for r in rows if int(ts[r]) >= stored_at.get(keys[r], -1)]
-        if rows:
-            self.store.put(table, [keys[r] for r in rows], vectors[rows], ts[rows], version)
-        return len(rows)
+        # A stored row from a later request stays, decided atomically by the store.
+        result = self.store.put(table, [keys[r] for r in rows], vectors[rows], ts[rows],
+                                version, only_newer=True)
+        return result.rows
 
     def process(self, examples: Sequence[bytes]) -> Processed:
         """Fetch for, then refresh from, a batch of requests (module doc)."""
@@ -112,8 +110,8 @@ class OnlineLoop:
         ir = self.client.item_representations(examples)
         cr = self.client.cross_representations(examples)
         version = int(self.client.last_model_version or 0)
-        ur_written = self._write_latest(UR, users, ts, examples, ur, fetched.user, version)
-        ir_written = self._write_latest(IR, items, ts, examples, ir, fetched.item, version)
+        ur_written = self._write_latest(UR, users, ts, examples, ur, version)
+        ir_written = self._write_latest(IR, items, ts, examples, ir, version)
         update = self.store.update_cross(users, items, cr, ts, model_version=version)
         return Processed(fetched, version, ur_written, ir_written,
                          update.late_user, update.late_item)

@@ -556,6 +556,7 @@ class RepresentationStore:
         *,
         replace: bool = False,
         guard: GuardThresholds | None = None,
+        only_newer: bool = False,
     ) -> PutResult:
         """Batch put (upsert) of rows; with ``replace`` the table becomes exactly these rows.
 
@@ -567,6 +568,9 @@ class RepresentationStore:
           replace: drop the table's other rows in the same transaction.
           guard: judge the table after the write against the table before with these
             thresholds; raises GuardRefusedError (nothing written) when held.
+          only_newer: keep a stored row whose ``updated_at`` is later than the new row's,
+            decided atomically with the write (concurrent online writers: newest wins);
+            ``PutResult.rows`` counts the rows written.
         """
         _check_table(table)
         keys = _check_keys("keys", keys)
@@ -579,6 +583,23 @@ class RepresentationStore:
         self._check_dim(table, d)
         values = dict(zip(keys, _encode(_new_records(table, vectors, updated, versions)),
                           strict=True))
+        if only_newer and (guard is not None or replace):
+            raise ValueError("only_newer applies to a plain upsert (no guard, no replace)")
+        if only_newer:
+            written: list[int] = []
+
+            def newer(old: OldRows) -> NewRows:
+                keep = {}
+                for i, (key, stored) in enumerate(zip(keys, old[table], strict=True)):
+                    if stored is not None and (
+                            int(_decode(table, d, [stored])["updated_at"][0]) > int(updated[i])):
+                        continue  # a later write already landed
+                    keep[key] = values[key]
+                written[:] = [len(keep)]
+                return {table: keep}
+
+            self._backend.update({table: d}, {table: keys}, newer, False)
+            return PutResult(written[0] if written else 0)
         if guard is None and not replace:
             self._backend.update({table: d}, {table: keys}, lambda old: {table: values}, True)
             return PutResult(n)

@@ -101,3 +101,20 @@ def test_redis_prefixes_keep_stores_apart(redis_url):
         assert a.dims() == {UR: 2} and b.dims() == {UR: 3}
         a.clear(UR)
         assert b.get(UR, [b"k"]).found.all()
+
+
+def test_only_newer_keeps_later_rows(store_url):
+    """`only_newer`: a stored row with a later updated_at survives an older write."""
+    store = open_store(store_url)
+    try:
+        store.put("user", [b"a", b"b"], np.ones((2, 3)), [10, 10], 1)
+        result = store.put("user", [b"a", b"b", b"c"], np.full((3, 3), 2.0), [5, 10, 7], 2,
+                           only_newer=True)
+        assert result.rows == 2  # b (same time: the new write wins) and c (new key)
+        rows = store.get("user", [b"a", b"b", b"c"])
+        np.testing.assert_array_equal(rows.representations[:, 0], [1.0, 2.0, 2.0])
+        assert rows.updated_at.tolist() == [10, 10, 7]
+        with pytest.raises(ValueError, match="only_newer"):
+            store.put("user", [b"a"], np.ones((1, 3)), 20, 3, only_newer=True, replace=True)
+    finally:
+        store.close()
