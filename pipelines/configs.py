@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from components.cr_aggregation.ema import DEFAULT_HALF_LIFE_SECONDS
+
 PIPELINE_NAME = "lfm4ads"
 MODEL_NAME = "lfm4ads"
 
@@ -36,7 +38,7 @@ AUC_AD_THRESHOLD = 0.55
 AUC_MAX_DROP = 0.01
 
 # CR aggregation (Eq. 1-2): b(dt) = 0.5 ** (dt / half_life).
-CR_HALF_LIFE_SECONDS = 86_400.0
+CR_HALF_LIFE_SECONDS = DEFAULT_HALF_LIFE_SECONDS  # one day, shared with serving.store
 # Splits whose examples get CR(u), CR(i) as of strictly before each row: the downstream
 # models' training window (the latest data). All splits cost about as much as the rest of the
 # pipeline at 1M examples (docs/BENCHMARKS.md), hence only eval by default.

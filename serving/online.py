@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components.cr_aggregation.ema import DEFAULT_HALF_LIFE_SECONDS
 from serving.client import EmbeddingClient
 from serving.store import CR_ITEM, CR_USER, IR, UR, RepresentationStore, Rows
 
@@ -143,7 +144,7 @@ def _batches(records: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
 
 def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
                      records: Sequence[bytes], batch_size: int = 32,
-                     half_life_seconds: float = 86_400.0) -> dict:
+                     half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS) -> dict:
     """Starts the server in-process on a free port, replays `records` through the online loop
     into the store at `store_url`, stops the server; returns counts and per-batch latency."""
     import time

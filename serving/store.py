@@ -66,7 +66,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from components.cr_aggregation.ema import Beta, _evaluate_beta, half_life_decay
+from components.cr_aggregation.ema import (
+    DEFAULT_HALF_LIFE_SECONDS,
+    Beta,
+    _evaluate_beta,
+    half_life_decay,
+)
 from components.representation_guard.statistics import (
     GuardThresholds,
     TableStatistics,
@@ -707,7 +712,7 @@ class RepresentationStore:
 def open_store(
     url: str,
     *,
-    half_life_seconds: float = 86400.0,
+    half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS,
     beta: Beta | None = None,
 ) -> RepresentationStore:
     """Opens (creating if needed) the store at ``url``.

@@ -23,6 +23,7 @@ from components.cr_aggregation.beam_transforms import (
     AggregateCrossRepresentations,
     AttachPointInTimeCrossRepresentations,
 )
+from components.cr_aggregation.ema import DEFAULT_HALF_LIFE_SECONDS
 from components.representation_extractor.component import split_patterns
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
@@ -30,7 +31,6 @@ _InputArtifact = tfx.dsl.components.InputArtifact
 _Parameter = tfx.dsl.components.Parameter
 POINT_IN_TIME = "point_in_time"
 
-DEFAULT_HALF_LIFE_SECONDS = 86_400.0
 
 
 def _cr_dim(events_pattern: str) -> int:

@@ -64,6 +64,11 @@ class HalfLifeDecay:
         return f"HalfLifeDecay(half_life_seconds={self.half_life_seconds!r})"
 
 
+# The default half-life of the pipeline's aggregation and of the serving store's online
+# updates: both read it from here so that offline and online CRs decay alike.
+DEFAULT_HALF_LIFE_SECONDS = 86_400.0
+
+
 def half_life_decay(half_life_seconds: float) -> Beta:
     """The default beta of Eq. 1-2: ``beta(dt) = 0.5 ** (dt / half_life_seconds)``.
 
