@@ -5,6 +5,7 @@ through `tfx pipeline create` / `tfx run create` on data from another seed of th
 so the Evaluator has a blessed baseline to compare with and the guard a live version.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -96,6 +97,15 @@ def test_first_run_pushes_and_publishes(first_run, workdir):
     assert live_version(str(workdir / "serving" / "representations")) == s["pushed_version"]
     for key in ("auc_ad", "auc_content", "gauc_content"):
         assert 0.0 < s[key] < 1.0, key
+    # The guard's verdict and statistics are recorded in ML Metadata.
+    from pipelines.summary import _latest, _store
+
+    guard = _latest(_store(metadata_file(str(workdir / "root"))), A.GuardResult.TYPE_NAME)
+    assert guard.custom_properties["verdict"].string_value == "published"
+    stats = json.loads(guard.custom_properties["statistics"].string_value)
+    assert set(stats) == set(A.TABLES)
+    assert stats[A.CROSS_USER_TABLE]["statistics"]["rows"] == s["cr_users"]
+    assert stats[A.USER_TABLE]["statistics"]["nan_count"] == 0
 
 
 def test_pushed_model_takes_raw_examples_and_matches_tfma(first_run, workdir):
