@@ -24,7 +24,7 @@ import argparse
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -194,10 +194,13 @@ def _records(path: str) -> Iterator[bytes]:
         yield record.numpy()
 
 
-def _batches(records: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
+def batches(records: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    """Lists of at most `size` records, in order."""
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
     batch: list[bytes] = []
     for record in records:
-        batch.append(record)
+        batch.append(bytes(record))
         if len(batch) == size:
             yield batch
             batch = []
@@ -215,7 +218,7 @@ def embed_file(client: EmbeddingClient, signature: str, input_path: str, output_
     if signature not in SIGNATURES:
         raise ValueError(f"signature must be one of {SIGNATURES}, got {signature!r}")
     parts = [client._representation(signature, batch)
-             for batch in _batches(_records(input_path), batch_size)]
+             for batch in batches(_records(input_path), batch_size)]
     if not parts:
         raise ValueError(f"{input_path} holds no records")
     matrix = np.concatenate(parts)

@@ -18,14 +18,14 @@ offline RepresentationExtractor + CrossRepresentationAggregator on that stream.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from components.cr_aggregation.ema import DEFAULT_HALF_LIFE_SECONDS
-from serving.client import EmbeddingClient
+from components.representation_extractor.beam_transforms import sample_digest
+from serving.client import EmbeddingClient, batches
 from serving.store import CR_ITEM, CR_USER, IR, UR, RepresentationStore, Rows
 
 
@@ -74,7 +74,7 @@ def _latest_rows(keys: list[bytes], ts: np.ndarray, examples: Sequence[bytes]) -
     """Row index of each key's latest example by (timestamp, digest), as the extractor."""
     best: dict[bytes, tuple[int, bytes, int]] = {}
     for row, key in enumerate(keys):
-        rank = (int(ts[row]), hashlib.blake2b(examples[row], digest_size=16).digest(), row)
+        rank = (int(ts[row]), sample_digest(examples[row]), row)
         if key not in best or rank[:2] > best[key][:2]:
             best[key] = rank
     return [rank[2] for rank in best.values()]
@@ -120,7 +120,7 @@ class OnlineLoop:
     def replay(self, records: Iterable[bytes], batch_size: int = 64) -> dict[str, int]:
         """Processes a time-ordered stream in batches; returns counts."""
         totals = {"requests": 0, "batches": 0, "late_user": 0, "late_item": 0}
-        for batch in _batches(records, batch_size):
+        for batch in batches(records, batch_size):
             out = self.process(batch)
             totals["requests"] += len(batch)
             totals["batches"] += 1
@@ -128,18 +128,6 @@ class OnlineLoop:
             totals["late_item"] += out.late_item
         return totals
 
-
-def _batches(records: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
-    if size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {size}")
-    batch: list[bytes] = []
-    for record in records:
-        batch.append(bytes(record))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
@@ -160,7 +148,7 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
         try:
             with EmbeddingClient(server.grpc_target, model_name, timeout=30) as client:
                 loop = OnlineLoop(client, store)
-                for batch in _batches(records, batch_size):
+                for batch in batches(records, batch_size):
                     started = time.perf_counter()
                     out = loop.process(batch)
                     latencies.append(time.perf_counter() - started)

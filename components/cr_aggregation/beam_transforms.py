@@ -238,9 +238,10 @@ def _example_cls():
 
 
 def _row_id(serialized: bytes) -> bytes:
-    import hashlib
+    """Rows are matched by the extractor's sample digest (BLAKE2b-128 of the bytes)."""
+    from components.representation_extractor.beam_transforms import sample_digest
 
-    return hashlib.blake2b(serialized, digest_size=16).digest()
+    return sample_digest(serialized)
 
 
 def _queries(batch: list[bytes], key_field: str) -> dict:
