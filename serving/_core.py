@@ -275,16 +275,21 @@ class ServingCore:
 
     def _classify_on(self, servable: Servable, request, timeout: float | None = None,
                      batch: bool = True) -> classification_pb2.ClassificationResponse:
-        signature = self._method_signature(servable, request.model_spec.signature_name,
-                                           CLASSIFY_METHOD)
+        return self._examples_method_on(
+            servable, request, CLASSIFY_METHOD, CLASSIFY_INPUTS, "Classify",
+            classification_pb2.ClassificationResponse(), _classification_result, timeout, batch)
+
+    def _examples_method_on(self, servable: Servable, request, method: str, input_key: str,
+                            api: str, response, fill_result, timeout: float | None,
+                            batch: bool):
+        """Classify / Regress: tf.Examples in, a method signature run, `fill_result` out."""
+        signature = self._method_signature(servable, request.model_spec.signature_name, method)
         examples = serialized_examples(request.input)
         self._record_examples(servable.name, len(examples))
-        outputs = self.run(servable, signature, {CLASSIFY_INPUTS: examples}, "Classify",
-                           timeout, batch)
-        response = classification_pb2.ClassificationResponse()
+        outputs = self.run(servable, signature, {input_key: examples}, api, timeout, batch)
         make_model_spec(response.model_spec, request.model_spec.name,
                         request.model_spec.signature_name, servable.version)
-        _classification_result(outputs, len(examples), response.result)
+        fill_result(outputs, len(examples), response.result)
         return response
 
     def regress(self, request: regression_pb2.RegressionRequest,
@@ -295,17 +300,9 @@ class ServingCore:
 
     def _regress_on(self, servable: Servable, request, timeout: float | None = None,
                     batch: bool = True) -> regression_pb2.RegressionResponse:
-        signature = self._method_signature(servable, request.model_spec.signature_name,
-                                           REGRESS_METHOD)
-        examples = serialized_examples(request.input)
-        self._record_examples(servable.name, len(examples))
-        outputs = self.run(servable, signature, {REGRESS_INPUTS: examples}, "Regress",
-                           timeout, batch)
-        response = regression_pb2.RegressionResponse()
-        make_model_spec(response.model_spec, request.model_spec.name,
-                        request.model_spec.signature_name, servable.version)
-        _regression_result(outputs, len(examples), response.result)
-        return response
+        return self._examples_method_on(
+            servable, request, REGRESS_METHOD, REGRESS_INPUTS, "Regress",
+            regression_pb2.RegressionResponse(), _regression_result, timeout, batch)
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest,
                         timeout: float | None = None) -> inference_pb2.MultiInferenceResponse:
