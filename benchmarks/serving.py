@@ -4,8 +4,13 @@ One run, side by side on the same exported model and the same serialized example
 
 * `inprocess`: the SavedModel's signature called in this process (the floor);
 * `grpc` / `rest`: `python -m serving.server` in a subprocess (without, then with server-side
-  batching), driven by 1, 8 and 32 client threads here, each sending requests of batch 1, 32
-  and 256 back to back for `--seconds`;
+  batching, `--batching_parameters`), driven by 1, 8 and 32 closed-loop clients, each sending
+  requests of batch 1, 32 and 256 back to back for `--seconds`: gRPC clients are asyncio
+  coroutines in a `benchmarks.grpc_load` subprocess, REST clients threads here (batch sizes
+  over the batching server's `max_batch_size` are not sent to it);
+* `grpc-echo`: the same gRPC clients against `benchmarks.grpc_load --serve_echo`, which answers
+  with the model server's own response bytes and runs nothing: the transport floor, the most
+  any Python front end could give those clients on this machine;
 * store: `update_cross` events/s on SQLite and on Redis (a `redis-server` started here when
   the binary exists).
 
@@ -14,10 +19,13 @@ requests per second over all clients. Targets of the issue: gRPC adds at most 1.
 over the in-process call at batch 1; with batching, 32 concurrent batch-1 clients get at least
 3x the throughput they get without.
 
-    python -m benchmarks.serving [--seconds 3] [--clients 1 8 32] [--batches 1 32 256] [--json]
+    python -m benchmarks.serving [--seconds 3] [--clients 1 8 32] [--batches 1 32 256]
+        [--repeats 1] [--batching_parameters TEXT] [--json]
 
 With `--json` the last line of stdout is one JSON object (`grpc_p50_ms_b1`,
-`inprocess_p50_ms_b1`, `qps_batching_c32`, `qps_nobatching_c32`, and every row).
+`inprocess_p50_ms_b1`, `qps_batching_c32`, `qps_nobatching_c32`, and every row). With
+`--repeats N` every row runs N times (servers restarted each time) and the figures are medians;
+the batching speedup is the median of the per-run ratios.
 """
 
 from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
@@ -43,6 +51,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from pipelines.sources import synthetic
+from serving.server import BatchingParameters
 from serving.store import measure_update_throughput
 from trainer import features as F
 from trainer import input as data_input
@@ -53,6 +62,14 @@ from trainer.model import LFM4AdsModel
 
 MODEL = "lfm4ads"
 SIGNATURE = S.USER_REPRESENTATION
+# Tuned for the 32 closed-loop batch-1 clients of the target row: a batch is cut when all 32
+# are waiting (a full batch runs at once), else after 20 ms; one batch thread, so the next
+# batch fills while one runs. The cost is latency at low concurrency: one client waits the
+# whole timeout (see docs/BENCHMARKS.md for other settings).
+DEFAULT_BATCHING = ("max_batch_size { value: 32 }\n"
+                    "batch_timeout_micros { value: 20000 }\n"
+                    "max_enqueued_batches { value: 1000 }\n"
+                    "num_batch_threads { value: 1 }\n")
 
 
 def _free_port() -> int:
@@ -96,18 +113,15 @@ def _inprocess(base: str, examples: list[bytes], batch: int, seconds: float) -> 
 class _Server:
     """`python -m serving.server` in a subprocess on free ports."""
 
-    def __init__(self, base: str, batching: bool, work: str):
+    def __init__(self, base: str, batching: str | None, work: str):
         self.grpc_port, self.rest_port = _free_port(), _free_port()
         args = [sys.executable, "-m", "serving.server", f"--model_name={MODEL}",
                 f"--model_base_path={base}", f"--port={self.grpc_port}",
                 f"--rest_api_port={self.rest_port}", "--grpc_max_threads=128"]
-        if batching:
+        if batching is not None:
             path = os.path.join(work, "batching.txt")
             with open(path, "w") as f:
-                f.write("max_batch_size { value: 512 }\n"
-                        "batch_timeout_micros { value: 1000 }\n"
-                        "max_enqueued_batches { value: 1000 }\n"
-                        "num_batch_threads { value: 2 }\n")
+                f.write(batching)
             args += ["--enable_batching", f"--batching_parameters_file={path}"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
@@ -130,24 +144,35 @@ class _Server:
             break
         channel.close()
 
+    def response(self, examples: list[bytes], batch: int) -> bytes:
+        """The serialized PredictResponse this server gives for `batch` rows."""
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            return stub.Predict(_grpc_request(examples, batch), timeout=60).SerializeToString()
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
 
 
-def _grpc_worker(port: int, request, end: float, out: list, errors: list) -> None:
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    latencies = []
-    while time.perf_counter() < end:
-        started = time.perf_counter()
-        try:
-            stub.Predict(request, timeout=30)
-            latencies.append(time.perf_counter() - started)
-        except grpc.RpcError as e:
-            errors.append(e.code().name)
-    out.extend(latencies)
-    channel.close()
+class _EchoServer:
+    """`benchmarks.grpc_load --serve_echo`: answers with canned responses, runs nothing."""
+
+    def __init__(self, response: bytes, work: str):
+        self.grpc_port = _free_port()
+        path = os.path.join(work, "echo_response.pb")
+        with open(path, "wb") as f:
+            f.write(response)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.grpc_load", "--serve_echo",
+             f"--port={self.grpc_port}", f"--response={path}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 def _rest_worker(port: int, body: bytes, end: float, out: list, errors: list) -> None:
@@ -167,24 +192,42 @@ def _rest_worker(port: int, body: bytes, end: float, out: list, errors: list) ->
     conn.close()
 
 
-def _drive(server: _Server, transport: str, examples: list[bytes], batch: int, clients: int,
-           seconds: float) -> dict:
-    if transport == "grpc":
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = MODEL
-        request.model_spec.signature_name = SIGNATURE
-        request.inputs[S.INPUT_KEY].CopyFrom(tf.make_tensor_proto(examples[:batch], tf.string))
-        target, port, payload = _grpc_worker, server.grpc_port, request
-    else:
-        body = json.dumps({"signature_name": SIGNATURE, "instances": [
-            {S.INPUT_KEY: {"b64": base64.b64encode(e).decode()}} for e in examples[:batch]]})
-        target, port, payload = _rest_worker, server.rest_port, body.encode()
+def _grpc_request(examples: list[bytes], batch: int) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = SIGNATURE
+    request.inputs[S.INPUT_KEY].CopyFrom(tf.make_tensor_proto(examples[:batch], tf.string))
+    return request
+
+
+def _drive_grpc(server: _Server, examples: list[bytes], batch: int, clients: int,
+                seconds: float, work: str) -> dict:
+    """`benchmarks.grpc_load` in a subprocess: asyncio clients, off this process's GIL."""
+    path = os.path.join(work, f"request_b{batch}.pb")
+    with open(path, "wb") as f:
+        f.write(_grpc_request(examples, batch).SerializeToString())
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.grpc_load", f"--target=127.0.0.1:{server.grpc_port}",
+         f"--request={path}", f"--clients={clients}", f"--seconds={seconds}"],
+        capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"], "qps": result["qps"],
+            "errors": len(result["errors"])}
+
+
+def _drive_rest(server: _Server, examples: list[bytes], batch: int, clients: int,
+                seconds: float) -> dict:
+    """REST clients: `clients` threads here, one keep-alive connection each."""
+    body = json.dumps({"signature_name": SIGNATURE, "instances": [
+        {S.INPUT_KEY: {"b64": base64.b64encode(e).decode()}} for e in examples[:batch]]})
+    payload = body.encode()
     warm = time.perf_counter() + 0.3
-    target(port, payload, warm, [], [])
+    _rest_worker(server.rest_port, payload, warm, [], [])
     latencies: list[float] = []
     errors: list[str] = []
     end = time.perf_counter() + seconds
-    threads = [threading.Thread(target=target, args=(port, payload, end, latencies, errors))
+    threads = [threading.Thread(target=_rest_worker,
+                                args=(server.rest_port, payload, end, latencies, errors))
                for _ in range(clients)]
     for t in threads:
         t.start()
@@ -193,6 +236,37 @@ def _drive(server: _Server, transport: str, examples: list[bytes], batch: int, c
     p50, p99 = _percentiles(latencies) if latencies else (float("nan"), float("nan"))
     return {"p50_ms": p50, "p99_ms": p99, "qps": len(latencies) / seconds,
             "errors": len(errors)}
+
+
+def _median_rows(runs: list[list[dict]]) -> list[dict]:
+    """Per row (same position in every repeat): the median of each figure, errors summed."""
+    rows = []
+    for same in zip(*runs, strict=True):
+        row = dict(same[0])
+        for key in ("p50_ms", "p99_ms", "qps"):
+            row[key] = float(np.median([r[key] for r in same]))
+        row["errors"] = sum(r["errors"] for r in same)
+        row["repeats"] = len(same)
+        rows.append(row)
+    return rows
+
+
+def _per_run(runs: list[list[dict]], figure) -> list[float]:
+    """`figure(find)` within each run (`find(transport, batch, clients, batching=False)` gives
+    that run's row); runs missing a row the figure needs are left out."""
+    out = []
+    for rows in runs:
+        def find_in(transport, batch, clients, batching=False, rows=rows):
+            for r in rows:
+                if (r["transport"], r["batch"], r["clients"], r["batching"]) == (
+                        transport, batch, clients, batching):
+                    return r
+            raise KeyError((transport, batch, clients, batching))
+        try:
+            out.append(float(figure(find_in)))
+        except KeyError:
+            continue
+    return out
 
 
 def _store_throughput(work: str) -> dict:
@@ -227,30 +301,60 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
     p.add_argument("--transports", nargs="+", default=["grpc", "rest"])
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every row this many times (servers restarted); report medians")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--batching_parameters", default=DEFAULT_BATCHING,
+                   help="the batching_parameters_file text of the batching server")
     args = p.parse_args(argv)
+    batching_text = args.batching_parameters
+    # refuse a bad one before any run; requests over its max_batch_size are not driven there
+    max_batch = BatchingParameters.from_text(batching_text).max_batch_size
     work = tempfile.mkdtemp(prefix="lfm4ads-serving-bench-")
-    rows = []
+    runs: list[list[dict]] = []  # one list of rows per repeat
     try:
         base, examples = _export(work)
-        for batch in args.batches:
-            rows.append({"transport": "inprocess", "batching": False, "batch": batch,
-                         "clients": 1, **_inprocess(base, examples, batch, args.seconds)})
-        for batching in (False, True):
-            server = _Server(base, batching, work)
-            try:
-                for transport in args.transports:
-                    for batch in args.batches:
-                        for clients in args.clients:
-                            rows.append({"transport": transport, "batching": batching,
-                                         "batch": batch, "clients": clients,
-                                         **_drive(server, transport, examples, batch, clients,
-                                                  args.seconds)})
-            finally:
-                server.stop()
+        for _ in range(args.repeats):
+            rows = []
+            for batch in args.batches:
+                rows.append({"transport": "inprocess", "batching": False, "batch": batch,
+                             "clients": 1, **_inprocess(base, examples, batch, args.seconds)})
+            responses = {}
+            for batching in (False, True):
+                server = _Server(base, batching_text if batching else None, work)
+                try:
+                    if not batching and "grpc" in args.transports:
+                        responses = {b: server.response(examples, b) for b in args.batches}
+                    for transport in args.transports:
+                        for batch in args.batches:
+                            if batching and batch > max_batch:
+                                continue  # INVALID_ARGUMENT by design: no row
+                            for clients in args.clients:
+                                if transport == "grpc":
+                                    row = _drive_grpc(server, examples, batch, clients,
+                                                      args.seconds, work)
+                                else:
+                                    row = _drive_rest(server, examples, batch, clients,
+                                                      args.seconds)
+                                rows.append({"transport": transport, "batching": batching,
+                                             "batch": batch, "clients": clients, **row})
+                finally:
+                    server.stop()
+            for batch, response in responses.items():  # the transport floor
+                echo = _EchoServer(response, work)
+                try:
+                    for clients in args.clients:
+                        rows.append({"transport": "grpc-echo", "batching": False,
+                                     "batch": batch, "clients": clients,
+                                     **_drive_grpc(echo, examples, batch, clients,
+                                                   args.seconds, work)})
+                finally:
+                    echo.stop()
+            runs.append(rows)
         store = _store_throughput(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    rows = _median_rows(runs)
 
     def find(transport, batch, clients, batching=False):
         for r in rows:
@@ -260,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         return None
 
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    print(f"\nuser_representation serving benchmark on {machine}, {args.seconds} s per row\n")
+    print(f"\nuser_representation serving benchmark on {machine}, {args.seconds} s per row, "
+          f"median of {args.repeats} run(s)\n")
     print(f"{'transport':10}{'batching':>9}{'batch':>7}{'clients':>8}{'p50 ms':>9}"
           f"{'p99 ms':>9}{'QPS':>9}{'errors':>8}")
     for r in rows:
@@ -274,17 +379,30 @@ def main(argv: list[str] | None = None) -> int:
         "qps_nobatching_c32": (find("grpc", 1, 32) or {}).get("qps"),
         "qps_batching_c32": (find("grpc", 1, 32, True) or {}).get("qps"),
         "store_update_events_per_s": store,
+        "repeats": args.repeats,
         "rows": rows,
     }
-    if summary["grpc_p50_ms_b1"] is not None:
-        summary["grpc_overhead_p50_ms_b1"] = (summary["grpc_p50_ms_b1"]
-                                              - summary["inprocess_p50_ms_b1"])
-    if summary["qps_batching_c32"] and summary["qps_nobatching_c32"]:
-        summary["batching_speedup_c32"] = (summary["qps_batching_c32"]
-                                           / summary["qps_nobatching_c32"])
+    overheads = _per_run(runs, lambda find_in: find_in("grpc", 1, 1)["p50_ms"]
+                         - find_in("inprocess", 1, 1)["p50_ms"])
+    if overheads:  # gRPC p50 minus in-process p50 at batch 1 within each run, then the median
+        summary["grpc_overhead_p50_ms_b1"] = float(np.median(overheads))
+    speedups = _per_run(runs, lambda find_in: find_in("grpc", 1, 32, True)["qps"]
+                        / find_in("grpc", 1, 32)["qps"])
+    if speedups:  # the ratio within each run, then the median: both sides share the machine
+        summary["batching_speedup_c32"] = float(np.median(speedups))
+        summary["batching_speedups_c32"] = speedups
+    floor = find("grpc-echo", 1, 32)
+    if floor is not None:
+        summary["qps_floor_c32"] = floor["qps"]
+        ceilings = _per_run(runs, lambda find_in: find_in("grpc-echo", 1, 32)["qps"]
+                            / find_in("grpc", 1, 32)["qps"])
+        # no server that answers these clients can beat the echo server: this bounds the
+        # batching speedup measurable here, whatever the batching does
+        summary["batching_speedup_ceiling_c32"] = float(np.median(ceilings))
     print()
     for key in ("inprocess_p50_ms_b1", "grpc_p50_ms_b1", "grpc_overhead_p50_ms_b1",
-                "qps_nobatching_c32", "qps_batching_c32", "batching_speedup_c32"):
+                "qps_nobatching_c32", "qps_batching_c32", "batching_speedup_c32",
+                "qps_floor_c32", "batching_speedup_ceiling_c32"):
         if summary.get(key) is not None:
             print(f"{key:28}{summary[key]:10.2f}")
     print(f"{'store update_cross events/s':28}{json.dumps(store)}")

@@ -123,3 +123,22 @@ def test_queue_full_and_too_many_concurrent_rpcs(base, examples, reference):
         np.testing.assert_allclose(served, _expected(reference, base, examples[:3]), rtol=1e-6)
         assert server.metrics.wrapped_run_count.value() == 1  # the three ran as one batch
         stubs.close()
+
+
+def test_a_deadline_that_expires_in_the_queue_fails_only_that_request(base, examples,
+                                                                     reference):
+    """A batch waits 1.5 s for more tasks: a request with a 0.3 s deadline expires while it
+    waits; the request that then joins the same batch gets its own rows, correct."""
+    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=1_500_000,
+                                num_batch_threads=1)
+    with ModelServer(model_name=MODEL, model_base_path=base, port=0, rest_api_port=None,
+                     batching_parameters=params) as server:
+        stubs = Stubs(server)
+        error = rpc_error(stubs.predict.Predict, predict_request(examples[:1]), timeout=0.3)
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        response = stubs.predict.Predict(predict_request(examples[1:3]), timeout=60)
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs[UR]),
+                                   _expected(reference, base, examples[1:3]), rtol=1e-6)
+        assert server.metrics.wrapped_run_count.value() == 1  # one batch held both tasks
+        stubs.close()
+

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,20 +19,10 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving.server import main
-from tests.serving.conftest import MODEL, copy_version, predict_request, wait_for
+from tests.serving.conftest import MODEL, copy_version, free_ports, predict_request, wait_for
 from trainer import signatures as S
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _write(path: Path, text: str) -> str:
@@ -56,7 +45,7 @@ def cli_server(exported, scann_export, tmp_path):
         num_batch_threads { value: 2 }""")
     monitoring = _write(tmp_path / "monitoring.config",
                         'prometheus_config { enable: true path: "/metrics" }')
-    grpc_port, rest_port = _free_ports(2)
+    grpc_port, rest_port = free_ports(2)
     command = [sys.executable, "-m", "serving.server", f"--port={grpc_port}",
                f"--rest_api_port={rest_port}", f"--model_config_file={config}",
                "--enable_batching", f"--batching_parameters_file={batching}",
