@@ -13,9 +13,10 @@ FILE holds one serialized `tensorflow.serving.PredictRequest`. The last line of 
 JSON object: `requests`, `qps`, `p50_ms`, `p99_ms`, `errors` (status names of failed calls).
 
 It also serves the transport floor: `--serve_echo --port P --response FILE` answers every
-Predict with the serialized `PredictResponse` in FILE and runs nothing, on the same gRPC
-asyncio stack as `serving.server`. What the clients get from it bounds what any Python
-front end gets on the machine, whatever it does per request.
+Predict with the serialized `PredictResponse` in FILE and runs nothing, on gRPC Python's
+asyncio server (which answers more calls per second than its thread-pool server, the one
+`serving.server` uses). What the clients get from it bounds what a Python gRPC front end gets
+on the machine, whatever it does per request.
 """
 
 from __future__ import annotations

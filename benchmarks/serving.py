@@ -10,7 +10,7 @@ One run, side by side on the same exported model and the same serialized example
   over the batching server's `max_batch_size` are not sent to it);
 * `grpc-echo`: the same gRPC clients against `benchmarks.grpc_load --serve_echo`, which answers
   with the model server's own response bytes and runs nothing: the transport floor, the most
-  any Python front end could give those clients on this machine;
+  a Python gRPC front end could give those clients on this machine;
 * store: `update_cross` events/s on SQLite and on Redis (a `redis-server` started here when
   the binary exists).
 
