@@ -33,6 +33,7 @@ from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is im
 # isort: split
 import argparse
 import base64
+import functools
 import http.client
 import json
 import os
@@ -130,11 +131,7 @@ class _Server:
         deadline = time.monotonic() + 120
         while True:  # the port opens before the model is loaded
             try:
-                request = predict_pb2.PredictRequest()
-                request.model_spec.name = MODEL
-                request.model_spec.signature_name = SIGNATURE
-                request.inputs[S.INPUT_KEY].CopyFrom(tf.make_tensor_proto([b""], tf.string))
-                stub.Predict(request, timeout=10)
+                stub.Predict(_grpc_request([b""], 1), timeout=10)
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
                     if time.monotonic() > deadline:
@@ -251,17 +248,26 @@ def _median_rows(runs: list[list[dict]]) -> list[dict]:
     return rows
 
 
+def _find(rows: list[dict], transport: str, batch: int, clients: int,
+          batching: bool = False) -> dict | None:
+    """The row of that configuration, or None."""
+    for r in rows:
+        if (r["transport"], r["batch"], r["clients"], r["batching"]) == (
+                transport, batch, clients, batching):
+            return r
+    return None
+
+
 def _per_run(runs: list[list[dict]], figure) -> list[float]:
     """`figure(find)` within each run (`find(transport, batch, clients, batching=False)` gives
     that run's row); runs missing a row the figure needs are left out."""
     out = []
     for rows in runs:
-        def find_in(transport, batch, clients, batching=False, rows=rows):
-            for r in rows:
-                if (r["transport"], r["batch"], r["clients"], r["batching"]) == (
-                        transport, batch, clients, batching):
-                    return r
-            raise KeyError((transport, batch, clients, batching))
+        def find_in(*key, rows=rows):
+            row = _find(rows, *key)
+            if row is None:
+                raise KeyError(key)
+            return row
         try:
             out.append(float(figure(find_in)))
         except KeyError:
@@ -355,13 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = _median_rows(runs)
-
-    def find(transport, batch, clients, batching=False):
-        for r in rows:
-            if (r["transport"], r["batch"], r["clients"], r["batching"]) == (
-                    transport, batch, clients, batching):
-                return r
-        return None
+    find = functools.partial(_find, rows)
 
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     print(f"\nuser_representation serving benchmark on {machine}, {args.seconds} s per row, "

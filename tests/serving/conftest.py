@@ -37,13 +37,17 @@ SMALL = dict(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(32, 16), towe
 SCANN_DIM = 8
 
 
+def synthetic_records(out, examples: int, seed: int, days: int) -> list[bytes]:
+    """Generates synthetic data into `out`; its serialized tf.Examples, in file order."""
+    synthetic.generate(str(out), examples=examples, seed=seed, days=days, progress=False)
+    files = data_input.list_files(str(out))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, "GZIP")]
+
+
 @pytest.fixture(scope="session")
 def examples(tmp_path_factory) -> list[bytes]:
     """64 serialized tf.Examples of the project's schema."""
-    out = tmp_path_factory.mktemp("serving_data")
-    synthetic.generate(str(out), examples=600, seed=11, days=2, progress=False)
-    files = data_input.list_files(str(out))
-    return [r.numpy() for r in tf.data.TFRecordDataset(files, "GZIP").take(64)]
+    return synthetic_records(tmp_path_factory.mktemp("serving_data"), 600, 11, 2)[:64]
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from components.cr_aggregation.beam_transforms import AggregateCrossRepresentations
 from components.representation_extractor.beam_transforms import ExtractRepresentations
-from pipelines.sources import synthetic
 from serving.client import EmbeddingClient
 from serving.online import OnlineLoop
 from serving.server import ModelServer
 from serving.store import CR_ITEM, CR_USER, IR, UR, open_store
-from tests.serving.conftest import MODEL
-from trainer import input as data_input
+from tests.serving.conftest import MODEL, synthetic_records
 
 HALF_LIFE = 3600.0
 
@@ -25,10 +23,7 @@ HALF_LIFE = 3600.0
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory) -> list[bytes]:
     """A time-ordered stream with repeat users/items and timestamp ties."""
-    out = tmp_path_factory.mktemp("online_data")
-    synthetic.generate(str(out), examples=500, seed=21, days=1, progress=False)
-    files = data_input.list_files(str(out))
-    records = [r.numpy() for r in tf.data.TFRecordDataset(files, "GZIP")]
+    records = synthetic_records(tmp_path_factory.mktemp("online_data"), 500, 21, 1)
     ts = [tf.train.Example.FromString(r).features.feature["timestamp"].int64_list.value[0]
           for r in records]
     order = np.argsort(np.asarray(ts), kind="stable")
