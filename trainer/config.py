@@ -34,6 +34,12 @@ class ModelConfig:
         embeddings (1.0: the paper, both domains train UR/IR; 0.0: only content trains them and
         the ad branch learns on top, which over-fits far less when ad data is small). Dual
         branches only.
+      * `feature_path`: every head's logit also adds the shallow path of
+        `trainer.feature_path` (`alpha_h * cos(U, V)` of user- and item-feature embeddings
+        `feature_path_dim` wide, plus scenario and advertiser biases on the click heads, with an
+        L2 penalty `feature_path_bias_l2 * sum(b^2)` on the biases); it has
+        no ids and learns from both domains. `TrainConfig.feature_path_epochs` trains it first,
+        alone, and then keeps it fixed while `fit` trains the rest on top.
     `embedding_l2` adds `l2 * mean_batch(sum_f ||e_f||^2)` to the loss.
     """
 
@@ -41,6 +47,9 @@ class ModelConfig:
     embedding_l2: float = 0.0
     id_dropout: float = 0.5
     ad_tower_gradient_scale: float = 1.0
+    feature_path: bool = False
+    feature_path_dim: int = 8
+    feature_path_bias_l2: float = 1e-4
     user_id_buckets: int = 100_000
     item_id_buckets: int = 50_000
     category_buckets: int = 1_000
@@ -72,9 +81,12 @@ class ModelConfig:
             raise ValueError(f"branches must be one of {BRANCHES}, got {self.branches!r}")
         if not self.mlp_hidden:
             raise ValueError("mlp_hidden must have at least one layer, got ()")
-        for name in ("embedding_dim", "representation_dim", "num_interaction_layers"):
+        for name in ("embedding_dim", "representation_dim", "num_interaction_layers",
+                     "feature_path_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.feature_path_bias_l2 < 0:
+            raise ValueError(f"feature_path_bias_l2 must be >= 0, got {self.feature_path_bias_l2}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.id_dropout <= 1.0:
@@ -132,4 +144,19 @@ class TrainConfig:
     shuffle_buffer: int = 100_000
     conversion_loss_weight: float = 0.5
     retrieval_loss_weight: float = 0.0
+    # With ModelConfig.feature_path: > 0 trains the path alone for this many epochs first
+    # (Adam, learning rate cosine-decayed from `feature_path_learning_rate` to 0), then freezes
+    # it for `fit`; 0 trains it jointly with the rest in `fit`.
+    feature_path_epochs: int = 30
+    feature_path_learning_rate: float = 0.02
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.feature_path_epochs < 0:
+            raise ValueError(f"feature_path_epochs must be >= 0, got {self.feature_path_epochs}")
+        if self.feature_path_learning_rate <= 0:
+            raise ValueError(
+                f"feature_path_learning_rate must be > 0, got {self.feature_path_learning_rate}")

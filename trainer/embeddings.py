@@ -10,6 +10,17 @@ from trainer import features as F
 SHARED_TABLES = {F.USER_HIST_ITEMS: F.ITEM_ID}
 
 
+def lookup(table: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+    """`table[ids]` for scalar ids `[batch]`; for id lists `[batch, length]`, the mean over the
+    non-padding ids (padding id 0 contributes nothing). Returns `[batch, d]`."""
+    vectors = tf.nn.embedding_lookup(table, ids)  # [batch, (length,) d]
+    if ids.shape.rank == 2:
+        mask = tf.cast(ids != 0, vectors.dtype)[..., None]  # [batch, length, 1]
+        count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)  # [batch, 1]
+        vectors = tf.reduce_sum(vectors * mask, axis=1) / count  # [batch, d]
+    return vectors
+
+
 @tf.keras.utils.register_keras_serializable(package="lfm4ads")
 class FeatureEmbeddings(tf.keras.layers.Layer):
     """One embedding table per id space; list features are mean-pooled over non-padding ids.
@@ -70,13 +81,7 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
             self.build()
         out = {}
         for name, value in ids.items():
-            table = self.tables[SHARED_TABLES.get(name, name)]
-            vectors = tf.nn.embedding_lookup(table, value)  # [batch, (length,) d]
-            if value.shape.rank == 2:
-                mask = tf.cast(value != 0, vectors.dtype)[..., None]  # [batch, length, 1]
-                count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)  # [batch, 1]
-                vectors = tf.reduce_sum(vectors * mask, axis=1) / count  # [batch, d]
-            out[name] = vectors
+            out[name] = lookup(self.tables[SHARED_TABLES.get(name, name)], value)
         if self.l2:
             squares = [tf.reduce_sum(tf.square(v), axis=-1) for v in out.values()]  # [batch] each
             self.add_loss(self.l2 * tf.reduce_mean(tf.add_n(squares)))

@@ -6,6 +6,8 @@ UR = user tower, IR = item tower; each branch of the mix tower interacts
 `conversion`). Losses are masked by `domain`: content rows train the content branch, ad rows
 the ad branch, and both train the shared towers and embeddings. CR(u,i) is the output of
 `ModelConfig.cr_layer` in the ad branch (paper Sec. 3.2: CRs come from the ad branch only).
+With `ModelConfig.feature_path`, a shallow feature-only path (`trainer.feature_path`) adds to
+every head's logit; `fit_feature_path` trains it first, alone, and freezes it for `fit`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import tensorflow_recommenders as tfrs
 from trainer import features as F
 from trainer.config import ModelConfig, TrainConfig
 from trainer.embeddings import SHARED_TABLES, FeatureEmbeddings
+from trainer.feature_path import FeatureAffinityPath
 from trainer.mix_tower import MixBranch
 from trainer.preprocessing import BUCKET_FIELDS, FeaturePreprocessor, HashingPreprocessor
 from trainer.towers import ItemTower, UserTower
@@ -85,6 +88,15 @@ class LFM4AdsModel(tfrs.models.Model):
         else:
             self.ad_branch = MixBranch(config, ("label", "conversion"), name="shared_branch")
             self.content_branch = self.ad_branch
+        # Shallow cos(U, V) + bias path added to every head's logit (ModelConfig.feature_path).
+        self.feature_path = FeatureAffinityPath(
+            {name: self.preprocessor.vocabulary_size(name) for name in BUCKET_FIELDS},
+            heads=("ad", "content", "conversion"),
+            bias_heads=("ad", "content"),
+            embedding_dim=config.feature_path_dim,
+            bias_l2=config.feature_path_bias_l2,
+            name="feature_path",
+        ) if config.feature_path else None
         self.ad_task = tfrs.tasks.Ranking(loss=_bce(), metrics=[_auc("ad_auc")])
         self.content_task = tfrs.tasks.Ranking(loss=_bce(), metrics=[_auc("content_auc")])
         self.conversion_task = tfrs.tasks.Ranking(loss=_bce(), metrics=[_auc("conversion_auc")])
@@ -103,7 +115,7 @@ class LFM4AdsModel(tfrs.models.Model):
         }
 
     # -- representations -------------------------------------------------------------------
-    def _embed(self, raw: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+    def _ids(self, raw: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         ids = self.preprocessor(raw)
         if training and self.config.id_dropout:
             # Id dropout: the model must also predict from features alone (cold start).
@@ -111,7 +123,10 @@ class LFM4AdsModel(tfrs.models.Model):
                 if name in ids:
                     keep = tf.random.uniform(tf.shape(ids[name])) >= self.config.id_dropout
                     ids[name] = tf.where(keep, ids[name], tf.zeros_like(ids[name]))
-        return self.embeddings(ids)
+        return ids
+
+    def _embed(self, raw: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        return self.embeddings(self._ids(raw, training))
 
     def user_representation(self, raw: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """UR `[batch, representation_dim]` from the user features of `raw`."""
@@ -122,7 +137,8 @@ class LFM4AdsModel(tfrs.models.Model):
         return self.item_tower(self._embed(raw, training), training=training)
 
     def _forward(self, raw: dict[str, tf.Tensor], training: bool, content: bool = True):
-        embedded = self._embed(raw, training)
+        ids = self._ids(raw, training)
+        embedded = self.embeddings(ids)
         ur = self.user_tower(embedded, training=training)  # [batch, d_ur]
         ir = self.item_tower(embedded, training=training)  # [batch, d_ir]
         fields = [embedded[name] for name in self.mix_fields]
@@ -133,23 +149,26 @@ class LFM4AdsModel(tfrs.models.Model):
             return x if scale == 1.0 else scale * x + (1.0 - scale) * tf.stop_gradient(x)
 
         ad = self.ad_branch((damp(ur), damp(ir)), [damp(f) for f in fields], training=training)
+        path = self.feature_path(ids) if self.feature_path is not None else {}
         if not content or self.content_branch is self.ad_branch:
-            return ur, ir, ad, ad
-        return ur, ir, ad, self.content_branch((ur, ir), fields, training=training)
+            return ur, ir, ad, ad, path
+        return ur, ir, ad, self.content_branch((ur, ir), fields, training=training), path
 
     def cross_representation(self, raw: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """CR(u,i) `[batch, d_cr]`: output `cr_layer` of the ad branch."""
-        _, _, ad, _ = self._forward(raw, training, content=False)
+        _, _, ad, _, _ = self._forward(raw, training, content=False)
         return tf.cast(ad[self.cr_layer], tf.float32)
 
     def call(self, raw: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         """All outputs: probabilities, logits, UR, IR and CR for a batch of raw features."""
-        ur, ir, ad, content = self._forward(raw, training)
+        ur, ir, ad, content, path = self._forward(raw, training)
         logits = {
             "ad": tf.cast(ad["logit_label"], tf.float32),
             "content": tf.cast(content["logit_label"], tf.float32),
             "conversion": tf.cast(ad["logit_conversion"], tf.float32),
         }
+        for head, logit in path.items():  # the shallow path (ModelConfig.feature_path)
+            logits[head] += tf.cast(logit, tf.float32)
         return {
             "ad_logit": logits["ad"],
             "content_logit": logits["content"],
@@ -163,6 +182,73 @@ class LFM4AdsModel(tfrs.models.Model):
         }
 
     # -- training ---------------------------------------------------------------------------
+    def _path_loss(self, inputs: dict[str, tf.Tensor], path: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The feature path alone on each domain's labels (its own, standalone loss)."""
+        is_ad = tf.cast(tf.equal(inputs[F.DOMAIN], F.DOMAIN_AD), tf.float32)[:, None]
+        label = tf.cast(inputs[F.LABEL], tf.float32)[:, None]
+        bce = tf.keras.losses.BinaryCrossentropy(from_logits=True)
+        loss = bce(label, path["ad"], sample_weight=is_ad)
+        loss += bce(label, path["content"], sample_weight=1.0 - is_ad)
+        if self.train_config.conversion_loss_weight:
+            conversion = tf.cast(inputs[F.CONVERSION], tf.float32)[:, None]
+            loss += self.train_config.conversion_loss_weight * bce(
+                conversion, path["conversion"], sample_weight=is_ad)
+        return loss
+
+    def fit_feature_path(self, dataset: tf.data.Dataset, epochs: int | None = None,
+                         learning_rate: float | None = None, freeze: bool = True,
+                         verbose: bool = False) -> list[float]:
+        """Trains the feature path alone, on its own loss; nothing else moves.
+
+        The first stage of training with `ModelConfig.feature_path`: the path learns slowly
+        while the deep branches over-fit small ad data within a few epochs
+        (`docs/BENCHMARKS.md`), so the path is fitted first and, with `freeze`, kept fixed
+        afterwards (`fit` then trains the rest on top of it; call this before `fit`). Adam with
+        the learning rate cosine-decayed from `learning_rate` to 0 over `epochs`, so the path
+        settles instead of wandering with the last batches; both default to the model's
+        `TrainConfig.feature_path_*`. Returns the mean loss of each epoch.
+        """
+        epochs = self.train_config.feature_path_epochs if epochs is None else epochs
+        learning_rate = learning_rate or self.train_config.feature_path_learning_rate
+        if self.feature_path is None:
+            raise ValueError("fit_feature_path needs ModelConfig(feature_path=True)")
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if freeze and getattr(self, "_is_compiled", False):
+            raise RuntimeError(
+                "fit_feature_path(freeze=True) must run before compile(): Keras fixes the "
+                "trainable variables when the model is compiled, so the path would keep training")
+        layer = self.feature_path
+        batches = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        if batches == 0:
+            raise ValueError("fit_feature_path got an empty dataset")
+        optimizer = tf.keras.optimizers.Adam(
+            tf.keras.optimizers.schedules.CosineDecay(learning_rate, epochs * batches))
+
+        @tf.function
+        def step(batch):
+            with tf.GradientTape() as tape:
+                path = layer(self.preprocessor(batch))
+                loss = self._path_loss(batch, {k: tf.cast(v, tf.float32) for k, v in path.items()})
+                if layer.losses:
+                    loss += tf.add_n(layer.losses)
+            variables = layer.trainable_variables
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+            return loss
+
+        history = []
+        for epoch in range(epochs):
+            total = tf.constant(0.0)
+            for batch in dataset:
+                total += step(batch)
+            history.append(float(total) / batches)
+            if verbose:
+                print(f"feature path: epoch {epoch + 1}/{epochs}, loss {history[-1]:.4f}",
+                      flush=True)
+        if freeze:
+            layer.trainable = False
+        return history
+
     def compute_loss(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         outputs = self(inputs, training=training)
         is_ad = tf.cast(tf.equal(inputs[F.DOMAIN], F.DOMAIN_AD), tf.float32)[:, None]  # [b, 1]

@@ -82,6 +82,8 @@ def run_fn(fn_args) -> None:
         model_config, train_config,
         preprocessor=TransformPreprocessor(vocabulary_sizes(tft_output)),
     )
+    if model.feature_path is not None and train_config.feature_path_epochs:
+        model.fit_feature_path(train_ds, verbose=True)  # first stage; frozen for `fit`
     model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
     eval_ds = transformed_dataset(fn_args.eval_files, spec, 4096)
     model.fit(

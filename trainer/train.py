@@ -80,11 +80,16 @@ def _oracle(data: str, cut: int, train_end: int | None = None) -> dict[str, floa
     ad = window & oracle["is_ad"]
     content = window & ~oracle["is_ad"]
     p, y = oracle["p_label"], oracle["label"]
-    return {
+    out = {
         "oracle_auc_ad": auc(y[ad], p[ad]),
         "oracle_auc_content": auc(y[content], p[content]),
         "oracle_auc_cold_start": auc(y[ad & cold], p[ad & cold]),
     }
+    if "feature_score" in oracle.files:  # the true score from features alone (no ids)
+        score = oracle["feature_score"]
+        out["features_only_auc_ad"] = auc(y[ad], score[ad])
+        out["features_only_auc_content"] = auc(y[content], score[content])
+    return out
 
 
 def train_and_export(
@@ -117,10 +122,13 @@ def train_and_export(
     )
     eval_ds = data_input.make_dataset(files, 4096, start=cut, cache=True)
     model = LFM4AdsModel(model_config, train_config)
-    model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    started = time.perf_counter()
+    path_history, started = [], time.perf_counter()
+    if model.feature_path is not None and train_config.feature_path_epochs:
+        path_history = model.fit_feature_path(train_ds, verbose=bool(verbose))  # stage 1
+    path_seconds, started = time.perf_counter() - started, time.perf_counter()
+    model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
     fit_args = {}
     if train_config.validation_days > 0:
         fit_args["validation_data"] = data_input.make_dataset(
@@ -157,6 +165,8 @@ def train_and_export(
         "fit_seconds": round(fit_seconds, 2),
         "examples_per_second": round(train_examples * epochs_run / fit_seconds, 1),
         "final_loss": float(history.history["loss"][-1]),
+        "feature_path_epochs": len(path_history),
+        "feature_path_seconds": round(path_seconds, 2),
     }
     results.update(_oracle(data, cut, train_end))
     results["export_path"] = export_saved_model(
@@ -182,6 +192,10 @@ def format_table(results: dict) -> str:
         gap = None if model_auc is None or oracle_auc is None else oracle_auc - model_auc
         lines.append(f"{label:<24}{fmt(model_auc):>11}{fmt(oracle_auc):>12}{fmt(gap):>9}"
                      f"{results[rows_key]:>9}")
+    if results.get("features_only_auc_ad") is not None:
+        lines.append(f"the simulator's score from features alone (no ids): ad "
+                     f"{fmt(results['features_only_auc_ad'])}, content "
+                     f"{fmt(results.get('features_only_auc_content'))}")
     lines.append(f"GAUC ad: {fmt(results.get('gauc_ad'))}   training: "
                  f"{results['examples_per_second']:.0f} examples/s over {results['epochs']} epochs")
     lines.append(f"exported: {results['export_path']}")
@@ -213,18 +227,29 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ad_tower_gradient_scale", type=float,
                    default=mdefaults.ad_tower_gradient_scale,
                    help="scale of the ad loss's gradient into the shared towers (0: content only)")
+    p.add_argument("--feature_path", action=argparse.BooleanOptionalAction,
+                   default=mdefaults.feature_path,
+                   help="add the shallow cos(U, V) + bias path to every head's logit")
+    p.add_argument("--feature_path_dim", type=int, default=mdefaults.feature_path_dim)
+    p.add_argument("--feature_path_epochs", type=int, default=defaults.feature_path_epochs,
+                   help="epochs that train the feature path alone before fit (0: jointly)")
+    p.add_argument("--feature_path_learning_rate", type=float,
+                   default=defaults.feature_path_learning_rate)
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
+def configs_from_args(argv: list[str]) -> tuple[argparse.Namespace, ModelConfig, TrainConfig]:
+    """The CLI's arguments and the model and training configs they describe."""
+    args = _parse_args(argv)
     model_config = ModelConfig(
         interaction=args.interaction,
         branches=args.branches,
         cr_layer=args.cr_layer,
         id_dropout=args.id_dropout,
         ad_tower_gradient_scale=args.ad_tower_gradient_scale,
+        feature_path=args.feature_path,
+        feature_path_dim=args.feature_path_dim,
     )
     train_config = TrainConfig(
         epochs=args.epochs,
@@ -234,8 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         validation_days=args.validation_days,
         patience=args.patience,
         retrieval_loss_weight=args.retrieval_loss_weight,
+        feature_path_epochs=args.feature_path_epochs,
+        feature_path_learning_rate=args.feature_path_learning_rate,
         seed=args.seed,
     )
+    return args, model_config, train_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, model_config, train_config = configs_from_args(sys.argv[1:] if argv is None else argv)
     try:
         results = train_and_export(args.data, args.export_dir, model_config, train_config)
     except data_input.DataError as e:

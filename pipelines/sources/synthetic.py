@@ -22,7 +22,8 @@ The ground truth (LFM4Ads' premise: one user interest that shows in content and 
 
 Outputs in ``--out``: the shards (``common.write_examples``, timestamp order), ``oracle.npz``
 with one entry per record in record order (``timestamp`` int64, ``is_ad`` bool, ``item_id`` and
-``user_id`` str, ``p_label`` float32 = the true probability, ``label`` int8, ``cold_start`` bool)
+``user_id`` str, ``p_label`` float32 = the true probability, ``label`` int8, ``cold_start`` bool,
+``feature_score`` float32 = the true logit without the individual user and item parts)
 so a trainer can compute the oracle AUC on its own evaluation window, and ``manifest.json``:
 ``examples, seed, days, start_timestamp, shards, counts {content, ad}, scenarios, time_range
 {min, max}, users, items {content, ad}, cold_start_items, cold_start_examples, oracle_auc_ad,
@@ -317,6 +318,7 @@ def simulate(examples: int, seed: int = 0, days: int = 14,
         "p_label": p_label.astype(np.float32),
         "label": label.astype(np.int8),
         "cold_start": is_cold,
+        "feature_score": feature_score.astype(np.float32),
     }
     cold_ad = is_ad & is_cold
     facts = {

@@ -44,7 +44,10 @@ def workdir(tmp_path_factory):
 def first_run(workdir):
     return local_runner.run(
         str(workdir / "data1"), str(workdir / "root"), str(workdir / "serving"),
-        train_overrides=FAST,
+        # Run 1 trains with the feature path (two stages inside the TFX Trainer, on the
+        # Transform graph's ids); run 2 with the defaults.
+        model_overrides={"feature_path": True},
+        train_overrides={**FAST, "feature_path_epochs": 2},
         # The eval day of 4000 examples has a handful of ad clicks: bless on any AUC here;
         # run 2 uses the default threshold, and its test accepts either verdict.
         auc_threshold=0.0,
@@ -112,6 +115,7 @@ def test_pushed_model_takes_raw_examples_and_matches_tfma(first_run, workdir):
     """The pushed SavedModel parses raw tf.Examples (Transform graph inside), and the
     Evaluator's AUC / GAUC equal ours computed from its predictions on the eval window."""
     model = tf.saved_model.load(first_run["pushed_path"])
+    assert len(model.model.feature_path.variables) == 9  # run 1 trained with the feature path
     assert {S.SERVING_DEFAULT, S.USER_REPRESENTATION, S.ITEM_REPRESENTATION,
             S.CROSS_REPRESENTATION, S.TRANSFORM_FEATURES} <= set(model.signatures)
     serialized = _eval_examples(str(workdir / "data1"))

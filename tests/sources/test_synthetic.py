@@ -279,6 +279,10 @@ def test_oracle_matches_records_and_its_auc(dataset):
         assert len(set(label[mask])) == 2, key  # else the AUC is undefined (nan)
         want = roc_auc_score(label[mask], p[mask])
         assert manifest[f"oracle_auc_{key}"] == pytest.approx(want, abs=1e-6), key
+    assert oracle["feature_score"].dtype == np.float32
+    for key, mask in (("ad", is_ad), ("content", ~is_ad)):
+        want = roc_auc_score(label[mask], oracle["feature_score"][mask])
+        assert manifest[f"features_only_auc_{key}"] == pytest.approx(want, abs=1e-5), key
 
 
 def test_ground_truth_is_learnable_at_scale():

@@ -29,6 +29,8 @@ def test_cli_trains_evaluates_and_exports(small_data, tmp_path):
     # The simulator's signal is learnable: even 2 epochs on 2.5k rows beat chance on content.
     assert result["auc_content"] > 0.55
     assert 0.5 < result["oracle_auc_ad"] <= 1.0
+    assert 0.0 < result["features_only_auc_ad"] <= 1.0  # the window's, from oracle.npz
+    assert "from features alone" in proc.stdout
     assert result["examples_per_second"] > 0
     assert result["train_examples"] + result["eval_examples"] == result["examples"] == 3000
     loaded = tf.saved_model.load(result["export_path"])
@@ -83,3 +85,52 @@ def test_early_stopping_on_a_validation_window(small_data, tmp_path):
     with pytest.raises(data_input.DataError, match="validation_days"):
         train_and_export(small_data, str(tmp_path / "c"), ModelConfig(**small),
                          TrainConfig(epochs=1, validation_days=5.0), verbose=0)
+
+
+def test_feature_path_two_stage_training_is_what_gets_exported(small_data, tmp_path):
+    """`feature_path_epochs` trains the path first; the exported model is the evaluated one,
+    path included (its predictions give the AUC that training reports)."""
+    import numpy as np
+
+    from trainer import features as F
+    from trainer.config import ModelConfig, TrainConfig
+    from trainer.evaluation import auc
+    from trainer.train import train_and_export
+
+    small = dict(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(16,),
+                 tower_hidden=(8,), representation_dim=8, embedding_dim=4)
+    result = train_and_export(
+        small_data, str(tmp_path / "e"), ModelConfig(feature_path=True, **small),
+        TrainConfig(epochs=1, batch_size=256, feature_path_epochs=3), verbose=0)
+    assert result["feature_path_epochs"] == 3
+    assert result["model_config"]["feature_path"] is True
+    files = data_input.list_files(small_data)
+    serialized = [r.numpy() for r in data_input.records_in_window(
+        files, start=result["eval_window"][0])]
+    assert len(serialized) == result["eval_examples"]
+    loaded = tf.saved_model.load(result["export_path"])
+    out = loaded.signatures[S.SERVING_DEFAULT](examples=tf.constant(serialized))
+    raw = F.parse_examples(tf.constant(serialized))
+    ad = raw[F.DOMAIN].numpy() == F.DOMAIN_AD
+    label = raw[F.LABEL].numpy()
+    assert auc(label[ad], out[S.AD_PREDICTION].numpy()[ad, 0]) == pytest.approx(
+        result["auc_ad"], abs=1e-6)
+    assert auc(label[~ad], out[S.CONTENT_PREDICTION].numpy()[~ad, 0]) == pytest.approx(
+        result["auc_content"], abs=1e-6)
+    assert np.all(np.isfinite(out[S.AD_PREDICTION].numpy()))
+
+
+def test_cli_feature_path_flags():
+    from trainer.train import configs_from_args
+
+    base = ["--data", "d", "--export_dir", "e"]
+    _, model, train = configs_from_args(base)
+    assert model.feature_path is False
+    _, model, train = configs_from_args(base + [
+        "--feature_path", "--feature_path_dim", "4", "--feature_path_epochs", "7",
+        "--feature_path_learning_rate", "0.05", "--ad_tower_gradient_scale", "0"])
+    assert (model.feature_path, model.feature_path_dim, model.ad_tower_gradient_scale) == (
+        True, 4, 0.0)
+    assert (train.feature_path_epochs, train.feature_path_learning_rate) == (7, 0.05)
+    _, model, _ = configs_from_args(base + ["--feature_path", "--no-feature_path"])
+    assert model.feature_path is False

@@ -1,0 +1,132 @@
+"""A shallow feature-affinity path next to the deep branches (wide-and-deep in spirit).
+
+Each head's logit gains
+
+    alpha_h * cos(U, V) + c_h + sum_f b_f[id_f]
+
+with `U` the sum of embeddings of the user's descriptive features (no ids, no history), `V`
+the sum of the item's (category, mean of the tags), `alpha_h` a learned scale and `c_h` an
+intercept per head, and `b_f` first-order (bias) terms of the scenario and the advertiser
+(`BIAS_FIELDS`; click heads only).
+The path has its own tables and no ids, so it generalises to users and items never seen in
+training (cold start), and it learns from every row of both domains: the small ad domain
+borrows the content domain's user-item affinity directly (paper Sec. 3.4.2), while the deep
+branches learn what the path cannot express.
+
+The path learns slowly and the deep branches over-fit small ad data within a few epochs, so
+training has two stages (`LFM4AdsModel.fit_feature_path`, then `fit` with the path frozen);
+why, with figures: `docs/BENCHMARKS.md` (issue 2's quality target).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from trainer import features as F
+from trainer.embeddings import lookup
+
+USER_FIELDS = (F.USER_AGE, F.USER_GENDER, F.USER_GEO)
+ITEM_FIELDS = (F.ITEM_CATEGORY, F.ITEM_TAGS)
+BIAS_FIELDS = (F.SCENARIO, F.ITEM_ADVERTISER)
+ALPHA_INIT = 3.0  # a cosine in [-1, 1] needs a few units of logit to matter
+
+
+@tf.keras.utils.register_keras_serializable(package="lfm4ads")
+class FeatureAffinityPath(tf.keras.layers.Layer):
+    """`alpha_h * cos(U, V) + c_h` (+ biases on the click heads) for each head `h`.
+
+    Args:
+      vocabulary_sizes: id-space size of every field in `USER_FIELDS + ITEM_FIELDS +
+        BIAS_FIELDS` (as the model's `FeaturePreprocessor` reports them).
+      heads: head names; each gets its own `alpha`.
+      bias_heads: the heads that also get the first-order terms.
+      embedding_dim: width of `U` and `V`.
+      bias_l2: L2 penalty on the bias tables (`bias_l2 * sum(b^2)`); rare values (an
+        advertiser with a handful of clicks) over-fit without it.
+    Call args:
+      ids: feature name -> int ids (`[batch]`, or `[batch, length]` with padding id 0).
+    Returns:
+      head -> logit contribution `[batch, 1]`.
+    """
+
+    def __init__(
+        self,
+        vocabulary_sizes: dict[str, int],
+        heads: tuple[str, ...],
+        bias_heads: tuple[str, ...] = (),
+        embedding_dim: int = 8,
+        bias_l2: float = 1e-4,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        missing = sorted(set(USER_FIELDS + ITEM_FIELDS + BIAS_FIELDS) - set(vocabulary_sizes))
+        if missing:
+            raise ValueError(f"vocabulary_sizes lacks the feature path's fields {missing}")
+        unknown = sorted(set(bias_heads) - set(heads))
+        if unknown:
+            raise ValueError(f"bias_heads {unknown} are not among heads {list(heads)}")
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        if bias_l2 < 0:
+            raise ValueError(f"bias_l2 must be >= 0, got {bias_l2}")
+        self.vocabulary_sizes = {
+            name: int(vocabulary_sizes[name]) for name in USER_FIELDS + ITEM_FIELDS + BIAS_FIELDS
+        }
+        self.heads = tuple(heads)
+        self.bias_heads = tuple(bias_heads)
+        self.embedding_dim = int(embedding_dim)
+        self.bias_l2 = float(bias_l2)
+
+    def build(self, input_shape=None):
+        self.tables = {
+            name: self.add_weight(
+                name=f"{name}_affinity_embedding",
+                shape=(self.vocabulary_sizes[name], self.embedding_dim),
+                initializer=tf.keras.initializers.RandomNormal(stddev=0.3),
+            )
+            for name in USER_FIELDS + ITEM_FIELDS
+        }
+        self.biases = {
+            name: self.add_weight(
+                name=f"{name}_bias", shape=(self.vocabulary_sizes[name],), initializer="zeros"
+            )
+            for name in BIAS_FIELDS
+        }
+        self.alpha = self.add_weight(
+            name="alpha", shape=(len(self.heads),),
+            initializer=tf.keras.initializers.Constant(ALPHA_INIT),
+        )
+        self.intercept = self.add_weight(
+            name="intercept", shape=(len(self.heads),), initializer="zeros")
+        super().build(input_shape)
+
+    def _sum(self, ids: dict[str, tf.Tensor], fields: tuple[str, ...]) -> tf.Tensor:
+        return tf.add_n([lookup(self.tables[name], ids[name]) for name in fields])  # [batch, d]
+
+    def call(self, ids: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        if not self.built:
+            self.build()
+        u = tf.math.l2_normalize(self._sum(ids, USER_FIELDS), -1)
+        v = tf.math.l2_normalize(self._sum(ids, ITEM_FIELDS), -1)
+        cos = tf.reduce_sum(u * v, -1, keepdims=True)  # [batch, 1]
+        bias = tf.add_n([
+            tf.gather(self.biases[name], ids[name])[:, None] for name in BIAS_FIELDS
+        ])  # [batch, 1]
+        if self.bias_l2:
+            self.add_loss(self.bias_l2 * tf.add_n(
+                [tf.reduce_sum(tf.square(b)) for b in self.biases.values()]))
+        return {
+            head: self.alpha[i] * cos + self.intercept[i]
+            + (bias if head in self.bias_heads else 0.0)
+            for i, head in enumerate(self.heads)
+        }
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "vocabulary_sizes": dict(self.vocabulary_sizes),
+            "heads": list(self.heads),
+            "bias_heads": list(self.bias_heads),
+            "embedding_dim": self.embedding_dim,
+            "bias_l2": self.bias_l2,
+        }
