@@ -113,8 +113,8 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
             tf.gather(self.biases[name], ids[name])[:, None] for name in BIAS_FIELDS
         ])  # [batch, 1]
         if self.bias_l2:
-            self.add_loss(self.bias_l2 * tf.add_n(
-                [tf.reduce_sum(tf.square(b)) for b in self.biases.values()]))
+            self.add_loss(self.bias_l2 * tf.add_n(  # float32 under mixed precision too
+                [tf.reduce_sum(tf.square(tf.cast(b, tf.float32))) for b in self.biases.values()]))
         return {
             head: self.alpha[i] * cos + self.intercept[i]
             + (bias if head in self.bias_heads else 0.0)

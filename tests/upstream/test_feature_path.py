@@ -176,3 +176,21 @@ def test_fit_feature_path_errors(small_batch):
     with pytest.raises(RuntimeError, match=r"must run before compile\(\)"):
         model.fit_feature_path(tf.data.Dataset.from_tensors(small_batch), 1, 0.01)
     model.fit_feature_path(tf.data.Dataset.from_tensors(small_batch), 1, 0.01, freeze=False)
+
+
+def test_two_stages_under_mixed_precision(small_data):
+    files = data_input.list_files(small_data)
+    ds = data_input.make_dataset(files, 256, cache=True).take(3)
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = LFM4AdsModel(ModelConfig(feature_path=True, **SMALL))
+        history = model.fit_feature_path(ds, 2, 0.05)
+        model.compile(tf.keras.optimizers.Adam(1e-3))
+        model.fit(ds, epochs=1, verbose=0)
+        out = model(next(iter(ds)))
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert all(np.isfinite(history))
+    assert out["ad_logit"].dtype == tf.float32
+    assert np.isfinite(out["ad_logit"].numpy()).all()
+    assert model.feature_path.alpha.dtype == tf.float32  # variables stay float32
