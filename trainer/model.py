@@ -219,7 +219,12 @@ class LFM4AdsModel(tfrs.models.Model):
                 "fit_feature_path(freeze=True) must run before compile(): Keras fixes the "
                 "trainable variables when the model is compiled, so the path would keep training")
         layer = self.feature_path
-        batches = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        batches = int(dataset.cardinality())  # known for in-memory data; not after a filter
+        if batches == tf.data.INFINITE_CARDINALITY:
+            raise ValueError("fit_feature_path needs a finite dataset (one epoch), got an "
+                             "infinitely repeating one")
+        if batches < 0:  # unknown: count once (a cached dataset is filled by this pass)
+            batches = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
         if batches == 0:
             raise ValueError("fit_feature_path got an empty dataset")
         optimizer = tf.keras.optimizers.Adam(

@@ -168,6 +168,8 @@ def test_fit_feature_path_errors(small_batch):
         LFM4AdsModel(ModelConfig(**SMALL)).fit_feature_path(
             tf.data.Dataset.from_tensors(small_batch), 1, 0.01)
     model = LFM4AdsModel(ModelConfig(feature_path=True, **SMALL))
+    with pytest.raises(ValueError, match="needs a finite dataset"):
+        model.fit_feature_path(tf.data.Dataset.from_tensors(small_batch).repeat(), 1, 0.01)
     with pytest.raises(ValueError, match="got an empty dataset"):
         model.fit_feature_path(tf.data.Dataset.from_tensors(small_batch).take(0), 1, 0.01)
     with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
