@@ -136,6 +136,9 @@ class TrainConfig:
     batch_size: int = 1024
     learning_rate: float = 2e-3
     eval_days: float = 1.0
+    # > 0: the data's last `skip_last_days` are left out entirely before the split (a backtest
+    # on an earlier window; `trainer.train` only).
+    skip_last_days: float = 0.0
     # > 0: the `validation_days` before the eval window are held out of training; training
     # stops when the validation ad AUC has not improved for `patience` epochs and keeps the
     # best epoch's weights (at most `epochs` epochs).
@@ -149,12 +152,19 @@ class TrainConfig:
     # it for `fit`; 0 trains it jointly with the rest in `fit`.
     feature_path_epochs: int = 30
     feature_path_learning_rate: float = 0.02
+    # `trainer.train` only: ids of the string features from vocabularies counted on the
+    # training split, as the pipeline's Transform computes them (`trainer.vocabulary`), rather
+    # than hashed into `ModelConfig.*_buckets` (hashing merges colliding values). The TFX
+    # pipeline always uses its Transform's vocabularies.
+    vocabularies: bool = True
     seed: int = 0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.skip_last_days < 0:
+            raise ValueError(f"skip_last_days must be >= 0, got {self.skip_last_days}")
         if self.feature_path_epochs < 0:
             raise ValueError(f"feature_path_epochs must be >= 0, got {self.feature_path_epochs}")
         if self.feature_path_learning_rate <= 0:

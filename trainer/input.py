@@ -67,14 +67,22 @@ def check_files(files: list[str], names=F.ALL_FEATURES, sample: int = 64) -> int
     return total
 
 
-def time_range(files: list[str]) -> tuple[int, int]:
-    """(min, max) `timestamp` over all records, computed in one vectorised pass."""
+def time_range(files: list[str], end: int | None = None) -> tuple[int, int]:
+    """(min, max) `timestamp` over all records (with `end`: those with `timestamp < end`),
+    computed in one vectorised pass. Raises `DataError` when no record qualifies."""
     spec = {F.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
     stamps = _records(files).batch(8192).map(lambda s: tf.io.parse_example(s, spec)[F.TIMESTAMP])
+    if end is not None:
+        stamps = stamps.map(lambda t: tf.boolean_mask(t, t < end))
+    big = tf.constant(2**62, tf.int64)
     lo, hi = stamps.reduce(
-        (tf.constant(2**62, tf.int64), tf.constant(-(2**62), tf.int64)),
-        lambda acc, t: (tf.minimum(acc[0], tf.reduce_min(t)), tf.maximum(acc[1], tf.reduce_max(t))),
+        (big, -big),
+        lambda acc, t: (tf.minimum(acc[0], tf.reduce_min(tf.concat([t, [big]], 0))),
+                        tf.maximum(acc[1], tf.reduce_max(tf.concat([t, [-big]], 0)))),
     )
+    if int(lo) > int(hi):
+        raise DataError("no records" if end is None else
+                        f"no record has a timestamp before {end}")
     return int(lo), int(hi)
 
 

@@ -3,7 +3,8 @@
     python -m trainer.train --data DIR --export_dir DIR [--epochs E] [--json]
 
 The last `--eval_days` of the data (by `timestamp`) are held out; the rest trains the model
-with Keras `fit`. The evaluation reports the AUC of the ad branch on ad rows, of the content
+with Keras `fit` (`--skip_last_days` first leaves the data's last days out, to evaluate on an
+earlier window). The evaluation reports the AUC of the ad branch on ad rows, of the content
 branch on content rows, and of the ad branch on cold-start items (ad rows whose item never
 appears in the training window), next to the oracle AUC (the AUC of the true probabilities)
 when the data directory holds the synthetic generator's `oracle.npz`.
@@ -24,15 +25,30 @@ import tensorflow as tf
 from trainer import features as F
 from trainer import input as data_input
 from trainer.config import ModelConfig, TrainConfig
-from trainer.evaluation import auc, gauc
+from trainer.evaluation import auc, expected_auc, gauc
 from trainer.export import export_saved_model
 from trainer.model import LFM4AdsModel
+from trainer.transform import SHARED_VOCABULARY, VOCABULARIES
+from trainer.vocabulary import VocabularyPreprocessor
+
+VOCABULARY_INPUTS = tuple(VOCABULARIES) + tuple(SHARED_VOCABULARY)  # what the count reads
 
 DAY = 86_400
 
 
-def _split(files: list[str], eval_days: float) -> tuple[int, int, int]:
+def _split(files: list[str], eval_days: float,
+           skip_last_days: float = 0.0) -> tuple[int, int, int]:
+    """(first timestamp, start of the eval window, its last timestamp). With
+    `skip_last_days`, the records of the data's last days are left out first (a backtest on
+    an earlier window): the data then end at the last timestamp before that cut."""
     lo, hi = data_input.time_range(files)
+    if skip_last_days:
+        end = hi + 1 - int(round(skip_last_days * DAY))
+        if end <= lo:
+            raise data_input.DataError(
+                f"the data span {(hi - lo) / DAY:.2f} days, not more than "
+                f"skip_last_days={skip_last_days}: nothing would be left")
+        lo, hi = data_input.time_range(files, end=end)
     cut = hi + 1 - int(round(eval_days * DAY))
     if cut <= lo:
         raise data_input.DataError(
@@ -65,15 +81,31 @@ def _train_items(files: list[str], cut: int) -> tuple[set[bytes], int]:
     return set(np.unique(seen).tolist()), int(seen.size)
 
 
-def _oracle(data: str, cut: int, train_end: int | None = None) -> dict[str, float | None]:
-    """Oracle AUCs on the same slices, from the synthetic generator's `oracle.npz`.
+def _same_rows(scores: dict[str, np.ndarray], labels: np.ndarray, is_ad: np.ndarray,
+               items: np.ndarray) -> bool:
+    """Whether `_collect`'s rows are the oracle's window rows, in the same order."""
+    return (scores["label"].size == labels.size
+            and np.array_equal(scores["label"], labels) and np.array_equal(scores["is_ad"], is_ad)
+            and np.array_equal(np.char.decode(scores["item"].astype(bytes)), items))
 
-    Cold-start items: never seen before `train_end` (default `cut`)."""
+
+def _oracle(data: str, cut: int, train_end: int | None = None,
+            scores: dict[str, np.ndarray] | None = None,
+            end: int | None = None) -> dict[str, float | None]:
+    """Oracle AUCs on the same slices (the window `cut <= timestamp < end`), from the synthetic
+    generator's `oracle.npz`.
+
+    Cold-start items: never seen before `train_end` (default `cut`). With the model's `scores`
+    on the window (`_collect`'s, in record order), also the model's and the oracle's AUC in
+    expectation over the draw of the labels (`evaluation.expected_auc` with the true
+    probabilities), which ~100 positives otherwise move by about 0.02."""
     path = os.path.join(data, "oracle.npz") if os.path.isdir(data) else ""
     if not path or not os.path.exists(path):
         return {}
     oracle = np.load(path)
     window = oracle["timestamp"] >= cut
+    if end is not None:
+        window &= oracle["timestamp"] < end
     items = oracle["item_id"].astype(str)
     trained = oracle["timestamp"] < (cut if train_end is None else train_end)
     cold = ~np.isin(items, np.unique(items[trained]))
@@ -89,6 +121,12 @@ def _oracle(data: str, cut: int, train_end: int | None = None) -> dict[str, floa
         score = oracle["feature_score"]
         out["features_only_auc_ad"] = auc(y[ad], score[ad])
         out["features_only_auc_content"] = auc(y[content], score[content])
+    is_ad = oracle["is_ad"][window]
+    if scores is not None and _same_rows(scores, y[window], is_ad, items[window]):
+        for name, rows in (("ad", is_ad), ("content", ~is_ad)):
+            truth = p[window][rows]
+            out[f"expected_auc_{name}"] = expected_auc(truth, scores[name][rows])
+            out[f"oracle_expected_auc_{name}"] = expected_auc(truth, truth)
     return out
 
 
@@ -105,7 +143,7 @@ def train_and_export(
     tf.keras.utils.set_random_seed(train_config.seed)
     files = data_input.list_files(data)
     examples = data_input.check_files(files)
-    lo, cut, hi = _split(files, train_config.eval_days)
+    lo, cut, hi = _split(files, train_config.eval_days, train_config.skip_last_days)
 
     train_end = cut - int(round(train_config.validation_days * DAY))
     if train_end <= lo:
@@ -120,8 +158,12 @@ def train_and_export(
         seed=train_config.seed,
         cache=True,
     )
-    eval_ds = data_input.make_dataset(files, 4096, start=cut, cache=True)
-    model = LFM4AdsModel(model_config, train_config)
+    eval_ds = data_input.make_dataset(files, 4096, start=cut, end=hi + 1, cache=True)
+    preprocessor = None
+    if train_config.vocabularies:  # counted on the training split only, as the Transform does
+        preprocessor = VocabularyPreprocessor.adapt(data_input.make_dataset(
+            files, 8192, end=train_end, names=VOCABULARY_INPUTS), model_config)
+    model = LFM4AdsModel(model_config, train_config, preprocessor=preprocessor)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     path_history, started = [], time.perf_counter()
@@ -167,11 +209,14 @@ def train_and_export(
         "final_loss": float(history.history["loss"][-1]),
         "feature_path_epochs": len(path_history),
         "feature_path_seconds": round(path_seconds, 2),
+        "preprocessing": "vocabulary" if preprocessor is not None else "hashing",
+        "vocabulary_sizes": {name: model.preprocessor.vocabulary_size(name)
+                             for name in VOCABULARY_INPUTS},
     }
-    results.update(_oracle(data, cut, train_end))
+    results.update(_oracle(data, cut, train_end, ev, end=hi + 1))
     results["export_path"] = export_saved_model(
         model, export_dir, warmup_examples=[
-            s.numpy() for s in data_input.records_in_window(files, start=cut).take(8)
+            s.numpy() for s in data_input.records_in_window(files, start=cut, end=hi + 1).take(8)
         ]
     )
     results["model_config"] = dataclasses.asdict(model_config)
@@ -196,6 +241,12 @@ def format_table(results: dict) -> str:
         lines.append(f"the simulator's score from features alone (no ids): ad "
                      f"{fmt(results['features_only_auc_ad'])}, content "
                      f"{fmt(results.get('features_only_auc_content'))}")
+    if results.get("expected_auc_ad") is not None:
+        lines.append(f"in expectation over the labels' draw (true probabilities): ad "
+                     f"{fmt(results['expected_auc_ad'])} (oracle "
+                     f"{fmt(results.get('oracle_expected_auc_ad'))}), content "
+                     f"{fmt(results.get('expected_auc_content'))} (oracle "
+                     f"{fmt(results.get('oracle_expected_auc_content'))})")
     lines.append(f"GAUC ad: {fmt(results.get('gauc_ad'))}   training: "
                  f"{results['examples_per_second']:.0f} examples/s over {results['epochs']} epochs")
     lines.append(f"exported: {results['export_path']}")
@@ -211,6 +262,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=defaults.batch_size)
     p.add_argument("--learning_rate", type=float, default=defaults.learning_rate)
     p.add_argument("--eval_days", type=float, default=defaults.eval_days)
+    p.add_argument("--skip_last_days", type=float, default=defaults.skip_last_days,
+                   help="leave the data's last days out (evaluate on an earlier window)")
     p.add_argument("--validation_days", type=float, default=defaults.validation_days,
                    help="days before the eval window held out for early stopping (0: none)")
     p.add_argument("--patience", type=int, default=defaults.patience)
@@ -236,6 +289,10 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                    help="epochs that train the feature path alone before fit (0: jointly)")
     p.add_argument("--feature_path_learning_rate", type=float,
                    default=defaults.feature_path_learning_rate)
+    p.add_argument("--vocabularies", action=argparse.BooleanOptionalAction,
+                   default=defaults.vocabularies,
+                   help="ids from vocabularies of the training split, as the pipeline's "
+                        "Transform (--no-vocabularies: hash into the *_buckets)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     return p.parse_args(argv)
 
@@ -258,11 +315,13 @@ def configs_from_args(argv: list[str]) -> tuple[argparse.Namespace, ModelConfig,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         eval_days=args.eval_days,
+        skip_last_days=args.skip_last_days,
         validation_days=args.validation_days,
         patience=args.patience,
         retrieval_loss_weight=args.retrieval_loss_weight,
         feature_path_epochs=args.feature_path_epochs,
         feature_path_learning_rate=args.feature_path_learning_rate,
+        vocabularies=args.vocabularies,
         seed=args.seed,
     )
     return args, model_config, train_config

@@ -11,6 +11,7 @@ from tensorflow_transform.tf_metadata import schema_utils
 from pipelines import configs
 from trainer import features as F
 from trainer import transform as T
+from trainer.config import ModelConfig
 
 
 def _load_schema():
@@ -97,3 +98,41 @@ def test_transform_preprocessor_passes_ids_and_checks_sizes(transformed):
     assert set(ids) == {F.USER_ID, T.HOUR_OF_DAY}
     with pytest.raises(ValueError, match="item_id"):
         T.TransformPreprocessor({F.USER_ID: 10})
+
+
+def _raw_batch(rows: list[dict]) -> dict[str, tf.Tensor]:
+    """The rows as one batch of dense raw features (lists padded with b"")."""
+    batch = {}
+    for name in F.ALL_FEATURES:
+        if name in F.LIST_FEATURES:
+            length = F.LIST_LENGTHS[name]
+            batch[name] = tf.constant([(r[name] + [b""] * length)[:length] for r in rows])
+        else:
+            batch[name] = tf.constant([r[name][0] for r in rows])
+    return batch
+
+
+def test_in_memory_vocabularies_give_the_transform_ids(transformed):
+    """`trainer.train`'s VocabularyPreprocessor reproduces the Transform's ids: same vocabularies
+    (thresholds, order, shared history), same OOV buckets for values never seen."""
+    from trainer.vocabulary import VocabularyPreprocessor
+
+    out, later, tft_output = transformed
+    train = [
+        _row(b"u1", b"i1", [], [b"t1"], 0),
+        _row(b"u1", b"i2", [b"i1"], [b"t1", b"t2"], 3600 * 5),
+        _row(b"u2", b"i1", [b"i2", b"i1"], [], 86_400 + 60, advertiser=b"", domain=b"content"),
+    ]  # the fixture's rows
+    unseen = [_row(b"u3", b"i9", [b"i1", b"i7"], [b"t9"], 86_400 * 3 + 3600 * 23)]
+    pre = VocabularyPreprocessor.adapt(
+        tf.data.Dataset.from_tensors(_raw_batch(train)), ModelConfig())
+    for name, (filename, _, _) in T.VOCABULARIES.items():
+        assert pre.vocabularies[name] == [
+            v.decode() for v in tft_output.vocabulary_by_name(filename)], name
+    sizes = T.vocabulary_sizes(tft_output)
+    for rows, expected in ((train, out), (unseen, later)):
+        ids = pre(_raw_batch(rows))
+        for name in list(T.VOCABULARIES) + list(T.SHARED_VOCABULARY):
+            assert pre.vocabulary_size(name) == sizes[name], name
+            got = ids[name].numpy()
+            np.testing.assert_array_equal(got, np.stack([r[name] for r in expected]), name)

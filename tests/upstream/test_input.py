@@ -44,6 +44,9 @@ def test_window_and_dense_lists(tmp_path):
     ])
     assert data_input.check_files([path]) == 30
     assert data_input.time_range([path]) == (0, 29)
+    assert data_input.time_range([path], end=17) == (0, 16)  # timestamp < end only
+    with pytest.raises(data_input.DataError, match="no record has a timestamp before 0"):
+        data_input.time_range([path], end=0)
     batches = list(data_input.make_dataset([path], 8, start=5, end=25))
     stamps = np.concatenate([b[F.TIMESTAMP].numpy() for b in batches])
     np.testing.assert_array_equal(stamps, np.arange(5, 25))  # [start, end)

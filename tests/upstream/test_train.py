@@ -31,6 +31,12 @@ def test_cli_trains_evaluates_and_exports(small_data, tmp_path):
     assert 0.5 < result["oracle_auc_ad"] <= 1.0
     assert 0.0 < result["features_only_auc_ad"] <= 1.0  # the window's, from oracle.npz
     assert "from features alone" in proc.stdout
+    # The same rows' AUC in expectation over the labels' draw, next to the oracle's.
+    for key in ("expected_auc_ad", "oracle_expected_auc_ad", "expected_auc_content",
+                "oracle_expected_auc_content"):
+        assert 0.0 < result[key] < 1.0, key
+    assert result["oracle_expected_auc_content"] > result["expected_auc_content"]
+    assert "in expectation over the labels' draw" in proc.stdout
     assert result["examples_per_second"] > 0
     assert result["train_examples"] + result["eval_examples"] == result["examples"] == 3000
     loaded = tf.saved_model.load(result["export_path"])
@@ -74,7 +80,10 @@ def test_early_stopping_on_a_validation_window(small_data, tmp_path):
     small = dict(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(16,),
                  tower_hidden=(8,), representation_dim=8, embedding_dim=4)
     plain = train_and_export(small_data, str(tmp_path / "a"), ModelConfig(**small),
-                             TrainConfig(epochs=1, batch_size=256), verbose=0)
+                             TrainConfig(epochs=1, batch_size=256, vocabularies=False),
+                             verbose=0)
+    assert plain["preprocessing"] == "hashing"
+    assert plain["vocabulary_sizes"]["item_tags"] == ModelConfig().tag_buckets
     held = train_and_export(small_data, str(tmp_path / "b"), ModelConfig(**small),
                             TrainConfig(epochs=4, batch_size=256, validation_days=1.0,
                                         patience=1), verbose=0)
@@ -105,6 +114,19 @@ def test_feature_path_two_stage_training_is_what_gets_exported(small_data, tmp_p
     assert result["feature_path_epochs"] == 3
     assert result["model_config"]["feature_path"] is True
     files = data_input.list_files(small_data)
+    # Ids from vocabularies of the training rows only (the default), as the Transform's: the
+    # items seen at least twice there (history included) plus the padding id and OOV buckets.
+    from collections import Counter
+
+    from trainer.transform import VOCABULARIES
+
+    assert result["preprocessing"] == "vocabulary"
+    counts = Counter()
+    for batch in data_input.make_dataset(files, 1024, end=result["eval_window"][0]):
+        for name in (F.ITEM_ID, F.USER_HIST_ITEMS):
+            counts.update(v for v in batch[name].numpy().reshape(-1).tolist() if v)
+    kept = sum(n >= VOCABULARIES[F.ITEM_ID][2] for n in counts.values())
+    assert result["vocabulary_sizes"][F.ITEM_ID] == 1 + kept + VOCABULARIES[F.ITEM_ID][1]
     serialized = [r.numpy() for r in data_input.records_in_window(
         files, start=result["eval_window"][0])]
     assert len(serialized) == result["eval_examples"]
@@ -118,6 +140,16 @@ def test_feature_path_two_stage_training_is_what_gets_exported(small_data, tmp_p
     assert auc(label[~ad], out[S.CONTENT_PREDICTION].numpy()[~ad, 0]) == pytest.approx(
         result["auc_content"], abs=1e-6)
     assert np.all(np.isfinite(out[S.AD_PREDICTION].numpy()))
+    # Expected AUC: the exported model's predictions against the simulator's probabilities.
+    from trainer.evaluation import expected_auc
+
+    oracle = np.load(os.path.join(small_data, "oracle.npz"))
+    window = oracle["timestamp"] >= result["eval_window"][0]
+    assert np.array_equal(oracle["label"][window], label)
+    p = oracle["p_label"][window]
+    assert expected_auc(p[ad], out[S.AD_PREDICTION].numpy()[ad, 0]) == pytest.approx(
+        result["expected_auc_ad"], abs=1e-6)
+    assert expected_auc(p[ad], p[ad]) == pytest.approx(result["oracle_expected_auc_ad"])
 
 
 def test_cli_feature_path_flags():
@@ -135,3 +167,39 @@ def test_cli_feature_path_flags():
     assert (train.feature_path_epochs, train.feature_path_learning_rate) == (7, 0.05)
     _, model, _ = configs_from_args(base + ["--feature_path", "--no-feature_path"])
     assert model.feature_path is False
+    assert train.vocabularies is True
+    _, _, train = configs_from_args(base + ["--no-vocabularies", "--skip_last_days", "1"])
+    assert train.vocabularies is False and train.skip_last_days == 1.0
+
+
+def test_skip_last_days_evaluates_on_an_earlier_window(small_data, tmp_path):
+    """`skip_last_days` leaves the data's last days out: the eval window is the day before
+    the last, its oracle AUC is that window's, and no later row is read."""
+    import numpy as np
+
+    from trainer.config import ModelConfig, TrainConfig
+    from trainer.evaluation import auc
+    from trainer.train import DAY, train_and_export
+
+    small = dict(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(16,),
+                 tower_hidden=(8,), representation_dim=8, embedding_dim=4)
+    result = train_and_export(small_data, str(tmp_path / "s"), ModelConfig(**small),
+                              TrainConfig(epochs=1, batch_size=256, skip_last_days=1.0),
+                              verbose=0)
+    oracle = np.load(os.path.join(small_data, "oracle.npz"))
+    stamps = oracle["timestamp"]
+    end = stamps.max() + 1 - DAY  # the records kept: timestamp < end
+    last = stamps[stamps < end].max()
+    cut, hi = result["eval_window"]
+    assert (cut, hi) == (last + 1 - DAY, last)
+    window = (stamps >= cut) & (stamps <= hi)
+    assert result["eval_examples"] == int(window.sum())
+    assert result["train_examples"] == int((stamps < cut).sum())
+    ad = window & oracle["is_ad"]
+    assert result["oracle_auc_ad"] == pytest.approx(auc(oracle["label"][ad], oracle["p_label"][ad]))
+    assert result["expected_auc_ad"] is not None  # the rows matched the oracle's window
+    with pytest.raises(ValueError, match="skip_last_days must be >= 0"):
+        TrainConfig(skip_last_days=-1)
+    with pytest.raises(data_input.DataError, match="skip_last_days=30"):
+        train_and_export(small_data, str(tmp_path / "t"), ModelConfig(**small),
+                         TrainConfig(epochs=1, skip_last_days=30), verbose=0)
