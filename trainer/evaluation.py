@@ -51,6 +51,8 @@ def expected_auc(probabilities: np.ndarray, scores: np.ndarray) -> float | None:
                          f"and {s.shape}")
     if p.size and (p.min() < 0 or p.max() > 1):
         raise ValueError("probabilities must lie in [0, 1]")
+    if not s.size:
+        return None
     order = np.argsort(s, kind="stable")
     p, s = p[order], s[order]
     q = 1.0 - p
@@ -58,8 +60,6 @@ def expected_auc(probabilities: np.ndarray, scores: np.ndarray) -> float | None:
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # runs of tied scores
     ends = np.r_[starts[1:], s.size]
     same = float(np.sum(p * q))  # the i == j terms, left out of both sums
-    if not s.size:
-        return None
     runs = np.add.reduceat(p, starts)  # positive weight of each run of ties
     total = float(np.sum(runs * (below[starts] + 0.5 * (below[ends] - below[starts]))))
     denominator = p.sum() * q.sum() - same
