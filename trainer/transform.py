@@ -74,7 +74,7 @@ def _scalar(value: tf.Tensor | tf.SparseTensor) -> tf.Tensor:
     return tf.reshape(value, [-1])
 
 
-def _ids(value: tf.Tensor, vocabulary_ids: tf.Tensor) -> tf.Tensor:
+def shift_ids(value: tf.Tensor, vocabulary_ids: tf.Tensor) -> tf.Tensor:
     """Vocabulary ids `0 .. V + oov - 1` shifted by one, with `b""` (padding) as id 0."""
     return tf.where(value == b"", tf.zeros_like(vocabulary_ids), vocabulary_ids + 1)
 
@@ -107,11 +107,11 @@ def preprocessing_fn(inputs: dict) -> dict:
         )
     for name, (_, oov, _) in VOCABULARIES.items():
         ids = tft.apply_vocabulary(raw[name], vocabularies[name], num_oov_buckets=oov)
-        out[name] = _ids(raw[name], ids)
+        out[name] = shift_ids(raw[name], ids)
     for name, source in SHARED_VOCABULARY.items():
         oov = VOCABULARIES[source][1]
         ids = tft.apply_vocabulary(raw[name], vocabularies[source], num_oov_buckets=oov)
-        out[name] = _ids(raw[name], ids)
+        out[name] = shift_ids(raw[name], ids)
 
     all_items = tft.vocabulary(raw[F.ITEM_ID], vocab_filename=ALL_ITEMS_VOCABULARY)
     known = tft.apply_vocabulary(raw[F.ITEM_ID], all_items, default_value=-1)

@@ -22,7 +22,7 @@ import tensorflow as tf
 from trainer import features as F
 from trainer.config import ModelConfig
 from trainer.preprocessing import BUCKET_FIELDS, FeaturePreprocessor, HashingPreprocessor
-from trainer.transform import SHARED_VOCABULARY, VOCABULARIES
+from trainer.transform import SHARED_VOCABULARY, VOCABULARIES, shift_ids
 
 HASHED_FIELDS = (F.USER_ID, F.USER_AGE)  # too many values for a vocabulary / an int bucket
 
@@ -130,8 +130,7 @@ class VocabularyPreprocessor(FeaturePreprocessor):
         else:
             index = tf.fill(tf.shape(value), tf.constant(-1, tf.int64))
         unknown = size + tf.strings.to_hash_bucket_fast(value, oov)
-        ids = tf.where(index >= 0, index, unknown) + 1
-        return tf.where(value == b"", tf.zeros_like(ids), ids)
+        return shift_ids(value, tf.where(index >= 0, index, unknown))
 
     def get_config(self) -> dict:
         return {

@@ -29,14 +29,22 @@ def _row(user, item, hist, tags, ts, advertiser=b"adv1", domain=b"ad"):
     }
 
 
-@pytest.fixture(scope="module")
-def transformed(tmp_path_factory):
-    train = [
+def _train_rows():
+    return [
         _row(b"u1", b"i1", [], [b"t1"], 0),
         _row(b"u1", b"i2", [b"i1"], [b"t1", b"t2"], 3600 * 5),
         _row(b"u2", b"i1", [b"i2", b"i1"], [], 86_400 + 60, advertiser=b"", domain=b"content"),
     ]
-    later = [_row(b"u3", b"i9", [b"i1", b"i7"], [b"t9"], 86_400 * 3 + 3600 * 23)]
+
+
+def _later_rows():
+    """An eval-window row: item i9, history item i7 and tag t9 never appear in training."""
+    return [_row(b"u3", b"i9", [b"i1", b"i7"], [b"t9"], 86_400 * 3 + 3600 * 23)]
+
+
+@pytest.fixture(scope="module")
+def transformed(tmp_path_factory):
+    train, later = _train_rows(), _later_rows()
     metadata = tft.DatasetMetadata(_load_schema())
     tmp = str(tmp_path_factory.mktemp("tft"))
     with tft_beam.Context(temp_dir=tmp, force_tf_compat_v1=False):
@@ -118,12 +126,7 @@ def test_in_memory_vocabularies_give_the_transform_ids(transformed):
     from trainer.vocabulary import VocabularyPreprocessor
 
     out, later, tft_output = transformed
-    train = [
-        _row(b"u1", b"i1", [], [b"t1"], 0),
-        _row(b"u1", b"i2", [b"i1"], [b"t1", b"t2"], 3600 * 5),
-        _row(b"u2", b"i1", [b"i2", b"i1"], [], 86_400 + 60, advertiser=b"", domain=b"content"),
-    ]  # the fixture's rows
-    unseen = [_row(b"u3", b"i9", [b"i1", b"i7"], [b"t9"], 86_400 * 3 + 3600 * 23)]
+    train, unseen = _train_rows(), _later_rows()  # the fixture's rows
     pre = VocabularyPreprocessor.adapt(
         tf.data.Dataset.from_tensors(_raw_batch(train)), ModelConfig())
     for name, (filename, _, _) in T.VOCABULARIES.items():
