@@ -37,7 +37,8 @@ class ModelConfig:
       * `feature_path`: every head's logit also adds the shallow path of
         `trainer.feature_path` (`alpha_h * cos(U, V)` of user- and item-feature embeddings
         `feature_path_dim` wide, plus scenario and advertiser biases on the click heads, with an
-        L2 penalty `feature_path_bias_l2 * sum(b^2)` on the biases); it has
+        L2 penalties `feature_path_bias_l2 * sum(b^2)` on the biases and
+        `feature_path_embedding_l2 * sum(E^2)` on the embedding tables); it has
         no ids and learns from both domains. `TrainConfig.feature_path_epochs` trains it first,
         alone, and then keeps it fixed while `fit` trains the rest on top.
     `embedding_l2` adds `l2 * mean_batch(sum_f ||e_f||^2)` to the loss.
@@ -50,6 +51,7 @@ class ModelConfig:
     feature_path: bool = False
     feature_path_dim: int = 8
     feature_path_bias_l2: float = 1e-4
+    feature_path_embedding_l2: float = 1e-3
     user_id_buckets: int = 100_000
     item_id_buckets: int = 50_000
     category_buckets: int = 1_000
@@ -85,8 +87,9 @@ class ModelConfig:
                      "feature_path_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.feature_path_bias_l2 < 0:
-            raise ValueError(f"feature_path_bias_l2 must be >= 0, got {self.feature_path_bias_l2}")
+        for name in ("feature_path_bias_l2", "feature_path_embedding_l2"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.id_dropout <= 1.0:

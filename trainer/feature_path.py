@@ -43,6 +43,9 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
       embedding_dim: width of `U` and `V`.
       bias_l2: L2 penalty on the bias tables (`bias_l2 * sum(b^2)`); rare values (an
         advertiser with a handful of clicks) over-fit without it.
+      embedding_l2: L2 penalty on the embedding tables (`embedding_l2 * sum(E^2)`, a Gaussian
+        prior on the feature vectors): the path is a maximum-likelihood fit of ~1.3k numbers,
+        and at 200k examples its error is variance, not optimisation (`docs/BENCHMARKS.md`).
     Call args:
       ids: feature name -> int ids (`[batch]`, or `[batch, length]` with padding id 0).
     Returns:
@@ -56,6 +59,7 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
         bias_heads: tuple[str, ...] = (),
         embedding_dim: int = 8,
         bias_l2: float = 1e-4,
+        embedding_l2: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -69,6 +73,8 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         if bias_l2 < 0:
             raise ValueError(f"bias_l2 must be >= 0, got {bias_l2}")
+        if embedding_l2 < 0:
+            raise ValueError(f"embedding_l2 must be >= 0, got {embedding_l2}")
         self.vocabulary_sizes = {
             name: int(vocabulary_sizes[name]) for name in USER_FIELDS + ITEM_FIELDS + BIAS_FIELDS
         }
@@ -76,6 +82,7 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
         self.bias_heads = tuple(bias_heads)
         self.embedding_dim = int(embedding_dim)
         self.bias_l2 = float(bias_l2)
+        self.embedding_l2 = float(embedding_l2)
 
     def build(self, input_shape=None):
         self.tables = {
@@ -112,9 +119,10 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
         bias = tf.add_n([
             tf.gather(self.biases[name], ids[name])[:, None] for name in BIAS_FIELDS
         ])  # [batch, 1]
-        if self.bias_l2:
-            self.add_loss(self.bias_l2 * tf.add_n(  # float32 under mixed precision too
-                [tf.reduce_sum(tf.square(tf.cast(b, tf.float32))) for b in self.biases.values()]))
+        for l2, tables in ((self.bias_l2, self.biases), (self.embedding_l2, self.tables)):
+            if l2:  # float32 under mixed precision too
+                self.add_loss(l2 * tf.add_n(
+                    [tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in tables.values()]))
         return {
             head: self.alpha[i] * cos + self.intercept[i]
             + (bias if head in self.bias_heads else 0.0)
@@ -129,4 +137,5 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
             "bias_heads": list(self.bias_heads),
             "embedding_dim": self.embedding_dim,
             "bias_l2": self.bias_l2,
+            "embedding_l2": self.embedding_l2,
         }

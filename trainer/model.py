@@ -95,6 +95,7 @@ class LFM4AdsModel(tfrs.models.Model):
             bias_heads=("ad", "content"),
             embedding_dim=config.feature_path_dim,
             bias_l2=config.feature_path_bias_l2,
+            embedding_l2=config.feature_path_embedding_l2,
             name="feature_path",
         ) if config.feature_path else None
         self.ad_task = tfrs.tasks.Ranking(loss=_bce(), metrics=[_auc("ad_auc")])

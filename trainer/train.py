@@ -285,6 +285,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                    help="add the shallow cos(U, V) + bias path to every head's logit")
     p.add_argument("--feature_path_dim", type=int, default=mdefaults.feature_path_dim)
     p.add_argument("--feature_path_bias_l2", type=float, default=mdefaults.feature_path_bias_l2)
+    p.add_argument("--feature_path_embedding_l2", type=float,
+                   default=mdefaults.feature_path_embedding_l2)
     p.add_argument("--feature_path_epochs", type=int, default=defaults.feature_path_epochs,
                    help="epochs that train the feature path alone before fit (0: jointly)")
     p.add_argument("--feature_path_learning_rate", type=float,
@@ -309,6 +311,7 @@ def configs_from_args(argv: list[str]) -> tuple[argparse.Namespace, ModelConfig,
         feature_path=args.feature_path,
         feature_path_dim=args.feature_path_dim,
         feature_path_bias_l2=args.feature_path_bias_l2,
+        feature_path_embedding_l2=args.feature_path_embedding_l2,
     )
     train_config = TrainConfig(
         epochs=args.epochs,

@@ -69,6 +69,25 @@ def test_bias_penalty_is_a_layer_loss():
     assert float(tf.add_n(layer.losses)) == pytest.approx(0.5 * 10, rel=1e-5)
 
 
+def test_embedding_penalty_is_a_layer_loss():
+    layer = _path(bias_l2=0.0, embedding_l2=0.5)
+    for table in layer.tables.values():
+        table.assign(np.full(table.shape, 2.0))
+    layer(_ids())
+    fields = len(USER_FIELDS + ITEM_FIELDS)
+    assert float(tf.add_n(layer.losses)) == pytest.approx(0.5 * fields * 10 * 4 * 4.0, rel=1e-5)
+    unpenalised = _path(bias_l2=0.0)
+    unpenalised(_ids())
+    assert unpenalised.losses == []
+
+
+def test_model_config_sets_the_penalties():
+    model = LFM4AdsModel(ModelConfig(feature_path=True, feature_path_bias_l2=0.01,
+                                     feature_path_embedding_l2=0.02, **SMALL))
+    assert (model.feature_path.bias_l2, model.feature_path.embedding_l2) == (0.01, 0.02)
+    assert ModelConfig().feature_path_embedding_l2 > 0  # on by default
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"lacks the feature path's fields \['item_tags'\]"):
         FeatureAffinityPath({k: v for k, v in SIZES.items() if k != F.ITEM_TAGS}, heads=("ad",))
@@ -76,6 +95,10 @@ def test_bad_arguments():
         FeatureAffinityPath(SIZES, heads=("ad",), bias_heads=("click",))
     with pytest.raises(ValueError, match="embedding_dim must be >= 1, got 0"):
         FeatureAffinityPath(SIZES, heads=("ad",), embedding_dim=0)
+    with pytest.raises(ValueError, match="embedding_l2 must be >= 0, got -1"):
+        FeatureAffinityPath(SIZES, heads=("ad",), embedding_l2=-1)
+    with pytest.raises(ValueError, match="feature_path_embedding_l2 must be >= 0, got -0.1"):
+        ModelConfig(feature_path_embedding_l2=-0.1)
     with pytest.raises(ValueError, match="feature_path_dim must be >= 1, got 0"):
         ModelConfig(feature_path=True, feature_path_dim=0)
     with pytest.raises(ValueError, match="feature_path_epochs must be >= 0, got -1"):
@@ -85,7 +108,7 @@ def test_bad_arguments():
 
 
 def test_config_round_trip():
-    layer = _path(bias_l2=0.25)
+    layer = _path(bias_l2=0.25, embedding_l2=0.125)
     again = FeatureAffinityPath.from_config(layer.get_config())
     assert again.get_config() == layer.get_config()
 

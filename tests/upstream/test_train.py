@@ -161,9 +161,9 @@ def test_cli_feature_path_flags():
     _, model, train = configs_from_args(base + [
         "--feature_path", "--feature_path_dim", "4", "--feature_path_epochs", "7",
         "--feature_path_learning_rate", "0.05", "--ad_tower_gradient_scale", "0",
-        "--feature_path_bias_l2", "0.001"])
+        "--feature_path_bias_l2", "0.001", "--feature_path_embedding_l2", "0"])
     assert (model.feature_path, model.feature_path_dim, model.ad_tower_gradient_scale,
-            model.feature_path_bias_l2) == (True, 4, 0.0, 0.001)
+            model.feature_path_bias_l2, model.feature_path_embedding_l2) == (True, 4, 0.0, 0.001, 0)
     assert (train.feature_path_epochs, train.feature_path_learning_rate) == (7, 0.05)
     _, model, _ = configs_from_args(base + ["--feature_path", "--no-feature_path"])
     assert model.feature_path is False
