@@ -3,11 +3,13 @@
 The synthetic data's click logit is `domain/scenario bias + advertiser bias + alpha *
 cos(u, v)`, with `u` a sum of demographic embeddings and `v` the category's plus the mean of
 the tags' (`pipelines/sources/synthetic.py`). This baseline has that form and nothing else:
-`cos(U, V)` of summed feature embeddings (no ids, no history), one learned `alpha` per
-domain, scenario biases, and advertiser biases for ads. Both domains train the embeddings. It
-answers how close to the oracle a model with the right inductive bias gets on the same
-time split as `trainer.train` (train before the last `--eval_days`, evaluate on them), which
-tells apart "the data cannot say more" from "the architecture does not find it".
+the trainer's `FeatureAffinityPath` (`cos(U, V)` of summed feature embeddings, no ids, no
+history, one learned `alpha` and intercept per domain, scenario and penalised advertiser
+biases) on hashed ids, alone, trained by both domains at a constant learning rate, with the
+held-out AUC printed after every epoch. It answers how close to the oracle a model with the
+right inductive bias gets on the same time split as `trainer.train` (train before the last
+`--eval_days`, evaluate on them), which tells apart "the data cannot say more" from "the
+architecture does not find it".
 
     python -m benchmarks.quality_baseline --data DIR [--epochs 30] [--seed 0] [--json]
 
@@ -27,54 +29,36 @@ import tensorflow as tf
 
 from trainer import features as F
 from trainer import input as data_input
+from trainer.config import ModelConfig
 from trainer.evaluation import auc
+from trainer.feature_path import BIAS_FIELDS, ITEM_FIELDS, USER_FIELDS, FeatureAffinityPath
+from trainer.preprocessing import HashingPreprocessor
 from trainer.train import _oracle, _split
 
-ALPHA_SCALE = 3.0  # alpha = ALPHA_SCALE * a learned factor starting at 1
-FIELDS = (F.USER_AGE, F.USER_GENDER, F.USER_GEO, F.ITEM_CATEGORY, F.ITEM_TAGS,
-          F.ITEM_ADVERTISER, F.SCENARIO, F.DOMAIN, F.LABEL, F.TIMESTAMP)
+PATH_FIELDS = USER_FIELDS + ITEM_FIELDS + BIAS_FIELDS
+FIELDS = PATH_FIELDS + (F.DOMAIN, F.LABEL, F.TIMESTAMP)
+HEADS = ("content", "ad")
 
 
 class StructuredBaseline(tf.keras.Model):
-    """logit = alpha[domain] * cos(U(user features), V(item features)) + scenario bias
-    (+ advertiser bias on ads)."""
+    """logit = the feature path's head for the row's domain: `alpha_d * cos(U, V) + c_d` +
+    scenario bias + advertiser bias (content rows have none: one shared "missing" bias)."""
 
-    def __init__(self, dim: int = 16, buckets: int = 1000, **kwargs):
+    def __init__(self, dim: int = 16, buckets: int = 1000, bias_l2: float = 1e-4, **kwargs):
         super().__init__(**kwargs)
-        self.hash = tf.keras.layers.Hashing(buckets)
-
-        def table(width: int = dim, init=None, l2: float = 0.0):
-            return tf.keras.layers.Embedding(
-                buckets, width,
-                embeddings_initializer=init or tf.keras.initializers.RandomNormal(stddev=0.3),
-                embeddings_regularizer=tf.keras.regularizers.l2(l2) if l2 else None)
-
-        self.geo, self.age, self.gender, self.category, self.tag = (table() for _ in range(5))
-        self.scenario_bias = table(1, "zeros")
+        self.preprocessor = HashingPreprocessor.from_model_config(ModelConfig(
+            category_buckets=buckets, tag_buckets=buckets, advertiser_buckets=buckets,
+            geo_buckets=buckets))
         # ~100 advertisers with ~15 clicks each in 200k rows: without a penalty their biases
         # over-fit (ad AUC falls after epoch 5 of 30)
-        self.advertiser_bias = table(1, "zeros", l2=1e-4)
-        self.alpha = tf.Variable([1.0, 1.0], name="alpha")  # content, ad; times ALPHA_SCALE
-
-    def _ids(self, x: dict[str, tf.Tensor], name: str) -> tf.Tensor:
-        value = x[name]
-        return self.hash(value if value.dtype == tf.string else tf.strings.as_string(value))
+        self.path = FeatureAffinityPath(
+            {name: self.preprocessor.vocabulary_size(name) for name in PATH_FIELDS},
+            heads=HEADS, bias_heads=HEADS, embedding_dim=dim, bias_l2=bias_l2)
 
     def call(self, x: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        u = (self.geo(self._ids(x, F.USER_GEO)) + self.age(self._ids(x, F.USER_AGE))
-             + self.gender(self._ids(x, F.USER_GENDER)))
-        tags = x[F.ITEM_TAGS]
-        if isinstance(tags, tf.RaggedTensor):
-            tags = tags.to_tensor("")
-        mask = tf.cast(tags != "", tf.float32)[..., None]  # [batch, tags, 1]
-        tag_mean = tf.reduce_sum(self.tag(self.hash(tags)) * mask, 1) / tf.maximum(
-            tf.reduce_sum(mask, 1), 1.0)
-        v = self.category(self._ids(x, F.ITEM_CATEGORY)) + tag_mean
-        cos = tf.reduce_sum(tf.math.l2_normalize(u, -1) * tf.math.l2_normalize(v, -1), -1)
-        is_ad = tf.cast(tf.equal(x[F.DOMAIN], F.DOMAIN_AD), tf.int32)
-        advertiser = self.advertiser_bias(self._ids(x, F.ITEM_ADVERTISER))[:, 0]
-        return (ALPHA_SCALE * tf.gather(self.alpha, is_ad) * cos + self.scenario_bias(
-            self._ids(x, F.SCENARIO))[:, 0] + tf.where(is_ad > 0, advertiser, 0.0))
+        logits = self.path(self.preprocessor(x))
+        is_ad = tf.equal(x[F.DOMAIN], F.DOMAIN_AD)
+        return tf.where(is_ad, logits["ad"][:, 0], logits["content"][:, 0])
 
 
 def _evaluate(model: StructuredBaseline, dataset: tf.data.Dataset) -> dict[str, float | None]:
@@ -106,7 +90,8 @@ def run(data: str, epochs: int = 30, seed: int = 0, eval_days: float = 1.0,
     def step(batch):
         with tf.GradientTape() as tape:
             loss = loss_fn(tf.cast(batch[F.LABEL], tf.float32), model(batch, training=True))
-            loss += tf.add_n(model.losses)  # the advertiser biases' penalty
+            if model.losses:  # the biases' penalty
+                loss += tf.add_n(model.losses)
         variables = model.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
 

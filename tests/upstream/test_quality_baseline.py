@@ -25,7 +25,7 @@ def test_the_baseline_learns_and_reports_the_oracle(data_20k):
     for key in ("auc_ad", "auc_content", "oracle_auc_ad", "oracle_auc_content"):
         assert 0.0 <= result[key] <= 1.0
     # 16k content rows are enough to learn the shared structure: close to the oracle there
-    # (this run: 0.748 against 0.788)
+    # (this run: 0.735 against 0.788)
     assert result["auc_content"] > 0.7
     assert result["oracle_auc_content"] - result["auc_content"] < 0.08
 
