@@ -33,11 +33,11 @@ import apache_beam as beam
 import numpy as np
 
 from components import artifacts as A
-from components import representation_tables as tables
-from components.cr_aggregation import ema
 from components.cr_aggregation.beam_transforms import AggregateCrossRepresentations
 from pipelines import configs, local_runner
 from pipelines.sources import synthetic
+from trainer.representations import ema
+from trainer.representations import tables as tables
 
 
 def _events(representations_uri: str) -> tuple[list[str], dict]:

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from tfx.types import artifact
 
+from trainer.representations.tables import (  # noqa: F401 (the table names, defined there)
+    CROSS_ITEM_TABLE,
+    CROSS_USER_TABLE,
+    ITEM_TABLE,
+    TABLES,
+    USER_TABLE,
+)
+
 
 class Representations(artifact.Artifact):
     """RepresentationExtractor output: `user/`, `item/` tables and `cross_events/` batches.
@@ -28,10 +36,5 @@ class GuardResult(artifact.Artifact):
 
 
 # Table names inside the artifacts and the published directory (one sub-directory each).
-USER_TABLE = "user"
-ITEM_TABLE = "item"
 CROSS_EVENTS = "cross_events"
-CROSS_USER_TABLE = "cross_user"
-CROSS_ITEM_TABLE = "cross_item"
-TABLES = (USER_TABLE, ITEM_TABLE, CROSS_USER_TABLE, CROSS_ITEM_TABLE)
 TABLE_PREFIX = "part"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from components.cr_aggregation.ema import DEFAULT_HALF_LIFE_SECONDS
+from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 
 PIPELINE_NAME = "lfm4ads"
 MODEL_NAME = "lfm4ads"

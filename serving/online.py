@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.cr_aggregation.ema import DEFAULT_HALF_LIFE_SECONDS
-from components.representation_extractor.beam_transforms import sample_digest
 from serving.client import EmbeddingClient, batches
 from serving.store import CR_ITEM, CR_USER, IR, UR, RepresentationStore, Rows
+from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
+from trainer.representations.tables import sample_digest
 
 
 @dataclass(frozen=True)

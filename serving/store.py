@@ -3,7 +3,7 @@
 LFM4Ads (arXiv 2508.14948) serves its upstream representations from storage (Fig. 4): for a
 request (u, i) the downstream model reads UR(u), IR(i), CR(u), CR(i); the new UR(u), IR(i)
 replace the stored ones, and the new CR(u,i) is folded into CR(u) and CR(i) with the
-time-aware EMA of Eq. 1-2 (DESIGN.md, ``components/cr_aggregation/ema.py``):
+time-aware EMA of Eq. 1-2 (DESIGN.md, ``trainer/representations/ema.py``):
 
     CR(k) <- beta(t - updated_at(k)) * CR(k) + (1 - beta(t - updated_at(k))) * CR(u,i)
 
@@ -66,12 +66,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from components.cr_aggregation.ema import (
-    DEFAULT_HALF_LIFE_SECONDS,
-    Beta,
-    _evaluate_beta,
-    half_life_decay,
-)
 from components.representation_guard.statistics import (
     GuardThresholds,
     TableStatistics,
@@ -79,13 +73,20 @@ from components.representation_guard.statistics import (
     judge,
     table_statistics,
 )
+from trainer.representations import tables
+from trainer.representations.ema import (
+    DEFAULT_HALF_LIFE_SECONDS,
+    Beta,
+    _evaluate_beta,
+    half_life_decay,
+)
 
-UR = "user"
-IR = "item"
-CR_USER = "cross_user"
-CR_ITEM = "cross_item"
-TABLES = (UR, IR, CR_USER, CR_ITEM)
-CROSS_TABLES = (CR_USER, CR_ITEM)
+UR = tables.USER_TABLE
+IR = tables.ITEM_TABLE
+CR_USER = tables.CROSS_USER_TABLE
+CR_ITEM = tables.CROSS_ITEM_TABLE
+TABLES = tables.TABLES
+CROSS_TABLES = tables.CROSS_TABLES
 DEFAULT_GUARD = GuardThresholds()
 _SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -669,13 +670,13 @@ class RepresentationStore:
         replace: bool = True,
         guard: GuardThresholds | None = DEFAULT_GUARD,
     ) -> PutResult:
-        """Loads a published table (``components/representation_tables.py`` TFRecords).
+        """Loads a published table (``trainer/representations/tables.py`` TFRecords).
 
         ``pattern`` globs the gzip TFRecord files (e.g. ``<root>/<version>/user/part-*``);
         each row keeps its ``updated_at`` and ``model_version``. Guarded by default (see
         ``put``); imports TensorFlow to read the files.
         """
-        from components.representation_tables import read_table
+        from trainer.representations.tables import read_table
 
         keys, matrix, updated_at, versions = read_table(pattern)
         return self.put(_check_table(table), keys, matrix, updated_at, versions,

@@ -7,7 +7,7 @@ from components.cr_aggregation.beam_transforms import (
     AggregateCrossRepresentations,
     PointInTimeCrossRepresentations,
 )
-from components.cr_aggregation.ema import (
+from trainer.representations.ema import (
     HalfLifeDecay,
     aggregate_sequential,
     aggregate_sorted,

@@ -4,7 +4,7 @@
     CR(i) <- beta(t(i)) * CR(i) + (1 - beta(t(i))) * CR(u,i)        (Eq. 2)
 
 Semantics (initialisation, tie rule, strictly-before as-of) are those of
-``components.cr_aggregation.ema``. The transforms work on batches, not one Python object per
+``trainer.representations.ema``. The transforms work on batches, not one Python object per
 event (DESIGN.md, "Measured on these machines"): each input batch is split into sub-batches by
 key bucket ``zlib.crc32(key) % num_buckets`` (stable across processes, unlike ``hash()``), the
 sub-batches of one bucket are grouped, concatenated and aggregated with numpy.
@@ -18,13 +18,14 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 import numpy as np
 
-from components.cr_aggregation.ema import (
+from trainer.representations.ema import (
     Beta,
     _validate_events,
     aggregate_sorted,
     as_of,
     half_life_decay,
 )
+from trainer.representations.tables import sample_digest
 
 EVENT_FIELDS = ("user_id", "item_id", "timestamp", "cross_representation")
 QUERY_FIELDS = ("key", "timestamp", "row_id")
@@ -239,8 +240,6 @@ def _example_cls():
 
 def _row_id(serialized: bytes) -> bytes:
     """Rows are matched by the extractor's sample digest (BLAKE2b-128 of the bytes)."""
-    from components.representation_extractor.beam_transforms import sample_digest
-
     return sample_digest(serialized)
 
 

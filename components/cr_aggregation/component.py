@@ -18,13 +18,14 @@ from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
 from components import artifacts as A
-from components import representation_tables as tables
+from components import representation_tables as beam_tables
 from components.cr_aggregation.beam_transforms import (
     AggregateCrossRepresentations,
     AttachPointInTimeCrossRepresentations,
 )
-from components.cr_aggregation.ema import DEFAULT_HALF_LIFE_SECONDS
 from components.representation_extractor.component import split_patterns
+from trainer.representations import tables as tables
+from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
 _InputArtifact = tfx.dsl.components.InputArtifact
@@ -71,7 +72,7 @@ def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
         out = batches | "Aggregate" >> AggregateCrossRepresentations(
             half_life_seconds, num_buckets)
         for side, table in (("user", A.CROSS_USER_TABLE), ("item", A.CROSS_ITEM_TABLE)):
-            _ = out[side] | f"Write[{table}]" >> tables.WriteRepresentationTable(
+            _ = out[side] | f"Write[{table}]" >> beam_tables.WriteRepresentationTable(
                 os.path.join(cross_tables.uri, table, A.TABLE_PREFIX), version)
         if splits:
             cr_dim = _cr_dim(events)

@@ -8,7 +8,7 @@ from components.representation_extractor.beam_transforms import (
     ITEM,
     USER,
     ExtractRepresentations,
-    sample_digest,
 )
+from trainer.representations.tables import sample_digest
 
 __all__ = ["CROSS_EVENTS", "ITEM", "USER", "ExtractRepresentations", "sample_digest"]

@@ -19,7 +19,6 @@ with all raw features) in batches; one call per batch of each of the ``user_repr
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
 import apache_beam as beam
@@ -27,17 +26,12 @@ import numpy as np
 
 from trainer import features as F
 from trainer import signatures as S
+from trainer.representations.tables import sample_digest
 
 USER = "user"
 ITEM = "item"
 CROSS_EVENTS = "cross_events"
 OUTPUTS = (USER, ITEM, CROSS_EVENTS)
-DIGEST_SIZE = 16
-
-
-def sample_digest(serialized: bytes) -> bytes:
-    """The tie-break of the latest-per-key rule: BLAKE2b-128 of the serialized sample."""
-    return hashlib.blake2b(serialized, digest_size=DIGEST_SIZE).digest()
 
 
 class _LatestFn(beam.CombineFn):

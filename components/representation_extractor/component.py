@@ -14,13 +14,14 @@ from tfx import v1 as tfx
 from tfx.types import artifact_utils, standard_artifacts
 
 from components import artifacts as A
-from components import representation_tables as tables
+from components import representation_tables as beam_tables
 from components.representation_extractor.beam_transforms import (
     CROSS_EVENTS,
     ITEM,
     USER,
     ExtractRepresentations,
 )
+from trainer.representations import tables as tables
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
 _InputArtifact = tfx.dsl.components.InputArtifact
@@ -72,7 +73,7 @@ def RepresentationExtractor(  # noqa: N802 (TFX component naming)
         out = records | "Extract" >> ExtractRepresentations(
             model_dir, min_batch_size=min(64, max_batch_size), max_batch_size=max_batch_size)
         for name, table in ((USER, A.USER_TABLE), (ITEM, A.ITEM_TABLE)):
-            _ = out[name] | f"Write[{table}]" >> tables.WriteRepresentationTable(
+            _ = out[name] | f"Write[{table}]" >> beam_tables.WriteRepresentationTable(
                 os.path.join(root, table, A.TABLE_PREFIX), version)
         _ = (
             out[CROSS_EVENTS]

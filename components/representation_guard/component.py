@@ -26,7 +26,6 @@ import apache_beam as beam
 from tfx import v1 as tfx
 
 from components import artifacts as A
-from components import representation_tables as tables
 from components.representation_guard.beam_transforms import ComputeTableStatistics
 from components.representation_guard.statistics import (
     STATUS_HELD,
@@ -35,6 +34,7 @@ from components.representation_guard.statistics import (
     TableStatistics,
     judge,
 )
+from trainer.representations import tables as tables
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
 _InputArtifact = tfx.dsl.components.InputArtifact

@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 
 from components import artifacts as A
-from components import representation_tables as tables
 from components.representation_guard.component import (
     LIVE_FILE,
     guard_and_publish,
@@ -17,6 +16,7 @@ from components.representation_guard.component import (
     live_version,
 )
 from components.representation_guard.statistics import GuardThresholds
+from trainer.representations import tables as tables
 
 
 def _write_tables(root, matrices: dict[str, np.ndarray], version: int) -> dict[str, str]:

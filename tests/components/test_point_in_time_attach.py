@@ -7,8 +7,8 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from components.cr_aggregation import ema
 from components.cr_aggregation.beam_transforms import AttachPointInTimeCrossRepresentations
+from trainer.representations import ema
 
 HALF_LIFE = 50.0
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
-from components import representation_tables as T
+from components import representation_tables as beam_tables
 from components.representation_extractor import ExtractRepresentations
 from pipelines.sources import synthetic
 from trainer import features as F
@@ -21,6 +21,7 @@ from trainer import signatures as S
 from trainer.config import ModelConfig
 from trainer.export import export_saved_model
 from trainer.model import LFM4AdsModel
+from trainer.representations import tables as T
 
 SMALL = dict(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(32, 16), tower_hidden=(16,),
              representation_dim=8, embedding_dim=4)
@@ -207,8 +208,8 @@ def test_table_round_trip(tmp_path):
             for i in range(50)]
     prefix = os.path.join(str(tmp_path), "user_table")
     with BeamTestPipeline() as p:
-        _ = p | beam.Create(rows[::-1]) | T.WriteRepresentationTable(prefix, model_version=42,
-                                                                     num_shards=3)
+        _ = p | beam.Create(rows[::-1]) | beam_tables.WriteRepresentationTable(
+            prefix, model_version=42, num_shards=3)
     files = sorted(os.listdir(tmp_path))
     assert len(files) == 3 and all(f.endswith(".tfrecord.gz") for f in files), files
     keys, matrix, updated_at, versions = T.read_table(prefix + "-*")

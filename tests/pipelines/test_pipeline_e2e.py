@@ -17,7 +17,6 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
 from components import artifacts as A
-from components import representation_tables as tables
 from components.representation_guard.component import LIVE_FILE, live_version
 from pipelines import local_runner
 from pipelines.sources import synthetic
@@ -27,6 +26,7 @@ from trainer import evaluation
 from trainer import features as F
 from trainer import input as data_input
 from trainer import signatures as S
+from trainer.representations import tables as tables
 
 EXAMPLES = 4000
 FAST = {"epochs": 2, "batch_size": 256}

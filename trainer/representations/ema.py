@@ -17,7 +17,7 @@ Semantics implemented here (one key k, user or item alike; timestamps are intege
   of the input order. Without it, Eq. 1 with beta(0) = 1 would keep the first event of a second
   and silently drop every later one of that second.
 * As of (``as_of``): the value seen by a row (k, t) is the state after all of k's events with
-  timestamp STRICTLY before t (no look-ahead leakage, DESIGN.md); a row with no earlier event of
+  timestamp STRICTLY before t (no look-ahead leakage); a row with no earlier event of
   k gets a NaN vector and updated_at = -1.
 
 Three implementations of the same arithmetic:
@@ -27,7 +27,8 @@ Three implementations of the same arithmetic:
   (key, timestamp), collapse ties with ``np.add.reduceat``, then a segmented parallel prefix
   scan (Hillis-Steele) of the affine maps ``s -> a * s + c`` with ``a = beta(dt)`` and
   ``c = (1 - a) * CR(u,i)``; ceil(log2(longest per-key run)) vectorised steps in all.
-* ``as_of`` - the same scan, keeping every per-key prefix state, looked up with searchsorted.
+* ``as_of`` - the same scan, keeping every per-key prefix state, looked up with searchsorted;
+  ``prefix_states`` returns those states (the history that downstream point-in-time joins read).
 """
 
 from __future__ import annotations
@@ -230,6 +231,23 @@ def aggregate_sorted(
     last[:-1] = col.code[1:] != col.code[:-1]  # [m] last event of each key
     last_idx = np.flatnonzero(last)  # [n_keys], in code order = order of col.uniq
     return col.uniq, col.states[last_idx].astype(np.float32), col.t[last_idx]
+
+
+def prefix_states(
+    keys: np.ndarray, timestamps: np.ndarray, crs: np.ndarray, beta: Beta
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every state each key goes through: CR(key) just after each of its (tie-collapsed) events.
+
+    The history behind ``as_of``: a downstream row (k, t) sees the last state of k with
+    timestamp strictly before t.
+
+    Returns:
+      (keys object [m], timestamps int64 [m], CR float32 [m, d]), sorted by (key, timestamp),
+      one entry per distinct (key, second) of the events (tie rule).
+    """
+    keys, timestamps, crs = _validate_events(keys, timestamps, crs)
+    col = _Collapsed(keys, timestamps, crs, beta)
+    return col.uniq[col.code], col.t.copy(), col.states.astype(np.float32)
 
 
 def as_of(
