@@ -75,6 +75,8 @@ class LFM4AdsModel(tfrs.models.Model):
             config.embedding_dim,
             l2=config.embedding_l2,
             zero_init=F.ID_FEATURES,
+            # Named, not Keras-numbered: the export's endpoints are found by variable name.
+            name="feature_embeddings",
         )
         # Field embeddings that enter the branches next to UR, IR (ids only if mix_id_fields).
         self.mix_fields = tuple(
@@ -137,28 +139,51 @@ class LFM4AdsModel(tfrs.models.Model):
         """IR `[batch, representation_dim]` from the item features of `raw`."""
         return self.item_tower(self._embed(raw, training), training=training)
 
-    def _forward(self, raw: dict[str, tf.Tensor], training: bool, content: bool = True):
+    def _towers(self, raw: dict[str, tf.Tensor], training: bool):
+        """Ids, UR `[batch, d_ur]`, IR `[batch, d_ir]` and the branches' field embeddings."""
         ids = self._ids(raw, training)
         embedded = self.embeddings(ids)
         ur = self.user_tower(embedded, training=training)  # [batch, d_ur]
         ir = self.item_tower(embedded, training=training)  # [batch, d_ir]
-        fields = [embedded[name] for name in self.mix_fields]
+        return ids, ur, ir, [embedded[name] for name in self.mix_fields]
+
+    def _ad_branch(self, ur: tf.Tensor, ir: tf.Tensor, fields: list[tf.Tensor],
+                   training: bool) -> dict[str, tf.Tensor]:
+        """Every output of the ad branch (`MixBranch`) on the shared towers' outputs."""
         scale = self.config.ad_tower_gradient_scale
 
         def damp(x):
             # Forward value unchanged; the ad loss reaches the shared parts scaled by `scale`.
             return x if scale == 1.0 else scale * x + (1.0 - scale) * tf.stop_gradient(x)
 
-        ad = self.ad_branch((damp(ur), damp(ir)), [damp(f) for f in fields], training=training)
+        return self.ad_branch((damp(ur), damp(ir)), [damp(f) for f in fields], training=training)
+
+    def _forward(self, raw: dict[str, tf.Tensor], training: bool):
+        ids, ur, ir, fields = self._towers(raw, training)
+        ad = self._ad_branch(ur, ir, fields, training)
         path = self.feature_path(ids) if self.feature_path is not None else {}
-        if not content or self.content_branch is self.ad_branch:
+        if self.content_branch is self.ad_branch:
             return ur, ir, ad, ad, path
         return ur, ir, ad, self.content_branch((ur, ir), fields, training=training), path
 
+    def ad_branch_outputs(self, raw: dict[str, tf.Tensor],
+                          training: bool = False) -> dict[str, tf.Tensor]:
+        """Every intermediate output of the ad branch, by its `ModelConfig.cr_layer` name.
+
+        `embedding` is the branch input `x0 = concat(UR, IR, [UR * IR,] e_1..e_F)` `[batch, d0]`,
+        `cross_<l>` the output of interaction layer l (`[batch, d0]`; `[batch, d0 + d]` for
+        `fm`), `mlp_<l>` that of hidden MLP layer l (`[batch, mlp_hidden[l - 1]]`), all float32:
+        each is a candidate CR(u,i) (paper Sec. 3.3, the layer study of Sec. 5.1.3). The
+        logits are left out, and so are the content branch and the feature path.
+        """
+        _, ur, ir, fields = self._towers(raw, training)
+        ad = self._ad_branch(ur, ir, fields, training)
+        return {name: tf.cast(value, tf.float32) for name, value in ad.items()
+                if not name.startswith("logit_")}
+
     def cross_representation(self, raw: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """CR(u,i) `[batch, d_cr]`: output `cr_layer` of the ad branch."""
-        _, _, ad, _, _ = self._forward(raw, training, content=False)
-        return tf.cast(ad[self.cr_layer], tf.float32)
+        """CR(u,i) `[batch, d_cr]` float32: output `cr_layer` of the ad branch."""
+        return self.ad_branch_outputs(raw, training)[self.cr_layer]
 
     def call(self, raw: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         """All outputs: probabilities, logits, UR, IR and CR for a batch of raw features."""

@@ -36,3 +36,38 @@ REQUIRED_FEATURES = {
 }
 
 WARMUP_FILE = "tf_serving_warmup_requests"
+
+# -- downstream (paper Sec. 3.4) ------------------------------------------------------------
+# Representation features of a downstream tf.Example: float lists filled from the published
+# tables or the representation store, as of strictly before the row's timestamp. Each has an
+# int64 0/1 companion `<name>_found` (0: the key had no representation yet; the vector is zeros).
+UR_FEATURE = "ur"
+IR_FEATURE = "ir"
+CR_USER_FEATURE = "cr_user"
+CR_ITEM_FEATURE = "cr_item"
+# The latest CR(u,i) event of the user / the item before the row (no aggregation, Table 1).
+CR_LATEST_USER_FEATURE = "cr_latest_user"
+CR_LATEST_ITEM_FEATURE = "cr_latest_item"
+REPRESENTATION_FEATURES = (UR_FEATURE, IR_FEATURE, CR_USER_FEATURE, CR_ITEM_FEATURE,
+                           CR_LATEST_USER_FEATURE, CR_LATEST_ITEM_FEATURE)
+FOUND_SUFFIX = "_found"
+
+
+def found_feature(name: str) -> str:
+    """The 0/1 indicator feature of representation feature `name`."""
+    return name + FOUND_SUFFIX
+
+
+# Outputs of the downstream models' `serving_default`.
+DOWNSTREAM_PREDICTION = "prediction"  # the ranker: click probability [batch, 1]
+TOP_K_IDS = "top_k_ids"  # standalone retrieval: item ids [batch, k] (bytes)
+TOP_K_SCORES = "top_k_scores"  # and their scores [batch, k]
+RETRIEVAL_SCORE = "score"  # standalone retrieval's score(u, i) of Eq. 6 [batch, 1]
+
+# Reusable endpoints of the upstream SavedModel beside its signatures (TF Hub's Reusable
+# SavedModel interface): attributes of the loaded object, called on the dense raw-feature dict
+# of `features.parse_examples`.
+USER_TOWER_ENDPOINT = "user_tower"
+ITEM_TOWER_ENDPOINT = "item_tower"
+AD_MODULE_ENDPOINT = "ad_module"
+ENDPOINTS = (USER_TOWER_ENDPOINT, ITEM_TOWER_ENDPOINT, AD_MODULE_ENDPOINT)

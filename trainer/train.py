@@ -130,14 +130,14 @@ def _oracle(data: str, cut: int, train_end: int | None = None,
     return out
 
 
-def train_and_export(
+def fit_and_evaluate(
     data: str,
-    export_dir: str,
     model_config: ModelConfig | None = None,
     train_config: TrainConfig | None = None,
     verbose: int | None = None,
-) -> dict:
-    """Trains, evaluates and exports; returns the metrics and the export path."""
+) -> tuple[LFM4AdsModel, dict, list[bytes]]:
+    """Trains and evaluates (no export): the model, the metrics and a few serialized examples
+    of the eval window (for an export's warmup file)."""
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
     tf.keras.utils.set_random_seed(train_config.seed)
@@ -214,12 +214,25 @@ def train_and_export(
                              for name in VOCABULARY_INPUTS},
     }
     results.update(_oracle(data, cut, train_end, ev, end=hi + 1))
-    results["export_path"] = export_saved_model(
-        model, export_dir, warmup_examples=[
-            s.numpy() for s in data_input.records_in_window(files, start=cut, end=hi + 1).take(8)
-        ]
-    )
     results["model_config"] = dataclasses.asdict(model_config)
+    results["train_window"] = [lo, train_end]  # [start, end) of the training rows
+    warmup = [s.numpy() for s in data_input.records_in_window(files, start=cut, end=hi + 1).take(8)]
+    return model, results, warmup
+
+
+def train_and_export(
+    data: str,
+    export_dir: str,
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    verbose: int | None = None,
+) -> dict:
+    """Trains, evaluates and exports; returns the metrics and the export path."""
+    model, results, warmup = fit_and_evaluate(data, model_config, train_config, verbose)
+    start, end = results["train_window"]
+    results["export_path"] = export_saved_model(
+        model, export_dir, warmup_examples=warmup,
+        training_facts={"train_start": start, "train_end": end, "data": data})
     return results
 
 

@@ -1,0 +1,470 @@
+"""Does transfer help? The paper's downstream ablations on one production-like time split.
+
+    python -m benchmarks.ablation (--dataset synthetic|movielens | --data DIR) [--seeds 3]
+        [--quick] [--json]
+
+LFM4Ads (arXiv 2508.14948) Table 1 (the six rows: baseline, SUM dual / same branch, linear
+fusion, no aggregation, LFM4Ads) plus `iim`, `lfm4ads_iim`, `finetune` and `retrieval`;
+the layer study of Fig. 5 (Sec. 5.1.3); importance by masking (Sec. 5.3.1); upstreams trained
+on content only, ads only and both (Sec. 5.3.6).
+
+Split, the same for every row, as in production: the upstream trains only on data before the
+downstream window (all domains; `--split_days U,T,V` = U upstream days, then T days that train
+the downstream ranker on the ad domain, V validation days, and the rest is the test window;
+default 10,2,1 on the 14-day synthetic data; on other data `--split 0.6,0.8,0.9`, fractions of
+the rows by time snapped to whole days, so the test window holds at least 10% of the rows).
+Every downstream row sees UR(u), IR(i), CR(u), CR(i) as of strictly before its timestamp, from
+the frozen upstream replayed over the traffic as the online loop would (`trainer.downstream.
+replay`). Downstream settings are the `DownstreamConfig` / `DownstreamTrainConfig` defaults,
+shared by every mode; each run stops early on the validation window's AUC; the test window is
+only read for the figures.
+
+Metrics per row: AUC (mean ± std over seeds), the AUC in expectation over the labels' draw
+where the synthetic oracle exists (far less noisy; the metric for orderings on synthetic data),
+GAUC, logloss, cold-start AUC (test items absent from the downstream training window). Seed s
+trains its own upstreams and downstream models. `--json` prints one JSON object as the last
+line: `{"rows", "layers", "domains", "importance", "seconds", ...}`.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING lines
+
+from trainer import legacy_keras  # noqa: E402, F401  (Keras 2 before tensorflow is imported)
+
+# isort: split
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import features as F
+from trainer import input as data_input
+from trainer import signatures as S
+from trainer.config import ModelConfig, TrainConfig
+from trainer.downstream import config as C
+from trainer.downstream import data as D
+from trainer.downstream import replay as R
+from trainer.downstream import train as DT
+from trainer.downstream.ranker import FIELD_GROUPS
+from trainer.export import export_saved_model
+from trainer.representations import tables as T
+from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
+from trainer.train import fit_and_evaluate
+
+DAY = 86_400
+IIM_WARM = "iim (warm start)"
+TABLE_ROWS = (C.NONE, C.UR, C.UR_SAME_BRANCH, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM,
+              IIM_WARM, C.LFM4ADS_IIM, C.FINETUNE, C.RETRIEVAL)
+METRICS = ("auc", "expected_auc", "gauc", "logloss", "auc_cold_start")
+REPRESENTATION_GROUPS = {
+    "UR": (S.UR_FEATURE,), "IR": (S.IR_FEATURE,), "CR(u)": (S.CR_USER_FEATURE,),
+    "CR(i)": (S.CR_ITEM_FEATURE,),
+    "all representations": (S.UR_FEATURE, S.IR_FEATURE, S.CR_USER_FEATURE, S.CR_ITEM_FEATURE),
+}
+ALL_FEATURES = (S.UR_FEATURE, S.IR_FEATURE, S.CR_USER_FEATURE, S.CR_ITEM_FEATURE,
+                S.CR_LATEST_USER_FEATURE, S.CR_LATEST_ITEM_FEATURE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """`[lo, upstream_end)` trains the upstream; then the downstream train, validation and
+    test windows (half-open, unix seconds)."""
+
+    lo: int
+    hi: int
+    upstream_end: int
+    train: tuple[int, int]
+    validation: tuple[int, int]
+    test: tuple[int, int]
+
+
+def split_by_days(files, upstream_days: float, train_days: float, validation_days: float):
+    lo, hi = data_input.time_range(files)
+    cuts = np.cumsum([upstream_days, train_days, validation_days]) * DAY + lo
+    return _split(lo, hi, [int(c) for c in cuts])
+
+
+def split_by_fractions(files, fractions):
+    """Cut points at the given fractions of the rows by time, moved back to the start of
+    their day (so each later window only grows: the test window keeps >= its share)."""
+    lo, hi = data_input.time_range(files)
+    stamps = np.concatenate([b[F.TIMESTAMP].numpy() for b in data_input.make_dataset(
+        files, 65536, names=(F.TIMESTAMP,))])
+    cuts = []
+    for q in fractions:
+        t = int(np.quantile(stamps, q))
+        cuts.append(max(lo + 1, lo + (t - lo) // DAY * DAY))
+    return _split(lo, hi, cuts)
+
+
+def _split(lo, hi, cuts):
+    upstream_end, validation_start, test_start = cuts
+    if not lo < upstream_end < validation_start < test_start <= hi:
+        raise ValueError(f"the split {cuts} does not fit the data's time range [{lo}, {hi}]")
+    return Split(lo, hi, upstream_end, (upstream_end, validation_start),
+                 (validation_start, test_start), (test_start, hi + 1))
+
+
+def domain_copy(files, domain: bytes, out: str) -> str:
+    """The records of one domain, written to `out` (for the single-domain upstreams)."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"part-{domain.decode()}.tfrecord.gz")
+    if os.path.exists(path):
+        return out
+    spec = F.feature_spec((F.DOMAIN,))
+    records = data_input.records_in_window(files).filter(
+        lambda s: tf.equal(tf.io.parse_single_example(s, spec)[F.DOMAIN], domain))
+    options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=1)
+    with tf.io.TFRecordWriter(path + ".tmp", options) as writer:
+        for record in records.batch(4096):
+            for r in record.numpy():
+                writer.write(r)
+    os.rename(path + ".tmp", path)
+    return out
+
+
+class Ablation:
+    """One ablation run: data, split, upstreams per seed, downstream runs (module doc)."""
+
+    def __init__(self, data: str, split: Split, seeds: list[int], work: str,
+                 upstream_epochs: int, train_config: C.DownstreamTrainConfig,
+                 config: C.DownstreamConfig, layers: tuple[str, ...] | None,
+                 half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS, log=print):
+        self.data, self.split, self.seeds, self.work = data, split, seeds, work
+        self.files = data_input.list_files(data)
+        self.upstream_epochs = upstream_epochs
+        self.train_config, self.config = train_config, config
+        self.layers = layers
+        self.half_life = half_life_seconds
+        self.log = log
+        self.rows = {name: D.read_rows(self.files, *window) for name, window in (
+            ("train", split.train), ("validation", split.validation), ("test", split.test))}
+        self.train_items = set(self.rows["train"][F.ITEM_ID].tolist())
+        self.probabilities = D.oracle_probabilities(data, self.rows["test"], *split.test)
+        self.records = [r.numpy() for r in data_input.records_in_window(self.files)]
+        self.upstream_metrics: dict[str, list[dict]] = {}
+
+    # -- upstream ---------------------------------------------------------------------------
+    def upstream(self, name: str, seed: int, model_config: ModelConfig, data: str | None = None):
+        """Trains an upstream on `[lo, upstream_end)` (its own eval: the first downstream day,
+        which it never trains on)."""
+        started = time.perf_counter()
+        skip = (self.split.hi + 1 - (self.split.upstream_end + DAY)) / DAY
+        model, results, warmup = fit_and_evaluate(
+            data or self.data, model_config,
+            TrainConfig(epochs=self.upstream_epochs, seed=seed, skip_last_days=skip),
+            verbose=0)
+        self.upstream_metrics.setdefault(name, []).append(
+            {k: results.get(k) for k in ("auc_ad", "auc_content", "expected_auc_ad",
+                                         "train_examples")})
+        self.log(f"  upstream {name} seed {seed}: ad AUC {results['auc_ad']}, content AUC "
+                 f"{results['auc_content']} ({time.perf_counter() - started:.0f} s)")
+        return model, warmup
+
+    def upstream_reference(self, model) -> dict:
+        """The upstream's own ad head on the test rows: not a downstream mode, a yardstick
+        (the upstream saw ~5x the ad rows the downstream trains on, plus the content rows)."""
+        test = {k: self.rows["test"][k] for k in F.ALL_FEATURES}
+        predict = tf.function(lambda raw: model(raw, training=False)["ad_prediction"])
+        scores = np.concatenate([predict(b).numpy()[:, 0] for b in D.to_dataset(test, 4096)])
+        return DT.evaluate(self.rows["test"], scores, self.train_items, self.probabilities)
+
+    def attach(self, source) -> dict[str, D.Rows]:
+        return {k: D.with_representations(v, source, ALL_FEATURES) for k, v in self.rows.items()}
+
+    # -- downstream -------------------------------------------------------------------------
+    def ranker(self, rows, mode: str, seed: int, upstream_config=None, upstream_export=None,
+               **overrides):
+        config = dataclasses.replace(self.config, mode=mode, **overrides)
+        train_config = dataclasses.replace(self.train_config, seed=seed)
+        model, fit = DT.train_ranker(config, train_config, rows["train"], rows["validation"],
+                                     upstream_config=upstream_config,
+                                     upstream_export=upstream_export)
+        return model, fit
+
+    def score(self, model, rows, masked=()) -> dict:
+        scores = DT.predict(model, rows["test"], masked)
+        return DT.evaluate(rows["test"], scores, self.train_items, self.probabilities)
+
+    def retrieval(self, rows, source, seed: int) -> dict:
+        """Eq. 6 as the whole model: AUC of its score on the test rows, recall@k against the
+        test window's items as the item table held them when the window began."""
+        model, fit = DT.train_retrieval(self.config, dataclasses.replace(self.train_config,
+                                                                         seed=seed),
+                                        rows["train"], rows["validation"])
+        test = rows["test"]
+        result = {**DT.evaluate(test, DT.retrieval_scores(model, test), self.train_items,
+                                self.probabilities, calibrated=False), **fit}
+        items = np.unique(test[F.ITEM_ID])
+        known = source.lookup(T.ITEM_TABLE, items,
+                              np.full(items.shape[0], self.split.test[0], np.int64))
+        result.update(DT.retrieval_recall(model, test, items[known.found],
+                                          known.vectors[known.found]))
+        return result
+
+    def run(self) -> dict:
+        started = time.perf_counter()
+        runs = {mode: [] for mode in TABLE_ROWS}
+        layer_runs: dict[str, list[dict]] = {}
+        domain_runs = {"content only": [], "ads only": [], "both": []}
+        importance: dict[str, list[dict]] = {}
+        reference: list[dict] = []
+        for seed in self.seeds:
+            self.log(f"seed {seed}")
+            base = ModelConfig()
+            dual, warmup = self.upstream("dual", seed, base)
+            export = export_saved_model(dual, os.path.join(self.work, f"upstream-dual-{seed}"),
+                                        warmup)
+            reference.append(self.upstream_reference(dual))
+            layers = self.layers if self.layers is not None else _all_layers(base)
+            events = R.run_upstream(R.keras_model_fn(dual, layers), self.records)
+            source = R.histories(events, self.half_life)
+            rows = self.attach(source)
+            for mode in (C.NONE, C.UR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM,
+                         C.LFM4ADS_IIM, C.FINETUNE):
+                model, fit = self.ranker(rows, mode, seed, upstream_config=base,
+                                         upstream_export=export)
+                runs[mode].append({**self.score(model, rows), **fit})
+                self._log_run(mode, runs[mode][-1])
+                if mode == C.LFM4ADS:
+                    domain_runs["both"].append(runs[mode][-1])
+                    base_scores = runs[mode][-1]
+                    for group, names in {**FIELD_GROUPS, **REPRESENTATION_GROUPS}.items():
+                        masked = self.score(model, rows, names)
+                        importance.setdefault(group, []).append(
+                            {k: _drop(base_scores.get(k), masked.get(k))
+                             for k in ("auc", "expected_auc")})
+            # The module warm-started from the upstream's ad branch (an option; the paper
+            # re-initialises it, the `iim` row).
+            model, fit = self.ranker(rows, C.IIM, seed, upstream_config=base,
+                                     upstream_export=export, iim_warm_start=True)
+            runs[IIM_WARM].append({**self.score(model, rows), **fit})
+            self._log_run(IIM_WARM, runs[IIM_WARM][-1])
+            runs[C.RETRIEVAL].append(self.retrieval(rows, source, seed))
+            self._log_run(C.RETRIEVAL, runs[C.RETRIEVAL][-1])
+            for layer in layers:  # Fig. 5: CR of one layer, linearly fused, on the baseline
+                layer_rows = self.attach(R.histories(events, self.half_life,
+                                                     cr_output=f"{R.CR}:{layer}"))
+                model, fit = self.ranker(layer_rows, C.CR_LINEAR, seed, use_ur_ir=False)
+                layer_runs.setdefault(layer, []).append({**self.score(model, layer_rows), **fit})
+                self._log_run(f"layer {layer}", layer_runs[layer][-1])
+            del events, rows, source
+            shared, _ = self.upstream("shared", seed, dataclasses.replace(base, branches="shared"))
+            rows = self.attach(R.histories(
+                R.run_upstream(R.keras_model_fn(shared), self.records), self.half_life))
+            model, fit = self.ranker(rows, C.UR_SAME_BRANCH, seed)
+            runs[C.UR_SAME_BRANCH].append({**self.score(model, rows), **fit})
+            self._log_run(C.UR_SAME_BRANCH, runs[C.UR_SAME_BRANCH][-1])
+            # Sec. 5.3.6: one domain only. Content only trains one shared branch (a dual model's
+            # ad branch would see no data); ads only keeps the dual architecture.
+            for name, domain, config in (
+                    ("content only", F.DOMAIN_CONTENT, dataclasses.replace(base,
+                                                                           branches="shared")),
+                    ("ads only", F.DOMAIN_AD, base)):
+                directory = domain_copy(self.files, domain,
+                                        os.path.join(self.work, f"data-{domain.decode()}"))
+                model, _ = self.upstream(name, seed, config, data=directory)
+                rows = self.attach(R.histories(
+                    R.run_upstream(R.keras_model_fn(model), self.records), self.half_life))
+                ranker, fit = self.ranker(rows, C.LFM4ADS, seed)
+                domain_runs[name].append({**self.score(ranker, rows), **fit})
+                self._log_run(f"lfm4ads, upstream on {name}", domain_runs[name][-1])
+            tf.keras.backend.clear_session()
+        return {
+            "rows": {mode: summarize(r) for mode, r in runs.items()},
+            "layers": {layer: summarize(r) for layer, r in layer_runs.items()},
+            "domains": {name: summarize(r) for name, r in domain_runs.items()},
+            "importance": {group: summarize(r, ("auc", "expected_auc"))
+                           for group, r in importance.items()},
+            "upstream": {name: summarize(r, ("auc_ad", "auc_content", "expected_auc_ad"))
+                         for name, r in self.upstream_metrics.items()},
+            "reference": {"upstream ad head": summarize(reference)},
+            "orderings": orderings(runs),
+            "per_seed": {mode: [{k: r.get(k) for k in METRICS} for r in rs]
+                         for mode, rs in runs.items()},
+            "split": dataclasses.asdict(self.split),
+            "test_rows": D.size(self.rows["test"]),
+            "test_clicks": int(self.rows["test"][F.LABEL].sum()),
+            "train_rows": D.size(self.rows["train"]),
+            "validation_rows": D.size(self.rows["validation"]),
+            "seeds": self.seeds,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+
+    def _log_run(self, name: str, result: dict) -> None:
+        parts = [f"{k} {result[k]:.4f}" for k in METRICS if result.get(k) is not None]
+        self.log(f"  {name}: " + ", ".join(parts))
+
+
+def _all_layers(config: ModelConfig) -> tuple[str, ...]:
+    return (("embedding",) + tuple(f"cross_{i + 1}" for i in range(config.num_cross_outputs))
+            + tuple(f"mlp_{i + 1}" for i in range(len(config.mlp_hidden))))
+
+
+def _drop(base, masked):
+    return None if base is None or masked is None else base - masked
+
+
+# The issue's orderings: (better, worse, metric); compared per seed (the same upstream and the
+# same downstream seed on both sides), so the upstream's own seed-to-seed spread cancels.
+ORDERINGS = (
+    (C.LFM4ADS, C.NONE, None), (C.LFM4ADS, C.UR, None), (C.UR, C.NONE, None),
+    (C.LFM4ADS, C.CR_LINEAR, None), (C.LFM4ADS, C.CR_LATEST, None),
+    (C.UR, C.UR_SAME_BRANCH, None), (C.LFM4ADS, C.UR, "auc_cold_start"),
+)
+
+
+def orderings(runs: dict[str, list[dict]]) -> list[dict]:
+    """Paired differences `better - worse` over seeds for `ORDERINGS`, on the AUC in
+    expectation over the labels where the oracle exists, else the AUC (or the named metric)."""
+    out = []
+    for better, worse, metric in ORDERINGS:
+        pairs = list(zip(runs.get(better, []), runs.get(worse, []), strict=False))
+        if not pairs:
+            continue
+        key = metric or ("expected_auc" if pairs[0][0].get("expected_auc") is not None
+                         else "auc")
+        diffs = [a[key] - b[key] for a, b in pairs
+                 if a.get(key) is not None and b.get(key) is not None]
+        if not diffs:
+            continue
+        out.append({"better": better, "worse": worse, "metric": key,
+                    "difference": float(np.mean(diffs)),
+                    "std": float(np.std(diffs)) if len(diffs) > 1 else None,
+                    "seeds_holding": int(sum(d > 0 for d in diffs)), "seeds": len(diffs)})
+    return out
+
+
+def summarize(runs: list[dict], keys=METRICS) -> dict:
+    """Mean and standard deviation (over seeds) of each metric; `<key>_std` beside `<key>`."""
+    out = {}
+    for key in keys:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+        out[f"{key}_std"] = float(np.std(values)) if len(values) > 1 else None
+    for key in ("recall_at_10", "recall_at_100", "epochs", "best_epoch"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            out[key] = float(np.mean(values))
+    out["runs"] = len(runs)
+    return out
+
+
+def format_tables(result: dict) -> str:
+    def fmt(value, std=None):
+        if value is None:
+            return "n/a"
+        return f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+    lines = [f"test window: {result['test_rows']} ad rows, {result['test_clicks']} clicks; "
+             f"training {result['train_rows']}, validation {result['validation_rows']}; seeds "
+             f"{result['seeds']}; {result['seconds']:.0f} s"]
+    header = (f"{'row':<28}{'AUC':>18}{'expected AUC':>18}{'GAUC':>9}{'logloss':>9}"
+              f"{'cold AUC':>10}")
+
+    def table(title, rows):
+        lines.extend(["", title, header])
+        base = result["rows"][C.NONE]
+        for name, r in rows.items():
+            lines.append(f"{name:<28}{fmt(r['auc'], r.get('auc_std')):>18}"
+                         f"{fmt(r['expected_auc'], r.get('expected_auc_std')):>18}"
+                         f"{fmt(r['gauc']):>9}{fmt(r['logloss']):>9}"
+                         f"{fmt(r['auc_cold_start']):>10}")
+            if name != C.NONE and r.get("auc") is not None and base.get("auc") is not None:
+                lines[-1] += f"   Δ AUC {r['auc'] - base['auc']:+.4f}"
+            if r.get("recall_at_10") is not None:
+                lines[-1] += (f"   recall@10 {r['recall_at_10']:.4f}, recall@100 "
+                              f"{r['recall_at_100']:.4f}")
+
+    table("Table 1 and the other transfer modes", result["rows"])
+    if result.get("reference"):
+        table("Reference, not a downstream mode: the upstream's own ad head",
+              result["reference"])
+    table("Fig. 5: CR of one upstream layer, linearly fused, on the baseline", result["layers"])
+    table("Sec. 5.3.6: lfm4ads with upstreams trained on", result["domains"])
+    lines.extend(["", "Orderings, paired by seed: difference (mean ± std over seeds), seeds where "
+                  "it holds", f"{'ordering':<36}{'metric':<16}{'difference':>18}{'holds':>8}"])
+    for o in result.get("orderings", []):
+        lines.append(f"{o['better'] + ' > ' + o['worse']:<36}{o['metric']:<16}"
+                     f"{fmt(o['difference'], o['std']):>18}{o['seeds_holding']:>4}/{o['seeds']}")
+    lines.extend(["", "Sec. 5.3.1: AUC drop of the lfm4ads ranker when a group is masked",
+                  f"{'group':<28}{'AUC drop':>18}{'expected AUC drop':>20}"])
+    for group, r in sorted(result["importance"].items(), key=lambda kv: -(kv[1]["auc"] or 0)):
+        lines.append(f"{group:<28}{fmt(r['auc'], r.get('auc_std')):>18}"
+                     f"{fmt(r['expected_auc'], r.get('expected_auc_std')):>20}")
+    return "\n".join(lines)
+
+
+def _prepare(args) -> tuple[str, Split]:
+    if args.data:
+        data = args.data
+    elif args.dataset == "synthetic":
+        from pipelines.sources import synthetic
+
+        data = os.path.join(args.cache, f"synthetic-{args.examples}-seed1")
+        if not os.path.exists(os.path.join(data, "manifest.json")):
+            synthetic.generate(data, examples=args.examples, seed=1, days=14, overwrite=True,
+                               progress=False)
+    else:
+        from pipelines.sources import movielens
+
+        data = os.path.join(args.cache, "movielens-100k")
+        if not os.path.exists(os.path.join(data, "manifest.json")):
+            movielens.convert(data, overwrite=True, progress=False)
+    files = data_input.list_files(data)
+    if args.split_days or (args.dataset == "synthetic" and not args.data and not args.split):
+        days = [float(x) for x in (args.split_days or "10,2,1").split(",")]
+        return data, split_by_days(files, *days)
+    fractions = [float(x) for x in (args.split or "0.6,0.8,0.9").split(",")]
+    return data, split_by_fractions(files, fractions)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ablation",
+                                description=__doc__.split("\n")[0])
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=("synthetic", "movielens"))
+    source.add_argument("--data", help="any directory in the project's schema "
+                                       "(oracle.npz optional)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--quick", action="store_true",
+                   help="1 upstream epoch, 3 downstream epochs, 2 layers: a smoke run")
+    p.add_argument("--examples", type=int, default=200_000, help="synthetic data size")
+    p.add_argument("--split_days", default=None,
+                   help="U,T,V: upstream, downstream training and validation days")
+    p.add_argument("--split", default=None, help="three cut fractions of the rows by time")
+    p.add_argument("--upstream_epochs", type=int, default=TrainConfig().epochs)
+    p.add_argument("--cache", default=os.path.join("build", "ablation"),
+                   help="where generated data sets are kept")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    tf.get_logger().setLevel("ERROR")  # retracing notices of the many small models
+    data, split = _prepare(args)
+    train_config = C.DownstreamTrainConfig(epochs=3) if args.quick else C.DownstreamTrainConfig()
+    config = C.DownstreamConfig()
+    with tempfile.TemporaryDirectory(prefix="ablation-") as work:
+        ablation = Ablation(
+            data, split, list(range(args.seeds)), work,
+            upstream_epochs=1 if args.quick else args.upstream_epochs,
+            train_config=train_config, config=config,
+            layers=("embedding", f"mlp_{len(ModelConfig().mlp_hidden)}") if args.quick else None,
+            log=lambda line: print(line, flush=True))
+        result = ablation.run()
+    result["data"] = data
+    result["settings"] = {"downstream": dataclasses.asdict(config),
+                          "training": dataclasses.asdict(train_config),
+                          "upstream_epochs": ablation.upstream_epochs}
+    print(format_tables(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""`benchmarks.ablation --quick` end to end on tiny data: every mode, layer, domain and masked
+group trains and reports."""
+
+import json
+
+from benchmarks import ablation
+from trainer.downstream import config as C
+
+
+def test_quick_ablation_reports_every_row(downstream_data, capsys):
+    assert ablation.main(["--data", downstream_data, "--split_days", "3,1,1", "--seeds", "1",
+                          "--quick", "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result["rows"]) == set(C.MODES) | {ablation.IIM_WARM}
+    for mode, row in result["rows"].items():
+        assert row["runs"] == 1, mode
+        assert 0.0 <= row["auc"] <= 1.0, mode
+        assert row["expected_auc"] is not None, mode  # the synthetic oracle is read
+    assert result["rows"][C.RETRIEVAL]["logloss"] is None  # a score, not a probability
+    assert result["rows"][C.RETRIEVAL]["recall_at_10"] is not None
+    assert set(result["layers"]) == {"embedding", "mlp_3"}
+    assert set(result["domains"]) == {"content only", "ads only", "both"}
+    assert {"UR", "IR", "CR(u)", "CR(i)", "ids", "all representations"} <= set(
+        result["importance"])
+    assert result["test_rows"] > 0 and result["train_rows"] > 0
+    assert "Table 1" in out and "Fig. 5" in out and "Orderings" in out
+    assert {o["worse"] for o in result["orderings"]} >= {C.NONE, C.UR, C.CR_LINEAR}
+
+
+def test_orderings_are_paired_by_seed():
+    runs = {C.LFM4ADS: [{"expected_auc": 0.60, "auc": 0.7}, {"expected_auc": 0.62, "auc": 0.7}],
+            C.NONE: [{"expected_auc": 0.58, "auc": 0.6}, {"expected_auc": 0.63, "auc": 0.6}]}
+    (row,) = ablation.orderings(runs)  # the other orderings lack their rows
+    assert (row["better"], row["worse"], row["metric"]) == (C.LFM4ADS, C.NONE, "expected_auc")
+    # per seed: +0.02 and -0.01 -> mean 0.005, std 0.015, holds on one seed of two
+    assert abs(row["difference"] - 0.005) < 1e-12 and abs(row["std"] - 0.015) < 1e-12
+    assert (row["seeds_holding"], row["seeds"]) == (1, 2)
+    no_oracle = {k: [{"expected_auc": None, "auc": r["auc"]} for r in v] for k, v in runs.items()}
+    assert ablation.orderings(no_oracle)[0]["metric"] == "auc"

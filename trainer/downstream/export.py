@@ -1,0 +1,78 @@
+"""Export of the downstream ranker in TF Serving's layout.
+
+`<export_dir>/<version>/` with one signature, `serving_default`: `examples` (DT_STRING
+`[batch]` serialized tf.Examples) -> `prediction` `[batch, 1]`. Each example carries the raw
+features of the ranker's fields and the mode's representation features as float lists
+(`trainer.signatures.REPRESENTATION_FEATURES`, each with its int64 `<name>_found`), which a
+serving host fills from the representation store (paper Fig. 4). A representation feature that
+is absent parses as zeros with found 0 (a cold start); one of the wrong length fails with
+TensorFlow's parse error, which names the feature.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from trainer import features as F
+from trainer import signatures as S
+from trainer.downstream.ranker import FIELDS, DownstreamRanker
+from trainer.serving_layout import save_versioned
+
+_EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name=S.INPUT_KEY)
+
+
+def ranker_feature_spec(model: DownstreamRanker) -> dict:
+    """`tf.io.parse_example` spec of what the ranker reads from a serving request."""
+    spec = F.feature_spec(FIELDS)
+    for name, dim in model.representation_dims.items():
+        spec[name] = tf.io.FixedLenFeature([dim], tf.float32, default_value=[0.0] * dim)
+        spec[S.found_feature(name)] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
+    return spec
+
+
+class _RankerModule(tf.Module):
+    def __init__(self, model: DownstreamRanker):
+        super().__init__(name="downstream_ranker")
+        self.model = model
+        spec = ranker_feature_spec(model)
+
+        @tf.function(input_signature=[_EXAMPLES_SPEC])
+        def serving_default(examples):
+            parsed = F.densify(tf.io.parse_example(examples, spec))
+            for name in model.representation_dims:
+                parsed[S.found_feature(name)] = tf.cast(parsed[S.found_feature(name)],
+                                                        tf.float32)
+            out = model(parsed, training=False)
+            return {S.DOWNSTREAM_PREDICTION: out["prediction"]}
+
+        self.signature_functions = {S.SERVING_DEFAULT: serving_default}
+
+
+def example_with_representations(raw: dict, representations: dict) -> bytes:
+    """One serving request: `raw` features (name -> value or list) and representation
+    features (name -> float vector, with `<name>_found` as 0/1) as a serialized tf.Example."""
+    feature = {}
+    for name, value in raw.items():
+        values = list(value) if isinstance(value, (list, tuple)) or (
+            hasattr(value, "ndim") and value.ndim) else [value]
+        if F.FEATURE_TYPES.get(name) is int:
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(
+                value=[int(v) for v in values]))
+        else:
+            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[v for v in values if v != b""]))
+    for name, value in representations.items():
+        if name.endswith(S.FOUND_SUFFIX):
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+        else:
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(
+                value=[float(v) for v in value]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def export_ranker(model: DownstreamRanker, export_dir: str, warmup_examples: list[bytes],
+                  version: int | None = None) -> str:
+    """Writes `<export_dir>/<version>/` (module doc) and returns its path."""
+    module = _RankerModule(model)
+    return save_versioned(module, module.signature_functions, export_dir, warmup_examples,
+                          version=version)

@@ -1,0 +1,229 @@
+"""The downstream ranker: a DCN-v2 on the ad domain's own features, plus what its transfer mode
+takes from the upstream (paper Sec. 3.4, Table 1; modes in `trainer.downstream.config`).
+
+    E   = [e_f for f in FIELDS]                                      own embeddings [batch, F, d]
+    E'  = E ⊙ σ([CR(u), CR(i), found] · M)                           adapter modes (Eq. 3-4)
+    x0  = [flatten(E'), UR, IR, found indicators, LinearFusion(CRs)] as the mode has them
+    x_L = CrossNetV2(x0, x_{L-1}) ...                                 DCN-v2 (Wang et al. 2021)
+    h   = MLP([x_L, IIM(UR, IR)])                                     IIM modes (Eq. 5)
+    p   = σ(w · h + b)
+
+Loss: binary cross-entropy on the click label, plus `iim_aux_loss_weight` times the module's
+own loss in the IIM modes (Sec. 5.2.2). A representation that a row cannot see (a cold-start
+key) arrives as zeros with its found indicator 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from trainer import features as F
+from trainer import signatures as S
+from trainer.config import ModelConfig
+from trainer.downstream import config as C
+from trainer.downstream.adapter import NonLinearAdapter
+from trainer.downstream.iim import IsomorphicInteractionModule
+from trainer.downstream.linear_fusion import LinearFusion
+from trainer.embeddings import SHARED_TABLES, FeatureEmbeddings
+from trainer.layers.cross import CrossNetV2
+from trainer.mlp import MLP
+from trainer.preprocessing import BUCKET_FIELDS, FeaturePreprocessor
+
+# The downstream's own fields, each embedded by the ranker (ids included).
+FIELDS = (F.SCENARIO,) + F.USER_FEATURES + F.ITEM_FEATURES
+RAW_FEATURES = FIELDS
+FIELD_GROUPS = {  # for importance by masking (Sec. 5.3.1)
+    "ids": F.ID_FEATURES,
+    "user features": tuple(f for f in F.USER_FEATURES if f not in F.ID_FEATURES),
+    "item features": tuple(f for f in F.ITEM_FEATURES if f not in F.ID_FEATURES),
+    "scenario": (F.SCENARIO,),
+}
+
+
+class DownstreamRanker(tfrs.models.Model):
+    """DCN-v2 ranker with a transfer mode (module doc).
+
+    Args:
+      config: `DownstreamConfig` (its `mode` picks the transfer).
+      preprocessor: raw features -> ids (e.g. `VocabularyPreprocessor.adapt` on the
+        downstream training window).
+      representation_dims: width of each representation feature the mode reads
+        (`config.representation_features`), e.g. `{"ur": 32, "cr_user": 64, ...}`.
+      upstream_config: the upstream's `ModelConfig` (the IIM modes copy its ad branch).
+      upstream_export: the upstream SavedModel (`finetune` runs its towers;
+        `iim_warm_start` reads its ad module).
+      label_prior: the training rows' click rate; the logit's bias starts at its log-odds, so
+        training starts calibrated and spends its few steps on the ranking (default: 0).
+
+    Call args:
+      inputs: the raw `FIELDS` (as `features.parse_examples` gives them) and the mode's
+        representation features `[batch, d]` with their found indicators `[batch]` (float 0/1).
+    Returns:
+      `{"logit": [batch, 1], "prediction": [batch, 1]}` (+ `"iim_logit"` in the IIM modes).
+
+    Example:
+      >>> ranker = DownstreamRanker(DownstreamConfig(mode="ur"), preprocessor, {"ur": 32})
+      >>> ranker.compile(tf.keras.optimizers.Adam(1e-3))
+      >>> ranker.fit(dataset_of_feature_dicts_with_label)
+    """
+
+    def __init__(self, config: C.DownstreamConfig, preprocessor: FeaturePreprocessor,
+                 representation_dims: dict[str, int] | None = None,
+                 upstream_config: ModelConfig | None = None,
+                 upstream_export: str | None = None, label_prior: float | None = None,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        if label_prior is not None and not 0.0 < label_prior < 1.0:
+            raise ValueError(f"label_prior must be in (0, 1), got {label_prior}")
+        if config.mode == C.RETRIEVAL:
+            raise ValueError("mode 'retrieval' is a model of its own: use "
+                             "trainer.downstream.retrieval.StandaloneRetrieval")
+        self.config = config
+        self.mode = config.mode
+        representation_dims = dict(representation_dims or {})
+        missing = [f for f in config.representation_features if f not in representation_dims]
+        if missing:
+            raise ValueError(f"mode {self.mode!r} reads the representation features {missing}: "
+                             f"give their widths in representation_dims (got "
+                             f"{sorted(representation_dims)})")
+        self.representation_dims = {f: int(representation_dims[f])
+                                    for f in config.representation_features}
+        self.preprocessor = preprocessor
+        self.embeddings = FeatureEmbeddings(
+            {name: preprocessor.vocabulary_size(name) for name in BUCKET_FIELDS
+             if name not in SHARED_TABLES},
+            config.embedding_dim, l2=config.embedding_l2, zero_init=F.ID_FEATURES)
+        self.dense_features = config.dense_features
+        self.cr_features = tuple(f for f in config.representation_features
+                                 if f not in (S.UR_FEATURE, S.IR_FEATURE))
+        self.adapter = NonLinearAdapter(
+            config.adapter_activation, per_field=config.adapter_per_field,
+            name="adapter") if self.mode in C.ADAPTER_MODES else None
+        self.fusion = LinearFusion(config.linear_fusion_units, name="linear_fusion") if (
+            self.mode == C.CR_LINEAR) else None
+        self.iim = None
+        if self.mode in C.IIM_MODES:
+            if upstream_config is None:
+                raise ValueError(f"mode {self.mode!r} needs the upstream's ModelConfig "
+                                 "(upstream_config) to copy its ad branch")
+            self.iim = IsomorphicInteractionModule(upstream_config, name="iim")
+        self.upstream_config = upstream_config
+        self.upstream_export = upstream_export
+        self.towers = None
+        if self.mode == C.FINETUNE:
+            if upstream_export is None:
+                raise ValueError("mode 'finetune' needs the upstream export (upstream_export)")
+            from trainer.downstream.upstream_layer import UpstreamLayer
+
+            self.towers = {
+                S.UR_FEATURE: UpstreamLayer(upstream_export, S.USER_TOWER_ENDPOINT,
+                                            trainable=True, name="upstream_user_tower"),
+                S.IR_FEATURE: UpstreamLayer(upstream_export, S.ITEM_TOWER_ENDPOINT,
+                                            trainable=True, name="upstream_item_tower"),
+            }
+        self.cross = [CrossNetV2(projection_dim=config.cross_projection_dim, name=f"cross_{i + 1}")
+                      for i in range(config.num_cross_layers)]
+        self.mlp = MLP(config.mlp_hidden, dropout=config.dropout, name="mlp")
+        bias = 0.0 if label_prior is None else math.log(label_prior / (1.0 - label_prior))
+        self.logit = tf.keras.layers.Dense(
+            1, bias_initializer=tf.keras.initializers.Constant(bias), name="logit")
+        self.task = tfrs.tasks.Ranking(
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[tf.keras.metrics.AUC(name="auc", from_logits=True, num_thresholds=1000)])
+        self.iim_task = tfrs.tasks.Ranking(
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True)) if self.iim else None
+        self._warm_started = False
+
+    def get_config(self) -> dict:
+        return {"config": dataclasses.asdict(self.config),
+                "representation_dims": dict(self.representation_dims), "name": self.name}
+
+    # -- forward ----------------------------------------------------------------------------
+    def _representation(self, inputs, name: str, masked, training: bool):
+        """(vector [batch, d], found [batch, 1]) of representation feature `name`."""
+        if self.towers is not None and name in self.towers:
+            needs = S.REQUIRED_FEATURES[S.USER_REPRESENTATION if name == S.UR_FEATURE
+                                        else S.ITEM_REPRESENTATION]
+            vector = self.towers[name]({k: inputs[k] for k in needs}, training=training)
+            found = tf.ones_like(vector[:, :1])
+        else:
+            vector = tf.cast(inputs[name], tf.float32)
+            found = tf.cast(tf.reshape(inputs[S.found_feature(name)], [-1, 1]), tf.float32)
+        if name in masked:
+            vector, found = tf.zeros_like(vector), tf.zeros_like(found)
+        return tf.cast(vector, tf.float32), found
+
+    def forward(self, inputs: dict[str, tf.Tensor], training: bool = False,
+                masked: frozenset[str] = frozenset()) -> dict[str, tf.Tensor]:
+        """`call` with the inputs of `masked` (field or representation feature names) zeroed:
+        a field's embedding, a representation's vector and its found indicator (Sec. 5.3.1)."""
+        unknown = sorted(set(masked) - set(FIELDS) - set(S.REPRESENTATION_FEATURES))
+        if unknown:
+            raise ValueError(f"cannot mask {unknown}: not a field ({list(FIELDS)}) or a "
+                             f"representation feature ({list(S.REPRESENTATION_FEATURES)})")
+        ids = self.preprocessor({k: inputs[k] for k in FIELDS})
+        if training and self.config.id_dropout:
+            for name in F.ID_FEATURES:  # hidden ids: the ranker must also use the features
+                keep = tf.random.uniform(tf.shape(ids[name])) >= self.config.id_dropout
+                ids[name] = tf.where(keep, ids[name], tf.zeros_like(ids[name]))
+        embedded = self.embeddings(ids)
+        fields = tf.stack([tf.zeros_like(embedded[f]) if f in masked else embedded[f]
+                           for f in FIELDS], axis=1)  # [batch, F, d]
+        reps = {name: self._representation(inputs, name, masked, training)
+                for name in self.config.representation_features}
+        if self.mode == C.FINETUNE:  # UR, IR from the fine-tuned towers
+            for name in (S.UR_FEATURE, S.IR_FEATURE):
+                reps[name] = self._representation(inputs, name, masked, training)
+        if self.adapter is not None:
+            condition = tf.concat([reps[n][0] for n in self.cr_features]
+                                  + [reps[n][1] for n in self.cr_features], axis=-1)
+            fields = self.adapter((fields, condition))  # E ⊙ σ(CR · M): [batch, F, d]
+        width = len(FIELDS) * self.config.embedding_dim
+        parts = [tf.reshape(fields, [-1, width])]  # [batch, F * d]
+        dense = self.dense_features + ((S.UR_FEATURE, S.IR_FEATURE)
+                                       if self.mode == C.FINETUNE else ())
+        for name in dense:
+            parts += list(reps[name])  # [batch, d], [batch, 1]
+        if self.fusion is not None:
+            parts.append(self.fusion([reps[n][0] for n in self.cr_features]
+                                     + [reps[n][1] for n in self.cr_features]))  # [b, units]
+        x0 = tf.concat(parts, axis=-1)  # [batch, d0]
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)  # [batch, d0]
+        out = {}
+        if self.iim is not None:
+            module = self.iim((reps[S.UR_FEATURE][0], reps[S.IR_FEATURE][0]), training=training)
+            x = tf.concat([x, module["representation"]], axis=-1)  # [batch, d0 + d_cr']
+            out["iim_logit"] = module["logit"]
+        h = self.mlp(x, training=training)[-1] if self.config.mlp_hidden else x
+        logit = tf.cast(self.logit(h), tf.float32)  # [batch, 1]
+        out.update(logit=logit, prediction=tf.sigmoid(logit))
+        return out
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        return self.forward(inputs, training=training)
+
+    def warm_start_iim(self, variables) -> list[str]:
+        """Starts the IIM from the upstream ad module's `variables` (builds it first)."""
+        if self.iim is None:
+            raise ValueError(f"mode {self.mode!r} has no isomorphic interaction module")
+        if not self.iim.built:
+            d_ur = self.representation_dims[S.UR_FEATURE]
+            d_ir = self.representation_dims[S.IR_FEATURE]
+            self.iim((tf.zeros([1, d_ur]), tf.zeros([1, d_ir])))
+        return self.iim.warm_start_from(variables)
+
+    def compute_loss(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        outputs = self(inputs, training=training)
+        label = tf.cast(tf.reshape(inputs[F.LABEL], [-1, 1]), tf.float32)  # [batch, 1]
+        loss = self.task(labels=label, predictions=outputs["logit"], training=training)
+        if self.iim_task is not None and self.config.iim_aux_loss_weight:
+            loss += self.config.iim_aux_loss_weight * self.iim_task(
+                labels=label, predictions=outputs["iim_logit"], training=training)
+        return loss

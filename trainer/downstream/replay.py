@@ -1,0 +1,149 @@
+"""Replay of the frozen upstream model over traffic: the offline twin of the online loop.
+
+In production (paper Fig. 4) every request runs the upstream model; the online loop stores
+the new UR(u), IR(i) and folds CR(u,i) into CR(u), CR(i). To build downstream training rows
+that see exactly what production would have stored before each of them, `run_upstream` runs
+the upstream's `user_representation`, `item_representation` and `cross_representation`
+signatures over the serialized requests in batches (vectorised: one call per batch), and
+`histories` turns the outputs into the point-in-time histories of
+`trainer.downstream.point_in_time` (optionally continuing a published version of the tables).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import features as F
+from trainer import signatures as S
+from trainer.downstream import point_in_time as P
+from trainer.representations import tables as T
+from trainer.serving_layout import resolve_export_dir, version_of
+
+# The outputs `run_upstream` collects: UR, IR and CR(u,i).
+UR, IR, CR = S.USER_REPRESENTATION, S.ITEM_REPRESENTATION, S.CROSS_REPRESENTATION
+
+RepresentationFn = Callable[[tf.Tensor], Mapping[str, tf.Tensor]]
+"""Serialized tf.Examples `[batch]` -> `{UR: [batch, d_ur], IR: ..., CR: ...}` (and more)."""
+
+
+def resolve_export(export_dir: str) -> tuple[str, int | None]:
+    """(SavedModel directory, its version) of `export_dir`: a version directory or a model
+    base path in TF Serving's layout (its highest version; `serving_layout.resolve_export_dir`)."""
+    path = resolve_export_dir(export_dir)
+    return path, version_of(path)
+
+
+def saved_model_fn(export_dir: str) -> RepresentationFn:
+    """The upstream SavedModel's three representation signatures as one `RepresentationFn`."""
+    path, _ = resolve_export(export_dir)
+    loaded = tf.saved_model.load(path)
+    missing = [n for n in (UR, IR, CR) if n not in loaded.signatures]
+    if missing:
+        raise ValueError(f"SavedModel {path!r} lacks the signatures {missing}; it has "
+                         f"{sorted(loaded.signatures)}")
+
+    def run(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {name: loaded.signatures[name](**{S.INPUT_KEY: examples})[name]
+                for name in (UR, IR, CR)}
+
+    run.loaded = loaded  # keeps the variables alive
+    return run
+
+
+def keras_model_fn(model, cr_layers: Iterable[str] = ()) -> RepresentationFn:
+    """An in-memory `trainer.model.LFM4AdsModel` as a `RepresentationFn`; with `cr_layers`
+    (`embedding`, `cross_<l>`, `mlp_<l>`) also the ad branch's output at each of those layers,
+    under `CR + ":" + layer` (the layer study of paper Sec. 5.1.3)."""
+    cr_layers = tuple(cr_layers)
+
+    @tf.function
+    def forward(examples):
+        raw = F.parse_examples(examples)
+        out = {UR: model.user_representation(raw), IR: model.item_representation(raw)}
+        layers = model.ad_branch_outputs(raw)
+        out[CR] = layers[model.cr_layer]
+        for name in cr_layers:
+            out[f"{CR}:{name}"] = layers[name]
+        return {k: tf.cast(v, tf.float32) for k, v in out.items()}
+
+    return forward
+
+
+@dataclasses.dataclass(eq=False)
+class UpstreamEvents:
+    """The upstream's outputs on each request, in input order.
+
+    user_id, item_id, digest: object [n] bytes; timestamp: int64 [n];
+    outputs: name -> float32 [n, d] (at least UR, IR, CR).
+    """
+
+    user_id: np.ndarray
+    item_id: np.ndarray
+    timestamp: np.ndarray
+    digest: np.ndarray
+    outputs: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return int(self.timestamp.shape[0])
+
+    def select(self, rows: np.ndarray) -> UpstreamEvents:
+        """The events of `rows` (a boolean mask or indices)."""
+        return UpstreamEvents(self.user_id[rows], self.item_id[rows], self.timestamp[rows],
+                              self.digest[rows], {k: v[rows] for k, v in self.outputs.items()})
+
+
+def run_upstream(fn: RepresentationFn, records: Iterable[bytes] | tf.data.Dataset,
+                 batch_size: int = 4096) -> UpstreamEvents:
+    """Runs `fn` over serialized requests (each with user_id, item_id, timestamp and the
+    features the upstream reads) in batches of `batch_size`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(records, tf.data.Dataset):
+        records = tf.data.Dataset.from_tensor_slices(tf.constant(list(records), tf.string))
+    spec = F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP))
+    parts: dict[str, list[np.ndarray]] = {"user_id": [], "item_id": [], "timestamp": [],
+                                          "digest": []}
+    outputs: dict[str, list[np.ndarray]] = {}
+    for batch in records.batch(batch_size).prefetch(2):
+        ids = tf.io.parse_example(batch, spec)
+        parts["user_id"].append(ids[F.USER_ID].numpy().astype(object))
+        parts["item_id"].append(ids[F.ITEM_ID].numpy().astype(object))
+        parts["timestamp"].append(ids[F.TIMESTAMP].numpy().astype(np.int64))
+        parts["digest"].append(np.array([T.sample_digest(r) for r in batch.numpy()],
+                                        dtype=object))
+        for name, value in fn(batch).items():
+            outputs.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
+    if not parts["timestamp"]:
+        raise ValueError("run_upstream got no records")
+    joined = {k: np.concatenate(v) for k, v in parts.items()}
+    return UpstreamEvents(joined["user_id"], joined["item_id"], joined["timestamp"],
+                          joined["digest"], {k: np.concatenate(v) for k, v in outputs.items()})
+
+
+def histories(events: UpstreamEvents, half_life_seconds: float,
+              base: P.HistorySource | None = None, cr_output: str = CR) -> P.HistorySource:
+    """The tables the online loop would hold after each of `events` (module doc).
+
+    UR, IR: the latest request per key (same-second ties by the sample digest); CR(u), CR(i):
+    the time-aware EMA of `cr_output` (Eq. 1-2); the latest CR(u,i) per user and per item
+    (no aggregation; `cr_latest`). `base`: a published version the replay continues.
+    """
+    if cr_output not in events.outputs:
+        raise KeyError(f"events have no output {cr_output!r}; they have {sorted(events.outputs)}")
+    old = base.histories if base is not None else {}
+    cr = events.outputs[cr_output]
+    u, i, t, digest = events.user_id, events.item_id, events.timestamp, events.digest
+    latest = P.RepresentationHistory.latest
+    aggregated = P.RepresentationHistory.aggregated
+    return P.HistorySource({
+        T.USER_TABLE: latest(u, t, events.outputs[UR], digest, old.get(T.USER_TABLE)),
+        T.ITEM_TABLE: latest(i, t, events.outputs[IR], digest, old.get(T.ITEM_TABLE)),
+        T.CROSS_USER_TABLE: aggregated(u, t, cr, half_life_seconds, old.get(T.CROSS_USER_TABLE)),
+        T.CROSS_ITEM_TABLE: aggregated(i, t, cr, half_life_seconds, old.get(T.CROSS_ITEM_TABLE)),
+        P.LATEST_CROSS_USER_TABLE: latest(u, t, cr, digest),
+        P.LATEST_CROSS_ITEM_TABLE: latest(i, t, cr, digest),
+    })
