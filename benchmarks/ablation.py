@@ -49,6 +49,7 @@ from trainer import signatures as S
 from trainer.config import ModelConfig, TrainConfig
 from trainer.downstream import config as C
 from trainer.downstream import data as D
+from trainer.downstream import point_in_time as P
 from trainer.downstream import replay as R
 from trainer.downstream import train as DT
 from trainer.downstream.ranker import FIELD_GROUPS
@@ -67,8 +68,7 @@ REPRESENTATION_GROUPS = {
     "CR(i)": (S.CR_ITEM_FEATURE,),
     "all representations": (S.UR_FEATURE, S.IR_FEATURE, S.CR_USER_FEATURE, S.CR_ITEM_FEATURE),
 }
-ALL_FEATURES = (S.UR_FEATURE, S.IR_FEATURE, S.CR_USER_FEATURE, S.CR_ITEM_FEATURE,
-                S.CR_LATEST_USER_FEATURE, S.CR_LATEST_ITEM_FEATURE)
+ALL_FEATURES = tuple(P.FEATURE_TABLES)  # every representation feature a mode may read
 
 
 @dataclasses.dataclass(frozen=True)

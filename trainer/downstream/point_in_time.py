@@ -159,21 +159,18 @@ class RepresentationHistory:
         found[hit] = True
         return Lookup(vectors, found, updated_at)
 
-    def last(self) -> RepresentationHistory:
-        """Each key's last state only (what a store holds after the same writes)."""
+    def last_mask(self) -> np.ndarray:
+        """bool [m]: the states that are their key's last."""
         last = np.ones(len(self), dtype=bool)
         last[:-1] = self.code[1:] != self.code[:-1]
+        return last
+
+    def last(self) -> RepresentationHistory:
+        """Each key's last state only (what a store holds after the same writes)."""
+        last = self.last_mask()
         return RepresentationHistory(self.keys[last], self.updated_at[last], self.vectors[last])
 
     # -- builders ---------------------------------------------------------------------------
-    @classmethod
-    def from_table(cls, pattern_or_dir: str) -> RepresentationHistory:
-        """One state per key: a published table (`trainer.representations.tables` format),
-        a directory of its files or a glob."""
-        pattern = (os.path.join(pattern_or_dir, "*" + T.FILE_SUFFIX)
-                   if os.path.isdir(pattern_or_dir) else pattern_or_dir)
-        keys, vectors, updated_at, _ = T.read_table(pattern)
-        return cls(keys, updated_at, vectors)
 
     @classmethod
     def latest(cls, keys, timestamps, vectors, digests=None,
@@ -233,18 +230,11 @@ class RepresentationHistory:
         state_keys, state_t, states = ema.prefix_states(
             keys, t, crs, ema.half_life_decay(half_life_seconds))
         if history is not None:  # the base's earlier states stay visible to earlier rows
-            earlier = _all_but_last(history)
+            earlier = ~history.last_mask()  # the base's earlier states, not continued
             state_keys = np.concatenate([history.keys[earlier], state_keys])
             state_t = np.concatenate([history.updated_at[earlier], state_t])
             states = np.concatenate([history.vectors[earlier], states])
         return cls(state_keys, state_t, states)
-
-
-def _all_but_last(history: RepresentationHistory) -> np.ndarray:
-    """bool [m]: the states that are not their key's last."""
-    out = np.zeros(len(history), dtype=bool)
-    out[:-1] = history.code[1:] == history.code[:-1]
-    return out
 
 
 def _not_late(base: RepresentationHistory, keys: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -262,8 +252,15 @@ class RepresentationSource(Protocol):
 class HistorySource:
     """Point-in-time lookups from `RepresentationHistory`s, one per table (module doc)."""
 
-    def __init__(self, histories: Mapping[str, RepresentationHistory]):
+    def __init__(self, histories: Mapping[str, RepresentationHistory],
+                 model_versions: frozenset[int] = frozenset()):
         self.histories = dict(histories)
+        self.model_versions = frozenset(model_versions)  # of published tables, when known
+
+    def newest(self) -> int | None:
+        """The latest `updated_at` of any state, None when every table is empty."""
+        times = [int(h.updated_at.max()) for h in self.histories.values() if len(h)]
+        return max(times) if times else None
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -278,7 +275,8 @@ class HistorySource:
     @classmethod
     def from_published(cls, directory: str) -> HistorySource:
         """The four tables of a published version `<publish_root>/<version>/` (or of the
-        guard's LIVE version when `directory` is the publish root)."""
+        guard's LIVE version when `directory` is the publish root), one state per key; the
+        model versions that wrote them in `model_versions`."""
         live = os.path.join(directory, "LIVE")
         if os.path.exists(live):
             with open(live) as f:
@@ -287,8 +285,13 @@ class HistorySource:
         if missing:
             raise FileNotFoundError(f"{directory!r} is not a published representation version: "
                                     f"it lacks the tables {missing} (expected {list(T.TABLES)})")
-        return cls({t: RepresentationHistory.from_table(os.path.join(directory, t))
-                    for t in T.TABLES})
+        histories, versions = {}, set()
+        for table in T.TABLES:
+            keys, vectors, updated_at, model_version = T.read_table(
+                os.path.join(directory, table, "*" + T.FILE_SUFFIX))
+            histories[table] = RepresentationHistory(keys, updated_at, vectors)
+            versions.update(int(v) for v in np.unique(model_version))
+        return cls(histories, frozenset(versions))
 
 
 class StoreSource:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 
@@ -78,7 +77,9 @@ def load_upstream_config(export_dir: str) -> ModelConfig:
 
 
 def ad_module_variables(export_dir: str) -> list[tf.Variable]:
-    """The upstream SavedModel's `ad_module` variables (for `iim_warm_start`)."""
+    """The upstream SavedModel's `ad_module` variables (for `iim_warm_start`), from a load of
+    their own: not `upstream_layer.load_upstream`'s shared one, whose variables a `finetune`
+    ranker in the same process may have trained."""
     path, _ = R.resolve_export(export_dir)
     loaded = tf.saved_model.load(path)
     module = getattr(loaded, S.AD_MODULE_ENDPOINT, None)
@@ -276,8 +277,9 @@ def run(data: str, upstream: str, mode: str, export_dir: str | None, tables: str
     data_input.check_files(files)
     upstream_path, upstream_version = R.resolve_export(upstream)
     base = P.HistorySource.from_published(tables) if tables else None
+    newest = base.newest() if base is not None else None
     if base is not None:
-        versions = _table_versions(tables)
+        versions = base.model_versions
         if upstream_version is not None and versions and versions != {upstream_version}:
             raise ValueError(f"the tables {tables!r} come from model version(s) "
                              f"{sorted(versions)}, the upstream {upstream_path!r} is version "
@@ -286,8 +288,8 @@ def run(data: str, upstream: str, mode: str, export_dir: str | None, tables: str
     if downstream_days is not None:
         test_start = hi + 1 - int(round(eval_days * DAY))
         train_start = test_start - int(round((validation_days + downstream_days) * DAY))
-    elif base is not None:
-        train_start = max(int(h.updated_at.max()) for h in base.histories.values() if len(h)) + 1
+    elif newest is not None:
+        train_start = newest + 1
     else:
         raise ValueError("give --tables (the downstream window starts after them) or "
                          "--downstream_days")
@@ -299,8 +301,6 @@ def run(data: str, upstream: str, mode: str, export_dir: str | None, tables: str
             f"the downstream window starts ({windows.train[0]}): it has seen the downstream "
             "rows; train it with an earlier end (trainer.train --skip_last_days) or start the "
             "downstream window later")
-    newest = (max(int(h.updated_at.max()) for h in base.histories.values() if len(h))
-              if base is not None else None)
     if newest is not None and newest >= windows.train[0]:
         raise ValueError(
             f"the tables {tables!r} hold rows written at {newest}, not before the downstream "
@@ -354,20 +354,6 @@ def run(data: str, upstream: str, mode: str, export_dir: str | None, tables: str
     results["config"] = dataclasses.asdict(config)
     results["seconds"] = round(time.perf_counter() - started, 2)
     return results
-
-
-def _table_versions(tables: str) -> set[int]:
-    """The model versions recorded in a published version's tables."""
-    directory = tables
-    live = os.path.join(tables, "LIVE")
-    if os.path.exists(live):
-        with open(live) as f:
-            directory = os.path.join(tables, f.read().strip())
-    versions = set()
-    for table in T.TABLES:
-        _, _, _, v = T.read_table(os.path.join(directory, table, "*" + T.FILE_SUFFIX))
-        versions.update(int(x) for x in np.unique(v))
-    return versions
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
