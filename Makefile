@@ -41,10 +41,12 @@ train: venv
 
 test: venv
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 # Rebuild the lock from pyproject.toml's direct dependencies (slow: a full resolve).
 lock:

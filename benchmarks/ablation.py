@@ -26,16 +26,13 @@ trains its own upstreams and downstream models. `--json` prints one JSON object 
 line: `{"rows", "layers", "domains", "importance", "seconds", ...}`.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING lines
-
-from trainer import legacy_keras  # noqa: E402, F401  (Keras 2 before tensorflow is imported)
+from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
 
 # isort: split
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -43,6 +40,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import datasets
+from trainer import console
 from trainer import features as F
 from trainer import input as data_input
 from trainer import signatures as S
@@ -58,7 +57,7 @@ from trainer.representations import tables as T
 from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 from trainer.train import fit_and_evaluate
 
-DAY = 86_400
+DAY = F.DAY
 IIM_WARM = "iim (warm start)"
 TABLE_ROWS = (C.NONE, C.UR, C.UR_SAME_BRANCH, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM,
               IIM_WARM, C.LFM4ADS_IIM, C.FINETUNE, C.RETRIEVAL)
@@ -171,7 +170,7 @@ class Ablation:
         """The upstream's own ad head on the test rows: not a downstream mode, a yardstick
         (the upstream saw ~5x the ad rows the downstream trains on, plus the content rows)."""
         test = {k: self.rows["test"][k] for k in F.ALL_FEATURES}
-        predict = tf.function(lambda raw: model(raw, training=False)["ad_prediction"])
+        predict = tf.function(lambda raw: model(raw, training=False)[S.AD_PREDICTION])
         scores = np.concatenate([predict(b).numpy()[:, 0] for b in D.to_dataset(test, 4096)])
         return DT.evaluate(self.rows["test"], scores, self.train_items, self.probabilities)
 
@@ -402,21 +401,7 @@ def format_tables(result: dict) -> str:
 
 
 def _prepare(args) -> tuple[str, Split]:
-    if args.data:
-        data = args.data
-    elif args.dataset == "synthetic":
-        from pipelines.sources import synthetic
-
-        data = os.path.join(args.cache, f"synthetic-{args.examples}-seed1")
-        if not os.path.exists(os.path.join(data, "manifest.json")):
-            synthetic.generate(data, examples=args.examples, seed=1, days=14, overwrite=True,
-                               progress=False)
-    else:
-        from pipelines.sources import movielens
-
-        data = os.path.join(args.cache, "movielens-100k")
-        if not os.path.exists(os.path.join(data, "manifest.json")):
-            movielens.convert(data, overwrite=True, progress=False)
+    data = args.data or datasets.prepare(args.dataset, args.cache, args.examples)
     files = data_input.list_files(data)
     if args.split_days or (args.dataset == "synthetic" and not args.data and not args.split):
         days = [float(x) for x in (args.split_days or "10,2,1").split(",")]
@@ -443,8 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default=os.path.join("build", "ablation"),
                    help="where generated data sets are kept")
     p.add_argument("--json", action="store_true")
+    console.add_verbose_flag(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    tf.get_logger().setLevel("ERROR")  # retracing notices of the many small models
+    console.setup(args.verbose)
     data, split = _prepare(args)
     train_config = C.DownstreamTrainConfig(epochs=3) if args.quick else C.DownstreamTrainConfig()
     config = C.DownstreamConfig()

@@ -40,6 +40,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from trainer import console
 from trainer.layers.cross import CrossNetV2
 from trainer.layers.cross_mix import CrossNetMix
 from trainer.layers.fm import FactorizationMachine
@@ -242,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--models", nargs="+", default=[m for pair in COMPARISONS for m in pair])
     parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    console.setup(args.verbose)
 
     devices = ["CPU"] + (["GPU"] if tf.config.list_physical_devices("GPU") else [])
     started = time.perf_counter()

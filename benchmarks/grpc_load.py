@@ -7,15 +7,18 @@ benchmark's or the server's GIL; on a small machine the clients still share its 
 server. `benchmarks.serving` drives its gRPC rows through it.
 
     python -m benchmarks.grpc_load --target 127.0.0.1:8500 --request FILE --clients 32 \
-        --seconds 3 [--warmup_seconds 0.3]
+        --seconds 3 [--warmup_seconds 0.3] [--requests_per_client N]
 
 FILE holds one serialized `tensorflow.serving.PredictRequest`. The last line of stdout is one
-JSON object: `requests`, `qps`, `p50_ms`, `p99_ms`, `errors` (status names of failed calls).
+JSON object: `requests` (answered calls), `qps`, `p50_ms`, `p99_ms` (of answered calls),
+`errors` (status names of failed calls), `seconds` (of the measured run). With
+`--requests_per_client N` every client sends exactly N requests (all clients start together)
+instead of sending for `--seconds`, and the warm-up runs one client only.
 
 It also serves the transport floor: `--serve_echo --port P --response FILE` answers every
 Predict with the serialized `PredictResponse` in FILE and runs nothing, on gRPC Python's
 asyncio server (which answers more calls per second than its thread-pool server, the one
-`serving.server` uses). What the clients get from it bounds what a Python gRPC front end gets
+`serving.model_server` uses). What the clients get from it bounds what a Python gRPC front end gets
 on the machine, whatever it does per request.
 """
 
@@ -32,15 +35,23 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 
 async def _run(target: str, request: predict_pb2.PredictRequest, clients: int,
-               seconds: float, timeout: float) -> tuple[list[float], list[str]]:
+               seconds: float, timeout: float, requests_per_client: int | None = None
+               ) -> tuple[list[float], list[str]]:
     latencies: list[float] = []
     errors: list[str] = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         end = time.perf_counter() + seconds
 
+        def more(sent: int) -> bool:
+            if requests_per_client is not None:
+                return sent < requests_per_client
+            return time.perf_counter() < end
+
         async def client() -> None:
-            while time.perf_counter() < end:
+            sent = 0
+            while more(sent):
+                sent += 1
                 started = time.perf_counter()
                 try:
                     await stub.Predict(request, timeout=timeout)
@@ -53,13 +64,20 @@ async def _run(target: str, request: predict_pb2.PredictRequest, clients: int,
 
 
 def drive(target: str, request: predict_pb2.PredictRequest, clients: int, seconds: float,
-          warmup_seconds: float = 0.3, timeout: float = 30.0) -> dict:
-    """Warms up for `warmup_seconds`, then measures for `seconds`."""
+          warmup_seconds: float = 0.3, timeout: float = 30.0,
+          requests_per_client: int | None = None) -> dict:
+    """Warms up for `warmup_seconds`, then measures for `seconds` (or until every client has
+    sent `requests_per_client` requests; the warm-up then runs one client)."""
     if warmup_seconds > 0:
-        asyncio.run(_run(target, request, clients, warmup_seconds, timeout))
-    latencies, errors = asyncio.run(_run(target, request, clients, seconds, timeout))
+        warm_clients = clients if requests_per_client is None else 1
+        asyncio.run(_run(target, request, warm_clients, warmup_seconds, timeout))
+    started = time.perf_counter()
+    latencies, errors = asyncio.run(_run(target, request, clients, seconds, timeout,
+                                         requests_per_client))
+    if requests_per_client is not None:
+        seconds = time.perf_counter() - started
     out = {"requests": len(latencies), "qps": len(latencies) / seconds, "errors": errors,
-           "p50_ms": float("nan"), "p99_ms": float("nan")}
+           "p50_ms": float("nan"), "p99_ms": float("nan"), "seconds": seconds}
     if latencies:
         ms = np.asarray(latencies) * 1e3
         out["p50_ms"], out["p99_ms"] = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
@@ -102,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--warmup_seconds", type=float, default=0.3)
     p.add_argument("--timeout", type=float, default=30.0, help="deadline of each call, s")
+    p.add_argument("--requests_per_client", type=int, default=None,
+                   help="each client sends exactly this many requests (instead of --seconds)")
     args = p.parse_args(argv)
     if args.serve_echo:
         if args.port is None or not args.response:
@@ -115,11 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--target and --request are required (or --serve_echo)")
     if args.clients < 1 or args.seconds <= 0:
         p.error("--clients must be >= 1 and --seconds > 0")
+    if args.requests_per_client is not None and args.requests_per_client < 1:
+        p.error("--requests_per_client must be >= 1")
     request = predict_pb2.PredictRequest()
     with open(args.request, "rb") as f:
         request.ParseFromString(f.read())
     print(json.dumps(drive(args.target, request, args.clients, args.seconds,
-                           args.warmup_seconds, args.timeout)))
+                           args.warmup_seconds, args.timeout, args.requests_per_client)))
     return 0
 
 

@@ -36,6 +36,7 @@ from components import artifacts as A
 from components.cr_aggregation.beam_transforms import AggregateCrossRepresentations
 from pipelines import configs, local_runner
 from pipelines.sources import synthetic
+from trainer import console
 from trainer.representations import ema
 from trainer.representations import tables as tables
 
@@ -86,10 +87,10 @@ def run_size(examples: int, workers: int, repeats: int, keep: str | None) -> dic
     generate_s = time.perf_counter() - started
     summary = local_runner.run(data, os.path.join(work, "root"), os.path.join(work, "serving"),
                                beam_workers=workers)
-    from pipelines.summary import _latest, _store, metadata_file
+    from pipelines.summary import latest_artifact, metadata_file, open_metadata
 
-    store = _store(metadata_file(os.path.join(work, "root")))
-    representations = _latest(store, A.Representations.TYPE_NAME)
+    store = open_metadata(metadata_file(os.path.join(work, "root")))
+    representations = latest_artifact(store, A.Representations.TYPE_NAME)
     if not summary["pushed"]:
         raise RuntimeError(f"the model of the {examples}-example run was not blessed "
                            f"(ad AUC {summary['auc_ad']}): no CR events to time")
@@ -150,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--keep", default=None, help="work directory to keep (one size only)")
     p.add_argument("--json", action="store_true")
+    console.add_verbose_flag(p)
     args = p.parse_args(argv)
+    console.setup(args.verbose)
     results = [run_size(n, args.beam_workers, args.repeats,
                         args.keep if len(args.examples) == 1 else None)
                for n in args.examples]

@@ -27,13 +27,13 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from trainer import console, oracle
 from trainer import features as F
 from trainer import input as data_input
 from trainer.config import ModelConfig
 from trainer.evaluation import auc
 from trainer.feature_path import BIAS_FIELDS, ITEM_FIELDS, USER_FIELDS, FeatureAffinityPath
 from trainer.preprocessing import HashingPreprocessor
-from trainer.train import _oracle, _split
 
 PATH_FIELDS = USER_FIELDS + ITEM_FIELDS + BIAS_FIELDS
 FIELDS = PATH_FIELDS + (F.DOMAIN, F.LABEL, F.TIMESTAMP)
@@ -78,7 +78,7 @@ def run(data: str, epochs: int = 30, seed: int = 0, eval_days: float = 1.0,
     tf.keras.utils.set_random_seed(seed)
     files = data_input.list_files(data)
     data_input.check_files(files)
-    _, cut, _ = _split(files, eval_days)
+    _, cut, _ = data_input.time_split(files, eval_days)
     train = data_input.make_dataset(files, batch_size, end=cut, names=FIELDS,
                                     shuffle_buffer=100_000, seed=seed, cache=True)
     held_out = data_input.make_dataset(files, 4096, start=cut, names=FIELDS, cache=True)
@@ -104,7 +104,7 @@ def run(data: str, epochs: int = 30, seed: int = 0, eval_days: float = 1.0,
         if verbose:
             print(f"epoch {epoch + 1}: ad AUC {history[-1]['auc_ad']:.4f}, "
                   f"content AUC {history[-1]['auc_content']:.4f}", flush=True)
-    return {**history[-1], **_oracle(data, cut), "epochs": epochs, "seed": seed,
+    return {**history[-1], **oracle.metrics(data, cut), "epochs": epochs, "seed": seed,
             "seconds": time.perf_counter() - started, "history": history}
 
 
@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval_days", type=float, default=1.0)
     p.add_argument("--json", action="store_true")
+    console.add_verbose_flag(p)
     args = p.parse_args(argv)
+    console.setup(args.verbose)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
     result = run(args.data, args.epochs, args.seed, args.eval_days)

@@ -3,7 +3,7 @@
 One run, side by side on the same exported model and the same serialized examples:
 
 * `inprocess`: the SavedModel's signature called in this process (the floor);
-* `grpc` / `rest`: `python -m serving.server` in a subprocess (without, then with server-side
+* `grpc` / `rest`: `python -m serving.model_server` in a subprocess (without, then with server-side
   batching, `--batching_parameters`), driven by 1, 8 and 32 closed-loop clients, each sending
   requests of batch 1, 32 and 256 back to back for `--seconds`: gRPC clients are asyncio
   coroutines in a `benchmarks.grpc_load` subprocess, REST clients threads here (batch sizes
@@ -21,6 +21,15 @@ over the in-process call at batch 1; with batching, 32 concurrent batch-1 client
 
     python -m benchmarks.serving [--seconds 3] [--clients 1 8 32] [--batches 1 32 256]
         [--repeats 1] [--batching_parameters TEXT] [--json]
+
+`--queueing` runs instead the gRPC request queue comparison: `python -m serving.model_server`
+with its default flags (no batching, `--grpc_max_threads` = 4 x CPUs), once with
+`--grpc_max_queued_requests=0` (refuse at once beyond the threads, as TF Serving) and once with
+the default queue, each driven by every `--loads` entry `CxN` (C clients starting together,
+each sending N batch-1 requests back to back): failed requests by status, and the p50/p99
+latency of the answered ones.
+
+    python -m benchmarks.serving --queueing [--loads 16x50 64x20] [--json]
 
 With `--json` the last line of stdout is one JSON object (`grpc_p50_ms_b1`,
 `inprocess_p50_ms_b1`, `qps_batching_c32`, `qps_nobatching_c32`, and every row). With
@@ -51,9 +60,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from benchmarks.store_throughput import measure_update_throughput
 from pipelines.sources import synthetic
-from serving.server import BatchingParameters
-from serving.store import measure_update_throughput
+from serving.model_server import BatchingParameters
 from trainer import features as F
 from trainer import input as data_input
 from trainer import signatures as S
@@ -112,13 +121,14 @@ def _inprocess(base: str, examples: list[bytes], batch: int, seconds: float) -> 
 
 
 class _Server:
-    """`python -m serving.server` in a subprocess on free ports."""
+    """`python -m serving.model_server` in a subprocess on free ports."""
 
-    def __init__(self, base: str, batching: str | None, work: str):
+    def __init__(self, base: str, batching: str | None, work: str,
+                 flags: tuple[str, ...] = ("--grpc_max_threads=128",)):
         self.grpc_port, self.rest_port = _free_port(), _free_port()
-        args = [sys.executable, "-m", "serving.server", f"--model_name={MODEL}",
+        args = [sys.executable, "-m", "serving.model_server", f"--model_name={MODEL}",
                 f"--model_base_path={base}", f"--port={self.grpc_port}",
-                f"--rest_api_port={self.rest_port}", "--grpc_max_threads=128"]
+                f"--rest_api_port={self.rest_port}", *flags]
         if batching is not None:
             path = os.path.join(work, "batching.txt")
             with open(path, "w") as f:
@@ -197,17 +207,23 @@ def _grpc_request(examples: list[bytes], batch: int) -> predict_pb2.PredictReque
     return request
 
 
-def _drive_grpc(server: _Server, examples: list[bytes], batch: int, clients: int,
-                seconds: float, work: str) -> dict:
-    """`benchmarks.grpc_load` in a subprocess: asyncio clients, off this process's GIL."""
+def _grpc_load(server: _Server, examples: list[bytes], batch: int, clients: int,
+               work: str, *flags: str) -> dict:
+    """`benchmarks.grpc_load` in a subprocess (asyncio clients, off this process's GIL): its
+    JSON result."""
     path = os.path.join(work, f"request_b{batch}.pb")
     with open(path, "wb") as f:
         f.write(_grpc_request(examples, batch).SerializeToString())
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.grpc_load", f"--target=127.0.0.1:{server.grpc_port}",
-         f"--request={path}", f"--clients={clients}", f"--seconds={seconds}"],
+         f"--request={path}", f"--clients={clients}", *flags],
         capture_output=True, text=True, check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _drive_grpc(server: _Server, examples: list[bytes], batch: int, clients: int,
+                seconds: float, work: str) -> dict:
+    result = _grpc_load(server, examples, batch, clients, work, f"--seconds={seconds}")
     return {"p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"], "qps": result["qps"],
             "errors": len(result["errors"])}
 
@@ -301,6 +317,61 @@ def _store_throughput(work: str) -> dict:
     return out
 
 
+def _load(text: str) -> tuple[int, int]:
+    """`16x50` -> (16 clients, 50 requests each)."""
+    try:
+        clients, requests = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected CLIENTSxREQUESTS, e.g. 16x50, got {text!r}") from None
+    if clients < 1 or requests < 1:
+        raise argparse.ArgumentTypeError(f"clients and requests must be >= 1, got {text!r}")
+    return clients, requests
+
+
+def _queueing(loads: list[tuple[int, int]], as_json: bool) -> int:
+    """The `--queueing` comparison (module doc): one server per queue setting, same export."""
+    from serving.model_server.config import DEFAULT_GRPC_MAX_QUEUED_REQUESTS, ServerOptions
+
+    threads = ServerOptions().grpc_max_threads
+    queues = (0, DEFAULT_GRPC_MAX_QUEUED_REQUESTS)
+    work = tempfile.mkdtemp(prefix="lfm4ads-queueing-bench-")
+    rows = []
+    try:
+        base, examples = _export(work)
+        for queue in queues:
+            server = _Server(base, None, work, (f"--grpc_max_queued_requests={queue}",))
+            try:
+                for clients, requests in loads:
+                    result = _grpc_load(server, examples, 1, clients, work,
+                                        f"--requests_per_client={requests}")
+                    failed: dict[str, int] = {}
+                    for code in result["errors"]:
+                        failed[code] = failed.get(code, 0) + 1
+                    rows.append({"clients": clients, "requests_per_client": requests,
+                                 "queue": queue, "answered": result["requests"],
+                                 "failed": failed, "p50_ms": result["p50_ms"],
+                                 "p99_ms": result["p99_ms"], "seconds": result["seconds"]})
+            finally:
+                server.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    print(f"\ngRPC request queue: {SIGNATURE} Predict, batch 1, no batching, "
+          f"--grpc_max_threads={threads} (default), on {machine}\n")
+    print(f"{'clients x requests':>19}{'queue':>7}{'answered':>10}{'failed':>8}{'p50 ms':>9}"
+          f"{'p99 ms':>9}{'wall s':>8}  failures")
+    for r in sorted(rows, key=lambda r: (-r["requests_per_client"], r["queue"])):
+        load = f"{r['clients']} x {r['requests_per_client']}"
+        failed = sum(r["failed"].values())
+        detail = ", ".join(f"{n} {code}" for code, n in sorted(r["failed"].items()))
+        print(f"{load:>19}{r['queue']:>7}{r['answered']:>10}{failed:>8}{r['p50_ms']:>9.2f}"
+              f"{r['p99_ms']:>9.2f}{r['seconds']:>8.2f}  {detail or '-'}")
+    if as_json:
+        print(json.dumps({"machine": machine, "grpc_max_threads": threads, "rows": rows}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=3.0)
@@ -312,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--batching_parameters", default=DEFAULT_BATCHING,
                    help="the batching_parameters_file text of the batching server")
+    p.add_argument("--queueing", action="store_true",
+                   help="instead: the gRPC request queue comparison (queue 0 vs the default)")
+    p.add_argument("--loads", type=_load, nargs="+", default=[(16, 50), (64, 20)],
+                   help="with --queueing: CLIENTSxREQUESTS per client, e.g. 16x50 64x20")
     args = p.parse_args(argv)
+    if args.queueing:
+        return _queueing(args.loads, args.json)
     batching_text = args.batching_parameters
     # refuse a bad one before any run; requests over its max_batch_size are not driven there
     max_batch = BatchingParameters.from_text(batching_text).max_batch_size

@@ -30,7 +30,7 @@ from tfx.utils import proto_utils
 
 from trainer import features as F
 
-DAY = 86_400
+DAY = F.DAY
 SPLITS = ("train", "eval")
 DATA_PATTERN = "*.tfrecord.gz"
 

@@ -19,6 +19,7 @@ import sys
 
 import trainer  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from pipelines import configs
+from trainer import console
 
 DEFAULT_IMAGE = "gcr.io/tfx-oss-public/tfx:1.16.0"
 
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam_runner", default="DataflowRunner")
     p.add_argument("--beam_arg", action="append", default=[],
                    help="extra Beam pipeline argument (repeatable)")
+    console.add_verbose_flag(p)
     args = p.parse_args(argv)
+    console.setup(args.verbose)
     spec = compile_pipeline(
         args.output, args.image, args.pipeline_root, args.data, args.serving_root,
         beam_pipeline_args=[f"--runner={args.beam_runner}", *args.beam_arg],

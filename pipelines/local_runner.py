@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script by `tfx run create`: no pipelin
 import trainer  # noqa: E402,F401  (selects tf-keras before TensorFlow loads)
 from pipelines import configs  # noqa: E402
 from pipelines.summary import format_summary, metadata_file, run_summary  # noqa: E402
+from trainer import console  # noqa: E402
 
 
 def build(
@@ -136,11 +137,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="after the run, serve the pushed model in-process and run the online "
                         "loop (Fig. 4) over this many of the latest examples (0: skip)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
+    console.add_verbose_flag(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    console.setup(args.verbose)
     kwargs = {}
     if args.epochs is not None:
         kwargs["train_overrides"] = {**configs.TRAIN_OVERRIDES, "epochs": args.epochs}

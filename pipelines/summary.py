@@ -18,14 +18,16 @@ from trainer import signatures as S
 from trainer.transform import ITEM_COLD_START
 
 
-def _store(metadata_path: str) -> metadata_store.MetadataStore:
+def open_metadata(metadata_path: str) -> metadata_store.MetadataStore:
+    """The pipeline's ML Metadata store (SQLite file, `metadata_file`), read-only."""
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     return metadata_store.MetadataStore(config)
 
 
-def _latest(store, type_name: str):
+def latest_artifact(store, type_name: str):
+    """The newest artifact of `type_name` in ML Metadata, or None."""
     artifacts = store.get_artifacts_by_type(type_name)
     return max(artifacts, key=lambda a: a.id) if artifacts else None
 
@@ -102,13 +104,13 @@ def _guard_file(guard) -> dict:
 
 def run_summary(metadata_path: str, pipeline_name: str) -> dict:
     """The figures of the latest run (module doc)."""
-    store = _store(metadata_path)
-    evaluation = _latest(store, "ModelEvaluation")
-    blessing = _latest(store, "ModelBlessing")
-    pushed = _latest(store, "PushedModel")
-    representations = _latest(store, A.Representations.TYPE_NAME)
-    cross = _latest(store, A.CrossRepresentationTables.TYPE_NAME)
-    guard = _latest(store, A.GuardResult.TYPE_NAME)
+    store = open_metadata(metadata_path)
+    evaluation = latest_artifact(store, "ModelEvaluation")
+    blessing = latest_artifact(store, "ModelBlessing")
+    pushed = latest_artifact(store, "PushedModel")
+    representations = latest_artifact(store, A.Representations.TYPE_NAME)
+    cross = latest_artifact(store, A.CrossRepresentationTables.TYPE_NAME)
+    guard = latest_artifact(store, A.GuardResult.TYPE_NAME)
     metrics = tfma_metrics(evaluation.uri) if evaluation is not None else {}
     ad, content = {"domain": "ad"}, {"domain": "content"}
     summary = {

@@ -8,9 +8,10 @@
 
 Every call carries a deadline (`timeout` seconds). Predict has no side effects, so a call that
 fails before the server could answer (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`: connection refused,
-server restarting, batch queue full) is retried with exponential backoff, at most `retries`
-times and never past the call's deadline. Every other status (an invalid example, an unknown
-model, `DEADLINE_EXCEEDED`) is raised at once as `ServingClientError` with the server's message.
+server restarting, batch queue or request queue full) is retried with exponential backoff, at
+most `retries` times and never past the call's deadline. Every other status (an invalid
+example, an unknown model, `DEADLINE_EXCEEDED`) is raised at once as `ServingClientError` with
+the server's message.
 
 The CLI embeds a TFRecord file of serialized tf.Examples:
 
@@ -29,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import grpc
 import numpy as np
 
+from trainer import console
 from trainer import signatures as S
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -44,28 +46,18 @@ class ServingClientError(RuntimeError):
         self.details = message
 
 
-def _tensor_to_numpy(proto) -> np.ndarray:
-    """TensorProto -> numpy without importing TensorFlow (typed fields or tensor_content)."""
-    from tensorflow.core.framework import types_pb2
+def _tensor_to_numpy(alias: str, proto) -> np.ndarray:
+    """A response TensorProto as a writable numpy array, decoded as the server decodes
+    requests (`serving.model_server.tensors.to_ndarray`: typed fields, TF's "splat" encoding
+    of a repeated value, or tensor_content); ValueError for one it cannot read."""
+    from serving.model_server.errors import ServingError
+    from serving.model_server.tensors import to_ndarray
 
-    shape = [d.size for d in proto.tensor_shape.dim]
-    dtypes = {
-        types_pb2.DT_FLOAT: (np.float32, "float_val"),
-        types_pb2.DT_DOUBLE: (np.float64, "double_val"),
-        types_pb2.DT_INT32: (np.int32, "int_val"),
-        types_pb2.DT_INT64: (np.int64, "int64_val"),
-        types_pb2.DT_STRING: (object, "string_val"),
-    }
-    if proto.dtype not in dtypes:
-        raise ValueError(f"unsupported output dtype {types_pb2.DataType.Name(proto.dtype)}")
-    dtype, field = dtypes[proto.dtype]
-    if proto.tensor_content:
-        return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape).copy()
-    values = list(getattr(proto, field))
-    n = int(np.prod(shape)) if shape else 1
-    if len(values) == 1 and n > 1:  # TF's "splat" encoding of a constant tensor
-        values = values * n
-    return np.array(values, dtype=dtype).reshape(shape)
+    try:
+        array = to_ndarray(proto, alias)
+    except ServingError as e:
+        raise ValueError(f"output {alias!r}: {e.message}") from None
+    return array if array.flags.writeable else array.copy()
 
 
 class EmbeddingClient:
@@ -152,7 +144,7 @@ class EmbeddingClient:
             try:
                 response = self._stub.Predict(request, timeout=remaining)
                 self.last_model_version = int(response.model_spec.version.value)
-                return {k: _tensor_to_numpy(v) for k, v in response.outputs.items()}
+                return {k: _tensor_to_numpy(k, v) for k, v in response.outputs.items()}
             except grpc.RpcError as e:
                 code = e.code()
                 if code not in RETRYABLE or attempt == self.retries:
@@ -247,8 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output", required=True, help=".npy, or a TFRecord path")
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--timeout", type=float, default=10.0)
+    console.add_verbose_flag(p)
     args = p.parse_args(argv)
-    import trainer  # noqa: F401  (tf-keras before TensorFlow, for the TFRecord reader)
+    console.setup(args.verbose)
 
     with EmbeddingClient(args.target, args.model_name, args.timeout) as client:
         try:

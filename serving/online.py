@@ -137,7 +137,7 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
     into the store at `store_url`, stops the server; returns counts and per-batch latency."""
     import time
 
-    from serving.server import ModelServer
+    from serving.model_server import ModelServer
     from serving.store import open_store
 
     latencies = []

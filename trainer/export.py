@@ -294,7 +294,7 @@ def read_model_config(saved_model_dir: str) -> ModelConfig:
                                 "before the model config was written beside it?)")
     with tf.io.gfile.GFile(path) as f:
         config = json.load(f)
-    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    return ModelConfig.from_dict(config)
 
 
 def export_saved_model(

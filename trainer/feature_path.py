@@ -25,6 +25,7 @@ import tensorflow as tf
 from trainer import features as F
 from trainer.embeddings import lookup
 
+# The default fields (`ModelConfig.feature_path_*_fields` choose others).
 USER_FIELDS = (F.USER_AGE, F.USER_GENDER, F.USER_GEO)
 ITEM_FIELDS = (F.ITEM_CATEGORY, F.ITEM_TAGS)
 BIAS_FIELDS = (F.SCENARIO, F.ITEM_ADVERTISER)
@@ -36,13 +37,15 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
     """`alpha_h * cos(U, V) + c_h` (+ biases on the click heads) for each head `h`.
 
     Args:
-      vocabulary_sizes: id-space size of every field in `USER_FIELDS + ITEM_FIELDS +
-        BIAS_FIELDS` (as the model's `FeaturePreprocessor` reports them).
+      vocabulary_sizes: id-space size of every field in `user_fields + item_fields +
+        bias_fields` (as the model's `FeaturePreprocessor` reports them).
       heads: head names; each gets its own `alpha`.
       bias_heads: the heads that also get the first-order terms.
       embedding_dim: width of `U` and `V`.
       bias_l2: L2 penalty on the bias tables (`bias_l2 * sum(b^2)`); rare values (an
         advertiser with a handful of clicks) over-fit without it.
+      user_fields, item_fields: the fields summed into `U` and `V` (single- or multi-valued).
+      bias_fields: the fields with a first-order term (may be empty).
       embedding_l2: L2 penalty on the embedding tables (`embedding_l2 * sum(E^2)`, a Gaussian
         prior on the feature vectors): the path is a maximum-likelihood fit of ~1.3k numbers,
         and at 200k examples its error is variance, not optimisation (`docs/BENCHMARKS.md`).
@@ -60,10 +63,19 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
         embedding_dim: int = 8,
         bias_l2: float = 1e-4,
         embedding_l2: float = 0.0,
+        user_fields: tuple[str, ...] = USER_FIELDS,
+        item_fields: tuple[str, ...] = ITEM_FIELDS,
+        bias_fields: tuple[str, ...] = BIAS_FIELDS,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        missing = sorted(set(USER_FIELDS + ITEM_FIELDS + BIAS_FIELDS) - set(vocabulary_sizes))
+        self.user_fields, self.item_fields = tuple(user_fields), tuple(item_fields)
+        self.bias_fields = tuple(bias_fields)
+        if not self.user_fields or not self.item_fields:
+            raise ValueError(f"the feature path needs user and item fields, got user_fields="
+                             f"{list(self.user_fields)} and item_fields={list(self.item_fields)}")
+        fields = self.user_fields + self.item_fields + self.bias_fields
+        missing = sorted(set(fields) - set(vocabulary_sizes))
         if missing:
             raise ValueError(f"vocabulary_sizes lacks the feature path's fields {missing}")
         unknown = sorted(set(bias_heads) - set(heads))
@@ -75,9 +87,7 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
             raise ValueError(f"bias_l2 must be >= 0, got {bias_l2}")
         if embedding_l2 < 0:
             raise ValueError(f"embedding_l2 must be >= 0, got {embedding_l2}")
-        self.vocabulary_sizes = {
-            name: int(vocabulary_sizes[name]) for name in USER_FIELDS + ITEM_FIELDS + BIAS_FIELDS
-        }
+        self.vocabulary_sizes = {name: int(vocabulary_sizes[name]) for name in fields}
         self.heads = tuple(heads)
         self.bias_heads = tuple(bias_heads)
         self.embedding_dim = int(embedding_dim)
@@ -91,13 +101,13 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
                 shape=(self.vocabulary_sizes[name], self.embedding_dim),
                 initializer=tf.keras.initializers.RandomNormal(stddev=0.3),
             )
-            for name in USER_FIELDS + ITEM_FIELDS
+            for name in self.user_fields + self.item_fields
         }
         self.biases = {
             name: self.add_weight(
                 name=f"{name}_bias", shape=(self.vocabulary_sizes[name],), initializer="zeros"
             )
-            for name in BIAS_FIELDS
+            for name in self.bias_fields
         }
         self.alpha = self.add_weight(
             name="alpha", shape=(len(self.heads),),
@@ -113,14 +123,14 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
     def call(self, ids: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         if not self.built:
             self.build()
-        u = tf.math.l2_normalize(self._sum(ids, USER_FIELDS), -1)
-        v = tf.math.l2_normalize(self._sum(ids, ITEM_FIELDS), -1)
+        u = tf.math.l2_normalize(self._sum(ids, self.user_fields), -1)
+        v = tf.math.l2_normalize(self._sum(ids, self.item_fields), -1)
         cos = tf.reduce_sum(u * v, -1, keepdims=True)  # [batch, 1]
         bias = tf.add_n([
-            tf.gather(self.biases[name], ids[name])[:, None] for name in BIAS_FIELDS
-        ])  # [batch, 1]
+            tf.gather(self.biases[name], ids[name])[:, None] for name in self.bias_fields
+        ]) if self.bias_fields else 0.0  # [batch, 1]
         for l2, tables in ((self.bias_l2, self.biases), (self.embedding_l2, self.tables)):
-            if l2:  # float32 under mixed precision too
+            if l2 and tables:  # float32 under mixed precision too
                 self.add_loss(l2 * tf.add_n(
                     [tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in tables.values()]))
         return {
@@ -138,4 +148,7 @@ class FeatureAffinityPath(tf.keras.layers.Layer):
             "embedding_dim": self.embedding_dim,
             "bias_l2": self.bias_l2,
             "embedding_l2": self.embedding_l2,
+            "user_fields": list(self.user_fields),
+            "item_fields": list(self.item_fields),
+            "bias_fields": list(self.bias_fields),
         }

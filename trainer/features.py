@@ -1,6 +1,6 @@
 """The raw tf.Example schema shared by every data source, the trainer and the server.
 
-See ``DESIGN.md`` (data contract). One sample is one ``tf.Example``:
+The data contract of ``docs/ARCHITECTURE.md``. One sample is one ``tf.Example``:
 
 | feature | dtype | shape | side |
 |---|---|---|---|
@@ -25,7 +25,8 @@ USER_ID = "user_id"
 ITEM_ID = "item_id"
 DOMAIN = "domain"
 SCENARIO = "scenario"
-TIMESTAMP = "timestamp"
+TIMESTAMP = "timestamp"  # Unix seconds
+DAY = 86_400  # seconds
 USER_AGE = "user_age"
 USER_GENDER = "user_gender"
 USER_GEO = "user_geo"

@@ -86,6 +86,28 @@ def time_range(files: list[str], end: int | None = None) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def time_split(files: list[str], eval_days: float,
+               skip_last_days: float = 0.0) -> tuple[int, int, int]:
+    """(first timestamp, start of the eval window, its last timestamp): the last `eval_days`
+    of the data are the eval window. With `skip_last_days`, the records of the data's last
+    days are left out first (a backtest on an earlier window): the data then end at the last
+    timestamp before that cut."""
+    lo, hi = time_range(files)
+    if skip_last_days:
+        end = hi + 1 - int(round(skip_last_days * F.DAY))
+        if end <= lo:
+            raise DataError(
+                f"the data span {(hi - lo) / F.DAY:.2f} days, not more than "
+                f"skip_last_days={skip_last_days}: nothing would be left")
+        lo, hi = time_range(files, end=end)
+    cut = hi + 1 - int(round(eval_days * F.DAY))
+    if cut <= lo:
+        raise DataError(
+            f"the data span {(hi - lo) / F.DAY:.2f} days, not more than eval_days={eval_days}: "
+            "nothing would be left to train on")
+    return lo, cut, hi
+
+
 def records_in_window(
     files: list[str], start: int | None = None, end: int | None = None
 ) -> tf.data.Dataset:

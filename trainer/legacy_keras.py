@@ -30,3 +30,9 @@ def ensure_legacy_keras() -> None:
 
 
 ensure_legacy_keras()
+
+if "tensorflow" not in sys.modules:  # a project CLI's native log level, before TF's import
+    from trainer import console
+
+    if console.running_a_project_module():
+        console.before_tensorflow()

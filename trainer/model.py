@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from trainer import features as F
+from trainer import signatures as S
 from trainer.config import ModelConfig, TrainConfig
 from trainer.embeddings import SHARED_TABLES, FeatureEmbeddings
 from trainer.feature_path import FeatureAffinityPath
@@ -98,6 +99,9 @@ class LFM4AdsModel(tfrs.models.Model):
             embedding_dim=config.feature_path_dim,
             bias_l2=config.feature_path_bias_l2,
             embedding_l2=config.feature_path_embedding_l2,
+            user_fields=config.feature_path_user_fields,
+            item_fields=config.feature_path_item_fields,
+            bias_fields=config.feature_path_bias_fields,
             name="feature_path",
         ) if config.feature_path else None
         self.ad_task = tfrs.tasks.Ranking(loss=_bce(), metrics=[_auc("ad_auc")])
@@ -199,12 +203,12 @@ class LFM4AdsModel(tfrs.models.Model):
             "ad_logit": logits["ad"],
             "content_logit": logits["content"],
             "conversion_logit": logits["conversion"],
-            "ad_prediction": tf.sigmoid(logits["ad"]),
-            "content_prediction": tf.sigmoid(logits["content"]),
-            "conversion_prediction": tf.sigmoid(logits["conversion"]),
-            "user_representation": tf.cast(ur, tf.float32),
-            "item_representation": tf.cast(ir, tf.float32),
-            "cross_representation": tf.cast(ad[self.cr_layer], tf.float32),
+            S.AD_PREDICTION: tf.sigmoid(logits["ad"]),
+            S.CONTENT_PREDICTION: tf.sigmoid(logits["content"]),
+            S.CONVERSION_PREDICTION: tf.sigmoid(logits["conversion"]),
+            S.USER_REPRESENTATION: tf.cast(ur, tf.float32),
+            S.ITEM_REPRESENTATION: tf.cast(ir, tf.float32),
+            S.CROSS_REPRESENTATION: tf.cast(ad[self.cr_layer], tf.float32),
         }
 
     # -- training ---------------------------------------------------------------------------
@@ -305,8 +309,8 @@ class LFM4AdsModel(tfrs.models.Model):
         if weights.retrieval_loss_weight:
             # In-batch softmax over UR . IR on the positive rows (standalone retrieval, Sec. 3.4.3).
             loss += weights.retrieval_loss_weight * self.retrieval_task(
-                outputs["user_representation"],
-                outputs["item_representation"],
+                outputs[S.USER_REPRESENTATION],
+                outputs[S.ITEM_REPRESENTATION],
                 sample_weight=label[:, 0],
                 compute_metrics=False,
             )

@@ -1,4 +1,5 @@
-"""Names of the exported signatures and their input/output keys (DESIGN: signature contract).
+"""Names of the exported signatures and their input/output keys (docs/ARCHITECTURE.md,
+"Signatures").
 
 `serving/` and `components/` import these; nothing else spells them out.
 """

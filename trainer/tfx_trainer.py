@@ -3,8 +3,8 @@
 The Trainer component is given `run_fn="trainer.tfx_trainer.run_fn"`, the transformed
 examples and the Transform graph. `custom_config` may hold `model` and `train` dicts of
 `ModelConfig` / `TrainConfig` fields. The SavedModel written to `serving_model_dir` keeps the
-signature contract of DESIGN (raw serialized tf.Examples in, the Transform graph inside) and
-adds `transform_features` for TFMA.
+signature contract of docs/ARCHITECTURE.md (raw serialized tf.Examples in, the Transform graph
+inside) and adds `transform_features` for TFMA.
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """Train the upstream model on a time-based split, evaluate it on the latest window, export it.
 
-    python -m trainer.train --data DIR --export_dir DIR [--epochs E] [--json]
+    python -m trainer.train --data DIR --export_dir DIR [--preset NAME] [--<field> VALUE ...]
+        [--json]
+
+Every field of `ModelConfig` and `TrainConfig` is a flag (`--help` lists them), over a named
+preset (`trainer.config.PRESETS`: `default`, `paper`, `feature_path`).
 
 The last `--eval_days` of the data (by `timestamp`) are held out; the rest trains the model
 with Keras `fit` (`--skip_last_days` first leaves the data's last days out, to evaluate on an
@@ -15,17 +19,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from trainer import console, oracle
 from trainer import features as F
 from trainer import input as data_input
-from trainer.config import ModelConfig, TrainConfig
-from trainer.evaluation import auc, expected_auc, gauc
+from trainer import signatures as S
+from trainer.config import ModelConfig, TrainConfig, add_config_flags, configs_from_flags
+from trainer.evaluation import auc, gauc
 from trainer.export import export_saved_model
 from trainer.model import LFM4AdsModel
 from trainer.transform import SHARED_VOCABULARY, VOCABULARIES
@@ -33,29 +38,7 @@ from trainer.vocabulary import VocabularyPreprocessor
 
 VOCABULARY_INPUTS = tuple(VOCABULARIES) + tuple(SHARED_VOCABULARY)  # what the count reads
 
-DAY = 86_400
-
-
-def _split(files: list[str], eval_days: float,
-           skip_last_days: float = 0.0) -> tuple[int, int, int]:
-    """(first timestamp, start of the eval window, its last timestamp). With
-    `skip_last_days`, the records of the data's last days are left out first (a backtest on
-    an earlier window): the data then end at the last timestamp before that cut."""
-    lo, hi = data_input.time_range(files)
-    if skip_last_days:
-        end = hi + 1 - int(round(skip_last_days * DAY))
-        if end <= lo:
-            raise data_input.DataError(
-                f"the data span {(hi - lo) / DAY:.2f} days, not more than "
-                f"skip_last_days={skip_last_days}: nothing would be left")
-        lo, hi = data_input.time_range(files, end=end)
-    cut = hi + 1 - int(round(eval_days * DAY))
-    if cut <= lo:
-        raise data_input.DataError(
-            f"the data span {(hi - lo) / DAY:.2f} days, not more than eval_days={eval_days}: "
-            "nothing would be left to train on"
-        )
-    return lo, cut, hi
+DAY = F.DAY
 
 
 def _collect(model: LFM4AdsModel, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
@@ -65,8 +48,8 @@ def _collect(model: LFM4AdsModel, dataset: tf.data.Dataset) -> dict[str, np.ndar
     }
     for raw in dataset:
         out = predict(raw)
-        parts["ad"].append(out["ad_prediction"].numpy()[:, 0])
-        parts["content"].append(out["content_prediction"].numpy()[:, 0])
+        parts["ad"].append(out[S.AD_PREDICTION].numpy()[:, 0])
+        parts["content"].append(out[S.CONTENT_PREDICTION].numpy()[:, 0])
         parts["label"].append(raw[F.LABEL].numpy())
         parts["is_ad"].append(raw[F.DOMAIN].numpy() == F.DOMAIN_AD)
         parts["user"].append(raw[F.USER_ID].numpy())
@@ -79,55 +62,6 @@ def _train_items(files: list[str], cut: int) -> tuple[set[bytes], int]:
     ids = [batch[F.ITEM_ID].numpy() for batch in ds]
     seen = np.concatenate(ids) if ids else np.array([], dtype=object)
     return set(np.unique(seen).tolist()), int(seen.size)
-
-
-def _same_rows(scores: dict[str, np.ndarray], labels: np.ndarray, is_ad: np.ndarray,
-               items: np.ndarray) -> bool:
-    """Whether `_collect`'s rows are the oracle's window rows, in the same order."""
-    return (scores["label"].size == labels.size
-            and np.array_equal(scores["label"], labels) and np.array_equal(scores["is_ad"], is_ad)
-            and np.array_equal(np.char.decode(scores["item"].astype(bytes)), items))
-
-
-def _oracle(data: str, cut: int, train_end: int | None = None,
-            scores: dict[str, np.ndarray] | None = None,
-            end: int | None = None) -> dict[str, float | None]:
-    """Oracle AUCs on the same slices (the window `cut <= timestamp < end`), from the synthetic
-    generator's `oracle.npz`.
-
-    Cold-start items: never seen before `train_end` (default `cut`). With the model's `scores`
-    on the window (`_collect`'s, in record order), also the model's and the oracle's AUC in
-    expectation over the draw of the labels (`evaluation.expected_auc` with the true
-    probabilities), which ~100 positives otherwise move by about 0.02."""
-    path = os.path.join(data, "oracle.npz") if os.path.isdir(data) else ""
-    if not path or not os.path.exists(path):
-        return {}
-    oracle = np.load(path)
-    window = oracle["timestamp"] >= cut
-    if end is not None:
-        window &= oracle["timestamp"] < end
-    items = oracle["item_id"].astype(str)
-    trained = oracle["timestamp"] < (cut if train_end is None else train_end)
-    cold = ~np.isin(items, np.unique(items[trained]))
-    ad = window & oracle["is_ad"]
-    content = window & ~oracle["is_ad"]
-    p, y = oracle["p_label"], oracle["label"]
-    out = {
-        "oracle_auc_ad": auc(y[ad], p[ad]),
-        "oracle_auc_content": auc(y[content], p[content]),
-        "oracle_auc_cold_start": auc(y[ad & cold], p[ad & cold]),
-    }
-    if "feature_score" in oracle.files:  # the true score from features alone (no ids)
-        score = oracle["feature_score"]
-        out["features_only_auc_ad"] = auc(y[ad], score[ad])
-        out["features_only_auc_content"] = auc(y[content], score[content])
-    is_ad = oracle["is_ad"][window]
-    if scores is not None and _same_rows(scores, y[window], is_ad, items[window]):
-        for name, rows in (("ad", is_ad), ("content", ~is_ad)):
-            truth = p[window][rows]
-            out[f"expected_auc_{name}"] = expected_auc(truth, scores[name][rows])
-            out[f"oracle_expected_auc_{name}"] = expected_auc(truth, truth)
-    return out
 
 
 def fit_and_evaluate(
@@ -143,7 +77,8 @@ def fit_and_evaluate(
     tf.keras.utils.set_random_seed(train_config.seed)
     files = data_input.list_files(data)
     examples = data_input.check_files(files)
-    lo, cut, hi = _split(files, train_config.eval_days, train_config.skip_last_days)
+    lo, cut, hi = data_input.time_split(files, train_config.eval_days,
+                                        train_config.skip_last_days)
 
     train_end = cut - int(round(train_config.validation_days * DAY))
     if train_end <= lo:
@@ -213,7 +148,7 @@ def fit_and_evaluate(
         "vocabulary_sizes": {name: model.preprocessor.vocabulary_size(name)
                              for name in VOCABULARY_INPUTS},
     }
-    results.update(_oracle(data, cut, train_end, ev, end=hi + 1))
+    results.update(oracle.metrics(data, cut, train_end, ev, end=hi + 1))
     results["model_config"] = dataclasses.asdict(model_config)
     results["train_window"] = [lo, train_end]  # [start, end) of the training rows
     warmup = [s.numpy() for s in data_input.records_in_window(files, start=cut, end=hi + 1).take(8)]
@@ -266,85 +201,30 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="directory (or glob) of tf.Example TFRecords")
     p.add_argument("--export_dir", required=True, help="model base path: <dir>/<version>/")
-    defaults = TrainConfig()
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch_size", type=int, default=defaults.batch_size)
-    p.add_argument("--learning_rate", type=float, default=defaults.learning_rate)
-    p.add_argument("--eval_days", type=float, default=defaults.eval_days)
-    p.add_argument("--skip_last_days", type=float, default=defaults.skip_last_days,
-                   help="leave the data's last days out (evaluate on an earlier window)")
-    p.add_argument("--validation_days", type=float, default=defaults.validation_days,
-                   help="days before the eval window held out for early stopping (0: none)")
-    p.add_argument("--patience", type=int, default=defaults.patience)
-    p.add_argument("--retrieval_loss_weight", type=float, default=defaults.retrieval_loss_weight)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    mdefaults = ModelConfig()
-    p.add_argument("--interaction", choices=("cross", "cross_mix", "fm"),
-                   default=mdefaults.interaction)
-    p.add_argument("--branches", choices=("dual", "shared"), default=mdefaults.branches)
-    p.add_argument("--cr_layer", default=None,
-                   help="embedding | cross_<l> | mlp_<l> (default: penultimate MLP layer)")
-    p.add_argument("--id_dropout", type=float, default=mdefaults.id_dropout,
-                   help="probability of hiding user_id/item_id in training (1.0: features only)")
-    p.add_argument("--ad_tower_gradient_scale", type=float,
-                   default=mdefaults.ad_tower_gradient_scale,
-                   help="scale of the ad loss's gradient into the shared towers (0: content only)")
-    p.add_argument("--feature_path", action=argparse.BooleanOptionalAction,
-                   default=mdefaults.feature_path,
-                   help="add the shallow cos(U, V) + bias path to every head's logit")
-    p.add_argument("--feature_path_dim", type=int, default=mdefaults.feature_path_dim)
-    p.add_argument("--feature_path_bias_l2", type=float, default=mdefaults.feature_path_bias_l2)
-    p.add_argument("--feature_path_embedding_l2", type=float,
-                   default=mdefaults.feature_path_embedding_l2)
-    p.add_argument("--feature_path_epochs", type=int, default=defaults.feature_path_epochs,
-                   help="epochs that train the feature path alone before fit (0: jointly)")
-    p.add_argument("--feature_path_learning_rate", type=float,
-                   default=defaults.feature_path_learning_rate)
-    p.add_argument("--vocabularies", action=argparse.BooleanOptionalAction,
-                   default=defaults.vocabularies,
-                   help="ids from vocabularies of the training split, as the pipeline's "
-                        "Transform (--no-vocabularies: hash into the *_buckets)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    console.add_verbose_flag(p)
+    add_config_flags(p)
     return p.parse_args(argv)
 
 
 def configs_from_args(argv: list[str]) -> tuple[argparse.Namespace, ModelConfig, TrainConfig]:
-    """The CLI's arguments and the model and training configs they describe."""
-    args = _parse_args(argv)
-    model_config = ModelConfig(
-        interaction=args.interaction,
-        branches=args.branches,
-        cr_layer=args.cr_layer,
-        id_dropout=args.id_dropout,
-        ad_tower_gradient_scale=args.ad_tower_gradient_scale,
-        feature_path=args.feature_path,
-        feature_path_dim=args.feature_path_dim,
-        feature_path_bias_l2=args.feature_path_bias_l2,
-        feature_path_embedding_l2=args.feature_path_embedding_l2,
-    )
-    train_config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        eval_days=args.eval_days,
-        skip_last_days=args.skip_last_days,
-        validation_days=args.validation_days,
-        patience=args.patience,
-        retrieval_loss_weight=args.retrieval_loss_weight,
-        feature_path_epochs=args.feature_path_epochs,
-        feature_path_learning_rate=args.feature_path_learning_rate,
-        vocabularies=args.vocabularies,
-        seed=args.seed,
-    )
+    """The CLI's arguments and the model and training configs they describe (`--preset`, then
+    any field flag given)."""
+    args = parse_args(argv)
+    try:
+        model_config, train_config = configs_from_flags(args)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     return args, model_config, train_config
 
 
 def main(argv: list[str] | None = None) -> int:
     args, model_config, train_config = configs_from_args(sys.argv[1:] if argv is None else argv)
+    console.setup(args.verbose)
     try:
         results = train_and_export(args.data, args.export_dir, model_config, train_config)
     except data_input.DataError as e:

@@ -80,7 +80,7 @@ def shift_ids(value: tf.Tensor, vocabulary_ids: tf.Tensor) -> tf.Tensor:
 
 
 def preprocessing_fn(inputs: dict) -> dict:
-    """TFT preprocessing: raw features (DESIGN schema) -> ids and pass-through labels."""
+    """TFT preprocessing: raw features (`trainer.features`) -> ids and pass-through labels."""
     import tensorflow_transform as tft
 
     raw = {}

@@ -5,9 +5,9 @@
 
 Semantics (initialisation, tie rule, strictly-before as-of) are those of
 ``trainer.representations.ema``. The transforms work on batches, not one Python object per
-event (DESIGN.md, "Measured on these machines"): each input batch is split into sub-batches by
-key bucket ``zlib.crc32(key) % num_buckets`` (stable across processes, unlike ``hash()``), the
-sub-batches of one bucket are grouped, concatenated and aggregated with numpy.
+event (several times slower in Beam): each input batch is split into sub-batches by key bucket
+``zlib.crc32(key) % num_buckets`` (stable across processes, unlike ``hash()``), the sub-batches
+of one bucket are grouped, concatenated and aggregated with numpy.
 """
 
 from __future__ import annotations

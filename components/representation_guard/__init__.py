@@ -8,7 +8,7 @@ from components.representation_guard.beam_transforms import (
     GuardTable,
     TableStatisticsCombineFn,
 )
-from components.representation_guard.statistics import (
+from trainer.representations.statistics import (
     RATE_STATISTICS,
     STATUS_HELD,
     STATUS_PUBLISHED,

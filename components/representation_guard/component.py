@@ -27,14 +27,14 @@ from tfx import v1 as tfx
 
 from components import artifacts as A
 from components.representation_guard.beam_transforms import ComputeTableStatistics
-from components.representation_guard.statistics import (
+from trainer.representations import tables as tables
+from trainer.representations.statistics import (
     STATUS_HELD,
     STATUS_PUBLISHED,
     GuardThresholds,
     TableStatistics,
     judge,
 )
-from trainer.representations import tables as tables
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
 _InputArtifact = tfx.dsl.components.InputArtifact

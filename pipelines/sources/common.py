@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from scipy.stats import rankdata
 from tqdm import tqdm
 
 from trainer import features
+from trainer.oracle import ORACLE_FILE
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "data-*-of-*.tfrecord.gz"
@@ -482,7 +482,7 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path
                 "the shards, manifest.json and oracle.npz of a previous run"
             )
         for path in out.iterdir():
-            if _SHARD_RE.fullmatch(path.name) or path.name in (MANIFEST, "oracle.npz"):
+            if _SHARD_RE.fullmatch(path.name) or path.name in (MANIFEST, ORACLE_FILE):
                 if path.is_dir():
                     shutil.rmtree(path)
                 else:
@@ -515,27 +515,3 @@ def write_manifest(out_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> P
     tmp.write_text(to_json(manifest, indent=2) + "\n", "utf-8")
     tmp.replace(path)
     return path
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve by ranks: ``(sum of positive ranks - P(P+1)/2) / (P N)``.
-
-    Tied scores get their average rank (a tie between a positive and a negative counts 1/2),
-    which equals ``sklearn.metrics.roc_auc_score``. Returns ``nan`` when ``labels`` has a single
-    class. Example: labels ``[0, 1, 0, 1]``, scores ``[0.1, 0.4, 0.4, 0.8]`` gives 0.875.
-    """
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, np.float64)
-    if labels.shape != scores.shape or labels.ndim != 1:
-        raise ValueError(f"labels and scores must be 1-D of one length: "
-                         f"{labels.shape} vs {scores.shape}")
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)  # average ranks, 1-based
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-

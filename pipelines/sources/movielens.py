@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.sources import common
-from trainer import features
+from trainer import console, features
 
 PACKAGE = "recbole==1.2.1"
 WHEEL_NAME = "recbole-1.2.1-py3-none-any.whl"
@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="replace a previous run's files in a non-empty --out")
     parser.add_argument("--json", action="store_true",
                         help="print the manifest as one JSON line at the end")
+    console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    console.setup(args.verbose)
     try:
         manifest = convert(args.out, cache=args.cache_dir, overwrite=args.overwrite)
     except FileExistsError as e:

@@ -55,13 +55,15 @@ from typing import Any
 import numpy as np
 
 from pipelines.sources import common
-from trainer import features
+from trainer import console, features
+from trainer.evaluation import auc
+from trainer.oracle import ORACLE_FILE
 
 START_TIMESTAMP = 1767225600  # 2026-01-01T00:00:00Z
 SECONDS_PER_DAY = 86_400
 AGE_BUCKET_SHARES = (0.06, 0.22, 0.26, 0.18, 0.11, 0.09, 0.08)  # user_age 0..6
 GENDERS = (b"m", b"f")
-ORACLE = "oracle.npz"
+ORACLE = ORACLE_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,11 +333,11 @@ def simulate(examples: int, seed: int = 0, days: int = 14,
         "items": {"content": n_content, "ad": n_ad},
         "cold_start_items": n_cold,
         "cold_start_examples": int(cold_ad.sum()),
-        "oracle_auc_ad": common.roc_auc(label[is_ad], p_label[is_ad]),
-        "oracle_auc_content": common.roc_auc(label[~is_ad], p_label[~is_ad]),
-        "oracle_auc_cold_start": common.roc_auc(label[cold_ad], p_label[cold_ad]),
-        "features_only_auc_ad": common.roc_auc(label[is_ad], feature_score[is_ad]),
-        "features_only_auc_content": common.roc_auc(label[~is_ad], feature_score[~is_ad]),
+        "oracle_auc_ad": auc(label[is_ad], p_label[is_ad]),
+        "oracle_auc_content": auc(label[~is_ad], p_label[~is_ad]),
+        "oracle_auc_cold_start": auc(label[cold_ad], p_label[cold_ad]),
+        "features_only_auc_ad": auc(label[is_ad], feature_score[is_ad]),
+        "features_only_auc_content": auc(label[~is_ad], feature_score[~is_ad]),
         "label_rate": {"content": _mean(label[~is_ad]), "ad": _mean(label[is_ad])},
         "conversion_rate_ad": _mean(conversion[is_ad]),
         "mean_history_length": float(hist_offsets[-1] / examples),
@@ -434,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="replace a previous run's files in a non-empty --out")
     parser.add_argument("--json", action="store_true",
                         help="print the manifest as one JSON line at the end")
+    console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    console.setup(args.verbose)
     try:
         manifest = generate(args.out, args.examples, seed=args.seed, days=args.days,
                             num_shards=args.shards, workers=args.workers,
@@ -442,14 +446,18 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as e:
         parser.error(str(e))
     counts = manifest["counts"]
+
+    def fmt(value: float | None) -> str:  # None: a slice with one class (AUC undefined)
+        return "n/a" if value is None else f"{value:.4f}"
+
     print(
         f"wrote {manifest['examples']} examples ({counts['content']} content, {counts['ad']} ad)"
         f" to {args.out} in {len(manifest['shards'])} shards, {manifest['seconds']:.1f} s "
         f"({manifest['examples_per_second']:.0f} examples/s)\n"
         f"label rate content {manifest['label_rate']['content']:.3f}, "
         f"ad {manifest['label_rate']['ad']:.3f}; oracle AUC content "
-        f"{manifest['oracle_auc_content']:.4f}, ad {manifest['oracle_auc_ad']:.4f}, "
-        f"cold-start ad {manifest['oracle_auc_cold_start']:.4f}"
+        f"{fmt(manifest['oracle_auc_content'])}, ad {fmt(manifest['oracle_auc_ad'])}, "
+        f"cold-start ad {fmt(manifest['oracle_auc_cold_start'])}"
     )
     if args.json:
         print(common.to_json(manifest))

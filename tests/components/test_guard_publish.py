@@ -15,8 +15,8 @@ from components.representation_guard.component import (
     live_statistics,
     live_version,
 )
-from components.representation_guard.statistics import GuardThresholds
 from trainer.representations import tables as tables
+from trainer.representations.statistics import GuardThresholds
 
 
 def _write_tables(root, matrices: dict[str, np.ndarray], version: int) -> dict[str, str]:

@@ -101,9 +101,10 @@ def test_first_run_pushes_and_publishes(first_run, workdir):
     for key in ("auc_ad", "auc_content", "gauc_content"):
         assert 0.0 < s[key] < 1.0, key
     # The guard's verdict and statistics are recorded in ML Metadata.
-    from pipelines.summary import _latest, _store
+    from pipelines.summary import latest_artifact, open_metadata
 
-    guard = _latest(_store(metadata_file(str(workdir / "root"))), A.GuardResult.TYPE_NAME)
+    guard = latest_artifact(open_metadata(metadata_file(str(workdir / "root"))),
+                            A.GuardResult.TYPE_NAME)
     assert guard.custom_properties["verdict"].string_value == "published"
     stats = json.loads(guard.custom_properties["statistics"].string_value)
     assert set(stats) == set(A.TABLES)
@@ -200,9 +201,9 @@ def test_online_loop_serves_the_pushed_model_and_updates_the_store(first_run, wo
 def test_point_in_time_examples_for_downstream_training(first_run, workdir):
     """The aggregator wrote every example of the eval split (the default) with CR(u), CR(i)
     as of strictly before it."""
-    from pipelines.summary import _latest, _store
+    from pipelines.summary import latest_artifact, open_metadata
 
-    cross = _latest(_store(metadata_file(str(workdir / "root"))),
+    cross = latest_artifact(open_metadata(metadata_file(str(workdir / "root"))),
                     A.CrossRepresentationTables.TYPE_NAME)
     assert cross.custom_properties["point_in_time_splits"].string_value == "eval"
     assert not (Path(cross.uri) / "point_in_time" / "Split-train").exists()

@@ -23,7 +23,7 @@ from tensorflow_serving.apis import (
 )
 
 from pipelines.sources import synthetic
-from serving.server import ModelServer
+from serving.model_server import ModelServer
 from trainer import features as F
 from trainer import input as data_input
 from trainer import signatures as S

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from serving import client as C
-from serving.server import ModelServer
+from serving.model_server import ModelServer
 from tests.serving.conftest import MODEL
 from trainer import features as F
 from trainer import signatures as S
@@ -46,6 +46,27 @@ def test_representations_equal_the_saved_model(server, direct, examples):
         only = client.predict(examples[:2], outputs=[S.AD_PREDICTION])
         assert set(only) == {S.AD_PREDICTION}
         assert client.last_model_version == 1
+
+
+def test_responses_are_decoded_by_the_servers_tensor_decoder():
+    """One TensorProto decoder (`serving.model_server.tensors`): typed fields, tensor_content,
+    TF's splat encoding; writable arrays; ValueError for a proto it cannot read."""
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    from serving.model_server import tensors
+
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for as_content in (False, True):
+        out = C._tensor_to_numpy("x", tensors.to_proto(array, as_content=as_content))
+        np.testing.assert_array_equal(out, array)
+        assert out.dtype == np.float32 and out.flags.writeable
+    splat = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[2.5])
+    splat.tensor_shape.dim.add(size=3)
+    np.testing.assert_array_equal(C._tensor_to_numpy("x", splat), [2.5, 2.5, 2.5])
+    bad = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=b"\x00" * 3)
+    bad.tensor_shape.dim.add(size=1)
+    with pytest.raises(ValueError, match="output 'x': tensor parsing error: x"):
+        C._tensor_to_numpy("x", bad)
 
 
 def test_errors_are_raised_with_the_server_message(server, examples):

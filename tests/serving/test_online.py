@@ -12,8 +12,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from components.cr_aggregation.beam_transforms import AggregateCrossRepresentations
 from components.representation_extractor.beam_transforms import ExtractRepresentations
 from serving.client import EmbeddingClient
+from serving.model_server import ModelServer
 from serving.online import OnlineLoop
-from serving.server import ModelServer
 from serving.store import CR_ITEM, CR_USER, IR, UR, open_store
 from tests.serving.conftest import MODEL, synthetic_records
 

@@ -7,7 +7,6 @@ features of `trainer.downstream.point_in_time.attach` are added as `[n, d]` and 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,9 +14,8 @@ import tensorflow as tf
 
 from trainer import features as F
 from trainer import input as data_input
+from trainer import oracle
 from trainer.downstream import point_in_time as P
-
-ORACLE_FILE = "oracle.npz"  # the synthetic generator's true probabilities (pipelines.sources)
 
 Rows = dict[str, np.ndarray]
 
@@ -68,18 +66,7 @@ def to_dataset(rows: Rows, batch_size: int, shuffle_seed: int | None = None) -> 
 def oracle_probabilities(data: str, rows: Rows, start: int, end: int,
                          domain: bytes | None = F.DOMAIN_AD) -> np.ndarray | None:
     """The true click probability of each of `rows` (read with `read_rows(start, end, domain)`
-    from `data`) when `data` holds the synthetic generator's oracle; None otherwise, or when
-    the oracle's rows of that window are not `rows` (checked on labels, items and times)."""
-    path = os.path.join(data, ORACLE_FILE) if os.path.isdir(data) else ""
-    if not path or not os.path.exists(path):
-        return None
-    oracle = np.load(path)
-    window = (oracle["timestamp"] >= start) & (oracle["timestamp"] < end)
-    if domain is not None:
-        window &= oracle["is_ad"] if domain == F.DOMAIN_AD else ~oracle["is_ad"]
-    items = np.char.encode(oracle["item_id"][window].astype(str), "utf-8").astype(object)
-    same = (int(window.sum()) == size(rows)
-            and np.array_equal(oracle["label"][window], rows[F.LABEL])
-            and np.array_equal(oracle["timestamp"][window], rows[F.TIMESTAMP])
-            and np.array_equal(items, rows[F.ITEM_ID]))
-    return oracle["p_label"][window].astype(np.float64) if same else None
+    from `data`) when `data` holds the synthetic generator's oracle (`trainer.oracle`); None
+    otherwise, or when the oracle's rows of that window are not `rows`."""
+    return oracle.probabilities(data, rows[F.LABEL], rows[F.ITEM_ID], rows[F.TIMESTAMP], start,
+                                end, None if domain is None else domain == F.DOMAIN_AD)

@@ -39,7 +39,7 @@ def _model_config(config: ModelConfig | dict) -> ModelConfig:
     unknown = sorted(set(config) - fields)
     if unknown:
         raise ValueError(f"upstream_config has unknown fields {unknown}")
-    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    return ModelConfig.from_dict(config)
 
 
 def branch_path(variable_name: str) -> str | None:

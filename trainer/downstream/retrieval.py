@@ -419,7 +419,7 @@ def export_retrieval(
         `top_k_scores` `[batch, k]` float32 (`score(u, c)`, best first) and `top_k_ids`
         `[batch, k]` string, over the candidates' item embeddings `Adapter_2(IR)/||.||`
         indexed by `tfrs.layers.factorized_top_k.BruteForce` (exact) or `.ScaNN`
-        (approximate; a custom op TF Serving's stock binary lacks, `serving.server` loads it).
+        (approximate; a custom op TF Serving's stock binary lacks, `serving.model_server` loads it).
       - `score`: reads `ur` and `ir` and returns `score` `[batch, 1]` float32.
     A missing or wrong-length `ur`/`ir` fails with an InvalidArgument error naming the feature.
 

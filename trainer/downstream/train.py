@@ -33,6 +33,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from trainer import console
 from trainer import features as F
 from trainer import input as data_input
 from trainer import signatures as S
@@ -50,7 +51,7 @@ from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 from trainer.transform import SHARED_VOCABULARY, VOCABULARIES
 from trainer.vocabulary import VocabularyPreprocessor
 
-DAY = 86_400
+DAY = F.DAY
 VOCABULARY_INPUTS = tuple(VOCABULARIES) + tuple(SHARED_VOCABULARY)
 
 
@@ -386,6 +387,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=training.learning_rate)
     p.add_argument("--seed", type=int, default=training.seed)
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    console.add_verbose_flag(p)
     return p.parse_args(argv)
 
 
@@ -411,6 +413,7 @@ def format_table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
+    console.setup(args.verbose)
     config = C.DownstreamConfig(mode=args.mode, embedding_dim=args.embedding_dim,
                                 num_cross_layers=args.num_cross_layers,
                                 iim_warm_start=args.iim_warm_start)

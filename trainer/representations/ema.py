@@ -78,7 +78,7 @@ def half_life_decay(half_life_seconds: float) -> Beta:
     return HalfLifeDecay(half_life_seconds)
 
 
-def _evaluate_beta(beta: Beta, dt: np.ndarray) -> np.ndarray:
+def evaluate_beta(beta: Beta, dt: np.ndarray) -> np.ndarray:
     """beta(dt) as float64 [m], checked to have dt's shape and values in [0, 1]."""
     b = np.asarray(beta(dt), dtype=np.float64)  # [m]
     if b.shape != dt.shape:
@@ -145,7 +145,7 @@ def aggregate_sequential(
             state[k] = (x, t)  # the first CR of a key initialises it
             continue
         prev, t_prev = state[k]
-        b = float(_evaluate_beta(beta, np.array([t - t_prev], dtype=np.float64))[0])
+        b = float(evaluate_beta(beta, np.array([t - t_prev], dtype=np.float64))[0])
         state[k] = (b * prev + (1.0 - b) * x, t)  # Eq. 1 / Eq. 2
     return state
 
@@ -198,7 +198,7 @@ def _segmented_ema_scan(code: np.ndarray, t: np.ndarray, x: np.ndarray, beta: Be
     a = np.zeros(m, dtype=np.float64)  # [m]
     rest = np.flatnonzero(~first)
     if rest.size:
-        a[rest] = _evaluate_beta(beta, (t[rest] - t[rest - 1]).astype(np.float64))
+        a[rest] = evaluate_beta(beta, (t[rest] - t[rest - 1]).astype(np.float64))
     c = (1.0 - a)[:, None] * x  # [m, d]
     offset = 1
     while True:

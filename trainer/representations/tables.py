@@ -155,7 +155,7 @@ def read_table(pattern: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 # --------------------------------------------------------------------------- CR(u,i) events
 # The extractor's CR(u,i) event stream, one record per batch of events (per-event records are
-# ~3x slower to read in Beam, see DESIGN): a tf.Example with
+# ~3x slower to read in Beam): a tf.Example with
 #     user_id bytes_list [n], item_id bytes_list [n], timestamp int64_list [n],
 #     dim int64_list [1], cross_representation bytes_list [1] (n * dim float32, little-endian)
 EVENT_DIM = "dim"
