@@ -28,7 +28,9 @@ EVAL_DAYS = 1.0
 PREPROCESSING_FN = "trainer.transform.preprocessing_fn"
 RUN_FN = "trainer.tfx_trainer.run_fn"
 
-# Trainer custom_config: ModelConfig / TrainConfig field overrides.
+# Trainer custom_config: a preset of trainer.config.PRESETS, and ModelConfig / TrainConfig field
+# overrides over it.
+PRESET = "default"
 MODEL_OVERRIDES: dict = {}
 TRAIN_OVERRIDES: dict = {"epochs": 2}
 

@@ -90,6 +90,7 @@ def create_pipeline(
     eval_days: float = configs.EVAL_DAYS,
     model_overrides: dict | None = None,
     train_overrides: dict | None = None,
+    preset: str = configs.PRESET,
     auc_threshold: float = configs.AUC_AD_THRESHOLD,
     auc_max_drop: float = configs.AUC_MAX_DROP,
     cr_half_life_seconds: float = configs.CR_HALF_LIFE_SECONDS,
@@ -101,7 +102,9 @@ def create_pipeline(
 ) -> tfx.dsl.Pipeline:
     """The whole pipeline. Pushed models go to `<serving_root>/<model_name>/<version>`; the
     guarded representation tables to `publish_root` (default `<serving_root>/representations`)
-    and, with `store_url` (`sqlite:///...` or `redis://...`), into the serving store.
+    and, with `store_url` (`sqlite:///...` or `redis://...`), into the serving store. The
+    Trainer starts from `preset` (`trainer.config.PRESETS`) with `model_overrides` and
+    `train_overrides` (ModelConfig / TrainConfig fields) over it.
     """
     example_gen = time_split_example_gen(data_root, eval_days)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -125,6 +128,7 @@ def create_pipeline(
         transform_graph=transform.outputs["transform_graph"],
         schema=curated_schema.outputs["schema"],
         custom_config={
+            "preset": preset,
             "model": dict(configs.MODEL_OVERRIDES if model_overrides is None
                           else model_overrides),
             "train": dict(configs.TRAIN_OVERRIDES if train_overrides is None

@@ -191,19 +191,22 @@ class TrainConfig:
 
 
 # Named starting points; a CLI flag or a `custom_config` entry overrides any field of them.
+# Measured side by side by `benchmarks.presets` (docs/BENCHMARKS.md, "Presets on two data
+# sets"): no preset is best on both the simulator and MovieLens-100K; choose on a validation
+# window of your own data.
 PRESETS: dict[str, dict[str, dict]] = {
     # This implementation's defaults: the paper's model plus the small-data choices of
     # `ModelConfig` (UR * IR in the branches and as a logit term, ids only through UR/IR, id
-    # dropout). The setting that holds on both the simulator and MovieLens-100K
-    # (docs/BENCHMARKS.md, "Presets on two data sets").
+    # dropout). Second of the three on both data sets.
     "default": {"model": {}, "train": {}},
     # Fig. 2 as published: the branches take [UR, IR, every field embedding, ids included], no
-    # id dropout, both domains train the shared towers, no additions.
+    # id dropout, both domains train the shared towers, no additions. Best on MovieLens-100K,
+    # last on the simulator.
     "paper": {"model": {"ur_ir_product": False, "affinity_logit": False, "mix_id_fields": True,
                         "id_dropout": 0.0}, "train": {}},
     # Tuned to the simulator, whose clicks are drawn from exactly these feature fields: the
     # shallow cos(U, V) path trained first, and the ad loss kept out of the shared towers. Best
-    # on synthetic data, worse than `default` on MovieLens-100K.
+    # on the simulator, last on MovieLens-100K.
     "feature_path": {"model": {"feature_path": True, "ad_tower_gradient_scale": 0.0},
                      "train": {}},
 }

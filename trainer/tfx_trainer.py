@@ -1,10 +1,11 @@
 """The TFX Trainer's `run_fn`: the upstream model trained on the Transform component's output.
 
 The Trainer component is given `run_fn="trainer.tfx_trainer.run_fn"`, the transformed
-examples and the Transform graph. `custom_config` may hold `model` and `train` dicts of
-`ModelConfig` / `TrainConfig` fields. The SavedModel written to `serving_model_dir` keeps the
-signature contract of docs/ARCHITECTURE.md (raw serialized tf.Examples in, the Transform graph
-inside) and adds `transform_features` for TFMA.
+examples and the Transform graph. `custom_config` may name a `preset` of
+`trainer.config.PRESETS` and hold `model` and `train` dicts of `ModelConfig` / `TrainConfig`
+fields over it. The SavedModel written to `serving_model_dir` keeps the signature contract of
+docs/ARCHITECTURE.md (raw serialized tf.Examples in, the Transform graph inside) and adds
+`transform_features` for TFMA.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import tensorflow as tf
 
 from trainer import features as F
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import from_preset
 from trainer.export import TransformParser, export_saved_model
 from trainer.model import LFM4AdsModel
 from trainer.transform import TransformPreprocessor, vocabulary_sizes
@@ -69,8 +70,8 @@ def run_fn(fn_args) -> None:
     import tensorflow_transform as tft
 
     custom = dict(fn_args.custom_config or {})
-    model_config = ModelConfig(**custom.get("model", {}))
-    train_config = TrainConfig(**custom.get("train", {}))
+    model_config, train_config = from_preset(custom.get("preset", "default"),
+                                             custom.get("model"), custom.get("train"))
     tf.keras.utils.set_random_seed(train_config.seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     spec = tft_output.transformed_feature_spec()

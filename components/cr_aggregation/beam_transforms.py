@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 import numpy as np
 
+from trainer import signatures as S
 from trainer.representations.ema import (
     Beta,
     _validate_events,
@@ -227,8 +228,8 @@ class PointInTimeCrossRepresentations(beam.PTransform):
 
 # ------------------------------------------------------------- point-in-time CRs on examples
 POINT_IN_TIME_FEATURES = {
-    "user": ("cr_user", "cr_user_updated_at"),
-    "item": ("cr_item", "cr_item_updated_at"),
+    "user": (S.CR_USER_FEATURE, S.CR_USER_FEATURE + "_updated_at"),
+    "item": (S.CR_ITEM_FEATURE, S.CR_ITEM_FEATURE + "_updated_at"),
 }
 
 
