@@ -3,7 +3,10 @@
 For a batch of requests (serialized tf.Examples of (user, item) pairs with their timestamps):
 
 1. `fetch`: UR(u), IR(i), CR(u), CR(i) from the representation store, as the downstream model
-   reads them (the state before this request; missing keys flagged);
+   reads them (the state before this request; missing keys flagged); with a `ranker` (an
+   `EmbeddingClient` of a downstream model, served beside the upstream), the requests go to
+   it with those representations as features (`ur`, `ir`, `cr_user`, `cr_item` and their
+   `*_found`; `trainer.downstream.requests`) and its `prediction` is the request's score;
 2. run the upstream model through the TF-Serving-compatible server on the same examples
    (`user_representation`, `item_representation`, `cross_representation` signatures);
 3. write the new UR(u) and IR(i) (the latest request per key wins, as in the offline
@@ -25,6 +28,8 @@ import numpy as np
 
 from serving.client import EmbeddingClient, batches
 from serving.store import CR_ITEM, CR_USER, IR, UR, RepresentationStore, Rows
+from trainer import signatures as S
+from trainer.downstream.requests import with_representations
 from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 from trainer.representations.tables import sample_digest
 
@@ -38,10 +43,18 @@ class Fetched:
     cross_user: Rows
     cross_item: Rows
 
+    def features(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Representation feature name -> (vectors `[n, d]`, found `[n]`), as a downstream
+        model's request carries them."""
+        return {S.UR_FEATURE: (self.user.representations, self.user.found),
+                S.IR_FEATURE: (self.item.representations, self.item.found),
+                S.CR_USER_FEATURE: (self.cross_user.representations, self.cross_user.found),
+                S.CR_ITEM_FEATURE: (self.cross_item.representations, self.cross_item.found)}
+
 
 @dataclass(frozen=True)
 class Processed:
-    """One `process` call: the fetched rows and what was written."""
+    """One `process` call: the fetched rows, the downstream scores and what was written."""
 
     fetched: Fetched
     model_version: int
@@ -49,6 +62,8 @@ class Processed:
     ir_written: int
     late_user: int
     late_item: int
+    scores: np.ndarray | None = None  # the ranker's prediction [n], with a ranker
+    ranker_version: int | None = None
 
 
 def _ids(examples: Sequence[bytes]) -> tuple[list[bytes], list[bytes], np.ndarray]:
@@ -81,11 +96,24 @@ def _latest_rows(keys: list[bytes], ts: np.ndarray, examples: Sequence[bytes]) -
 
 
 class OnlineLoop:
-    """Fig. 4's online path over an `EmbeddingClient` and a `RepresentationStore`."""
+    """Fig. 4's online path over an `EmbeddingClient` of the upstream model and a
+    `RepresentationStore`; with `ranker` (an `EmbeddingClient` of a downstream model), each
+    request is also scored by it from the stored representations."""
 
-    def __init__(self, client: EmbeddingClient, store: RepresentationStore):
+    def __init__(self, client: EmbeddingClient, store: RepresentationStore,
+                 ranker: EmbeddingClient | None = None):
         self.client = client
         self.store = store
+        self.ranker = ranker
+
+    def rank(self, examples: Sequence[bytes], fetched: Fetched) -> np.ndarray:
+        """The ranker's click probability `[n]` of each request, given the representations
+        fetched for it."""
+        if self.ranker is None:
+            raise ValueError("this OnlineLoop has no ranker")
+        requests = with_representations(examples, fetched.features())
+        return self.ranker.predict(requests, (S.DOWNSTREAM_PREDICTION,))[
+            S.DOWNSTREAM_PREDICTION].reshape(-1)
 
     def fetch(self, user_ids: Sequence[bytes], item_ids: Sequence[bytes]) -> Fetched:
         """UR(u), IR(i), CR(u), CR(i) as stored now."""
@@ -107,6 +135,7 @@ class OnlineLoop:
             raise ValueError("examples is empty")
         users, items, ts = _ids(examples)
         fetched = self.fetch(users, items)
+        scores = self.rank(examples, fetched) if self.ranker is not None else None
         ur = self.client.user_representations(examples)
         ir = self.client.item_representations(examples)
         cr = self.client.cross_representations(examples)
@@ -115,7 +144,8 @@ class OnlineLoop:
         ir_written = self._write_latest(IR, items, ts, examples, ir, version)
         update = self.store.update_cross(users, items, cr, ts, model_version=version)
         return Processed(fetched, version, ur_written, ir_written,
-                         update.late_user, update.late_item)
+                         update.late_user, update.late_item, scores,
+                         self.ranker.last_model_version if self.ranker is not None else None)
 
     def replay(self, records: Iterable[bytes], batch_size: int = 64) -> dict[str, int]:
         """Processes a time-ordered stream in batches; returns counts."""

@@ -48,28 +48,6 @@ class _RankerModule(tf.Module):
         self.signature_functions = {S.SERVING_DEFAULT: serving_default}
 
 
-def example_with_representations(raw: dict, representations: dict) -> bytes:
-    """One serving request: `raw` features (name -> value or list) and representation
-    features (name -> float vector, with `<name>_found` as 0/1) as a serialized tf.Example."""
-    feature = {}
-    for name, value in raw.items():
-        values = list(value) if isinstance(value, (list, tuple)) or (
-            hasattr(value, "ndim") and value.ndim) else [value]
-        if F.FEATURE_TYPES.get(name) is int:
-            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(
-                value=[int(v) for v in values]))
-        else:
-            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(
-                value=[v for v in values if v != b""]))
-    for name, value in representations.items():
-        if name.endswith(S.FOUND_SUFFIX):
-            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-        else:
-            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(
-                value=[float(v) for v in value]))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
 def export_ranker(model: DownstreamRanker, export_dir: str, warmup_examples: list[bytes],
                   version: int | None = None) -> str:
     """Writes `<export_dir>/<version>/` (module doc) and returns its path."""

@@ -42,8 +42,9 @@ from trainer.downstream import config as C
 from trainer.downstream import data as D
 from trainer.downstream import point_in_time as P
 from trainer.downstream import replay as R
-from trainer.downstream.export import example_with_representations, export_ranker
+from trainer.downstream.export import export_ranker
 from trainer.downstream.ranker import FIELDS, DownstreamRanker
+from trainer.downstream.requests import example_with_representations
 from trainer.evaluation import auc, expected_auc, gauc
 from trainer.export import read_model_config, read_training_facts
 from trainer.representations import tables as T

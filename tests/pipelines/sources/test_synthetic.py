@@ -19,7 +19,7 @@ from trainer import features
 EXAMPLES = 12_000
 SEED = 4  # its 60 cold-start ad samples have both labels (so their AUC is defined)
 DAYS = 14
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def read_records(out_dir: Path, manifest: dict) -> list[bytes]:

@@ -15,8 +15,9 @@ from trainer import signatures as S
 from trainer.downstream import config as C
 from trainer.downstream import data as D
 from trainer.downstream import train as DT
-from trainer.downstream.export import example_with_representations, export_ranker
+from trainer.downstream.export import export_ranker
 from trainer.downstream.ranker import FIELDS, DownstreamRanker
+from trainer.downstream.requests import example_with_representations
 from trainer.export import TRAINING_FILE
 
 SMALL = C.DownstreamConfig(embedding_dim=4, mlp_hidden=(16,), linear_fusion_units=4)
