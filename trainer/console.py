@@ -43,6 +43,9 @@ def before_tensorflow(argv: list[str] | None = None) -> None:
     os.environ[ENV_VAR] = "0"  # Beam's worker processes inherit the choice
     for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
+    # TFMA divides by zero on an empty confusion-matrix bucket (its metric is NaN, as it says)
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            module="tensorflow_model_analysis")
 
 
 PROJECT_PACKAGES = ("trainer", "pipelines", "serving", "components", "benchmarks")

@@ -74,6 +74,10 @@ def second_run(workdir, first_run):
         [tfx, "run", "create", "--engine", "local", "--pipeline_name", "lfm4ads"],
         env=env, capture_output=True, text=True, cwd=local_runner.configs.REPO_ROOT)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    # The runner's console is quiet (trainer.console): no traceback, not even TensorFlow's at
+    # interpreter exit, and no library WARNING lines.
+    for noise in ("Traceback", "Exception ignored", "WARNING:absl", "WARNING:tensorflow"):
+        assert noise not in run.stdout + run.stderr, (run.stdout + run.stderr)[-5000:]
     summary = run_summary(metadata_file(str(workdir / "root")), "lfm4ads")
     return summary, run.stdout
 
