@@ -60,7 +60,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from benchmarks.store_throughput import measure_update_throughput
+from benchmarks.store_throughput import measure_update_throughput, redis_server
 from pipelines.sources import synthetic
 from serving.model_server import BatchingParameters
 from trainer import features as F
@@ -124,11 +124,14 @@ class _Server:
     """`python -m serving.model_server` in a subprocess on free ports."""
 
     def __init__(self, base: str, batching: str | None, work: str,
-                 flags: tuple[str, ...] = ("--grpc_max_threads=128",)):
+                 flags: tuple[str, ...] = ("--grpc_max_threads=128",),
+                 model_config_file: str | None = None):
+        """Serves `base` as MODEL, or every model of `model_config_file` (MODEL among them)."""
         self.grpc_port, self.rest_port = _free_port(), _free_port()
-        args = [sys.executable, "-m", "serving.model_server", f"--model_name={MODEL}",
-                f"--model_base_path={base}", f"--port={self.grpc_port}",
-                f"--rest_api_port={self.rest_port}", *flags]
+        models = ([f"--model_config_file={model_config_file}"] if model_config_file else
+                  [f"--model_name={MODEL}", f"--model_base_path={base}"])
+        args = [sys.executable, "-m", "serving.model_server", *models,
+                f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}", *flags]
         if batching is not None:
             path = os.path.join(work, "batching.txt")
             with open(path, "w") as f:
@@ -293,27 +296,8 @@ def _per_run(runs: list[list[dict]], figure) -> list[float]:
 
 def _store_throughput(work: str) -> dict:
     out = {"sqlite": measure_update_throughput(f"sqlite:///{os.path.join(work, 'store.db')}")}
-    binary = shutil.which("redis-server")
-    if binary is None:
-        out["redis"] = None
-        return out
-    port = _free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import redis
-
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        out["redis"] = measure_update_throughput(f"redis://127.0.0.1:{port}/0")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with redis_server() as url:
+        out["redis"] = measure_update_throughput(url) if url else None
     return out
 
 

@@ -7,7 +7,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
+import socket
+import subprocess
 import time
 
 import numpy as np
@@ -43,3 +47,33 @@ def measure_update_throughput(
             store.update_cross(users[sl], items[sl], cr[sl], t[sl])
         elapsed = time.perf_counter() - start
     return events / elapsed if elapsed > 0 else math.inf
+
+
+@contextlib.contextmanager
+def redis_server():
+    """A throw-away `redis-server` on a free port (no persistence): yields its URL, or None
+    when the binary is not installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+

@@ -21,8 +21,9 @@ offline RepresentationExtractor + CrossRepresentationAggregator on that stream.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -64,6 +65,9 @@ class Processed:
     late_item: int
     scores: np.ndarray | None = None  # the ranker's prediction [n], with a ranker
     ranker_version: int | None = None
+    # wall seconds of each step: "store_read", "downstream_predict" (with a ranker),
+    # "upstream_infer" (the three signatures), "store_write"
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _ids(examples: Sequence[bytes]) -> tuple[list[bytes], list[bytes], np.ndarray]:
@@ -134,18 +138,33 @@ class OnlineLoop:
         if not examples:
             raise ValueError("examples is empty")
         users, items, ts = _ids(examples)
+        clock = [time.perf_counter()]
+        seconds = {}
+
+        def lap(step: str) -> None:
+            now = time.perf_counter()
+            seconds[step] = now - clock[0]
+            clock[0] = now
+
         fetched = self.fetch(users, items)
-        scores = self.rank(examples, fetched) if self.ranker is not None else None
+        lap("store_read")
+        scores = None
+        if self.ranker is not None:
+            scores = self.rank(examples, fetched)
+            lap("downstream_predict")
         ur = self.client.user_representations(examples)
         ir = self.client.item_representations(examples)
         cr = self.client.cross_representations(examples)
         version = int(self.client.last_model_version or 0)
+        lap("upstream_infer")
         ur_written = self._write_latest(UR, users, ts, examples, ur, version)
         ir_written = self._write_latest(IR, items, ts, examples, ir, version)
         update = self.store.update_cross(users, items, cr, ts, model_version=version)
+        lap("store_write")
         return Processed(fetched, version, ur_written, ir_written,
                          update.late_user, update.late_item, scores,
-                         self.ranker.last_model_version if self.ranker is not None else None)
+                         self.ranker.last_model_version if self.ranker is not None else None,
+                         seconds)
 
     def replay(self, records: Iterable[bytes], batch_size: int = 64) -> dict[str, int]:
         """Processes a time-ordered stream in batches; returns counts."""
@@ -165,8 +184,6 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
                      half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS) -> dict:
     """Starts the server in-process on a free port, replays `records` through the online loop
     into the store at `store_url`, stops the server; returns counts and per-batch latency."""
-    import time
-
     from serving.model_server import ModelServer
     from serving.store import open_store
 

@@ -82,6 +82,9 @@ def test_the_loop_scores_requests_as_the_ranker_does_offline(upstream, tmp_path)
             for batch in _batches(stream):
                 out = loop.process(batch)
                 assert out.scores.shape == (len(batch),) and out.ranker_version == 1
+                assert set(out.seconds) == {"store_read", "downstream_predict",
+                                            "upstream_infer", "store_write"}
+                assert min(out.seconds.values()) > 0
                 for record, score in zip(batch, out.scores, strict=True):
                     user, item, t, domain = _parsed(record)
                     if start <= t < end and domain == F.DOMAIN_AD:
