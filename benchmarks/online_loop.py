@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
 
-from benchmarks.serving import MODEL, _Server
+from benchmarks.serving import MODEL, ServerProcess
 from benchmarks.store_throughput import redis_server
 from pipelines.sources import synthetic
 from serving.client import EmbeddingClient, ServingClientError, batches
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="online-loop-") as work:
         config, records = prepare(work)
-        server = _Server(None, None, work, flags=("--grpc_max_threads=64",),
+        server = ServerProcess(None, None, work, flags=("--grpc_max_threads=64",),
                          model_config_file=config)
         try:
             target = f"127.0.0.1:{server.grpc_port}"

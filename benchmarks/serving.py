@@ -120,7 +120,7 @@ def _inprocess(base: str, examples: list[bytes], batch: int, seconds: float) -> 
     return {"p50_ms": p50, "p99_ms": p99, "qps": len(latencies) / seconds, "errors": 0}
 
 
-class _Server:
+class ServerProcess:
     """`python -m serving.model_server` in a subprocess on free ports."""
 
     def __init__(self, base: str, batching: str | None, work: str,
@@ -210,7 +210,7 @@ def _grpc_request(examples: list[bytes], batch: int) -> predict_pb2.PredictReque
     return request
 
 
-def _grpc_load(server: _Server, examples: list[bytes], batch: int, clients: int,
+def _grpc_load(server: ServerProcess, examples: list[bytes], batch: int, clients: int,
                work: str, *flags: str) -> dict:
     """`benchmarks.grpc_load` in a subprocess (asyncio clients, off this process's GIL): its
     JSON result."""
@@ -224,14 +224,14 @@ def _grpc_load(server: _Server, examples: list[bytes], batch: int, clients: int,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _drive_grpc(server: _Server, examples: list[bytes], batch: int, clients: int,
+def _drive_grpc(server: ServerProcess, examples: list[bytes], batch: int, clients: int,
                 seconds: float, work: str) -> dict:
     result = _grpc_load(server, examples, batch, clients, work, f"--seconds={seconds}")
     return {"p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"], "qps": result["qps"],
             "errors": len(result["errors"])}
 
 
-def _drive_rest(server: _Server, examples: list[bytes], batch: int, clients: int,
+def _drive_rest(server: ServerProcess, examples: list[bytes], batch: int, clients: int,
                 seconds: float) -> dict:
     """REST clients: `clients` threads here, one keep-alive connection each."""
     body = json.dumps({"signature_name": SIGNATURE, "instances": [
@@ -324,7 +324,7 @@ def _queueing(loads: list[tuple[int, int]], as_json: bool) -> int:
     try:
         base, examples = _export(work)
         for queue in queues:
-            server = _Server(base, None, work, (f"--grpc_max_queued_requests={queue}",))
+            server = ServerProcess(base, None, work, (f"--grpc_max_queued_requests={queue}",))
             try:
                 for clients, requests in loads:
                     result = _grpc_load(server, examples, 1, clients, work,
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                              "clients": 1, **_inprocess(base, examples, batch, args.seconds)})
             responses = {}
             for batching in (False, True):
-                server = _Server(base, batching_text if batching else None, work)
+                server = ServerProcess(base, batching_text if batching else None, work)
                 try:
                     if not batching and "grpc" in args.transports:
                         responses = {b: server.response(examples, b) for b in args.batches}
