@@ -191,9 +191,9 @@ def measure(url: str, target: str, records: list[bytes], callers: int, seconds: 
         store = open_store(url, half_life_seconds=HALF_LIFE)
         stores.append(store)
         helper = OnlineLoop(client, store, ranker=ranker)
-        ids = [(example_pb2.Example.FromString(r).features.feature[F.USER_ID].bytes_list.value[0],
-                example_pb2.Example.FromString(r).features.feature[F.ITEM_ID].bytes_list.value[0])
-               for r in prepared]
+        features = [example_pb2.Example.FromString(r).features.feature for r in prepared]
+        ids = [(f[F.USER_ID].bytes_list.value[0], f[F.ITEM_ID].bytes_list.value[0])
+               for f in features]
         fetched = [helper.fetch([u], [i]) for u, i in ids]
         vectors = [(client.user_representations([r]), client.item_representations([r]),
                     client.cross_representations([r])) for r in prepared]

@@ -138,13 +138,13 @@ class OnlineLoop:
         if not examples:
             raise ValueError("examples is empty")
         users, items, ts = _ids(examples)
-        clock = [time.perf_counter()]
-        seconds = {}
+        seconds: dict[str, float] = {}
+        last = time.perf_counter()
 
-        def lap(step: str) -> None:
+        def lap(step: str) -> None:  # the time since the previous step ended
+            nonlocal last
             now = time.perf_counter()
-            seconds[step] = now - clock[0]
-            clock[0] = now
+            seconds[step], last = now - last, now
 
         fetched = self.fetch(users, items)
         lap("store_read")

@@ -272,22 +272,17 @@ def _flag_type(annotation: str):
     return None if base == "bool" else convert
 
 
-def add_config_flags(parser, groups: tuple[str, ...] = ("model", "train"),
-                     skip: tuple[str, ...] = ()) -> None:
+def add_config_flags(parser) -> None:
     """Adds `--preset` and one flag per config field; an unset flag keeps the preset's value
     (`configs_from_flags`)."""
     import argparse
 
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="the configuration to start from (default: %(default)s)")
-    for group, cls in (("model", ModelConfig), ("train", TrainConfig)):
-        if group not in groups:
-            continue
+    for cls in (ModelConfig, TrainConfig):
         section = parser.add_argument_group(f"{cls.__name__} fields (over the preset)")
         defaults = cls()
         for field in dataclasses.fields(cls):
-            if field.name in skip:
-                continue
             default = getattr(defaults, field.name)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             help_text = f"{FLAG_HELP.get(field.name, '')} (default: {shown})".strip()
@@ -302,8 +297,6 @@ def add_config_flags(parser, groups: tuple[str, ...] = ("model", "train"),
 
 def configs_from_flags(args) -> tuple[ModelConfig, TrainConfig]:
     """The configs that `add_config_flags`' parsed flags describe."""
-    overrides = {}
-    for group, cls in (("model", ModelConfig), ("train", TrainConfig)):
-        overrides[group] = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-                            if getattr(args, f.name, None) is not None}
-    return from_preset(args.preset, overrides["model"], overrides["train"])
+    model, train = ({f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                     if getattr(args, f.name) is not None} for cls in (ModelConfig, TrainConfig))
+    return from_preset(args.preset, model, train)

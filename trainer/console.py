@@ -37,8 +37,11 @@ def before_tensorflow(argv: list[str] | None = None) -> None:
     """TensorFlow's native (C++) log level, which it reads once, when it is imported: errors
     only (`TF_CPP_MIN_LOG_LEVEL=3`) unless `--verbose`; a level the user set is kept. Also
     drops the Python Future/Deprecation warnings that importing the libraries prints."""
-    if _verbose(argv):
-        return
+    if not _verbose(argv):
+        _quiet_native_and_warnings()
+
+
+def _quiet_native_and_warnings() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ[ENV_VAR] = "0"  # Beam's worker processes inherit the choice
     for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
@@ -88,7 +91,7 @@ def setup(verbose: bool = False) -> None:
     (WARNING and below dropped) unless `verbose`; the project's own loggers are left alone."""
     if verbose or _verbose():
         return
-    before_tensorflow(["quiet"])
+    _quiet_native_and_warnings()
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     try:

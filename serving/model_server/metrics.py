@@ -42,64 +42,57 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-class Counter:
-    """A cumulative int64 counter with labels."""
+class _IntCells:
+    """An int64 value per label tuple, exported as one Prometheus `KIND` family."""
+
+    KIND = ""
 
     def __init__(self, name: str, description: str, label_names: Sequence[str] = ()):
         self.name, self.description, self.label_names = name, description, tuple(label_names)
         self._cells: dict[tuple[str, ...], int] = {}
         self._lock = threading.Lock()
 
+    def value(self, *labels: str) -> int:
+        with self._lock:
+            return self._cells.get(labels, 0)
+
+    def first_value(self) -> int:
+        with self._lock:
+            return next(iter(self._cells.values()), 0)
+
+    def lines(self) -> list[str]:
+        name = prometheus_name(self.name)
+        with self._lock:
+            cells = sorted(self._cells.items())
+        lines = [f"# TYPE {name} {self.KIND}"]
+        for labels, value in cells:
+            lines.append(f"{name}{{{','.join(_labels(self.label_names, labels))}}} {value}")
+        return lines
+
+
+class Counter(_IntCells):
+    """A cumulative int64 counter with labels."""
+
+    KIND = "counter"
+
     def increment(self, *labels: str, by: int = 1) -> None:
         with self._lock:
             self._cells[labels] = self._cells.get(labels, 0) + by
 
-    def value(self, *labels: str) -> int:
-        with self._lock:
-            return self._cells.get(labels, 0)
 
-    def first_value(self) -> int:
-        with self._lock:
-            return next(iter(self._cells.values()), 0)
-
-    def lines(self) -> list[str]:
-        name = prometheus_name(self.name)
-        with self._lock:
-            cells = sorted(self._cells.items())
-        lines = [f"# TYPE {name} counter"]
-        for labels, value in cells:
-            lines.append(f"{name}{{{','.join(_labels(self.label_names, labels))}}} {value}")
-        return lines
-
-
-class Gauge:
+class Gauge(_IntCells):
     """An int64 value that goes up and down, with labels; exported as 0 before any set()."""
 
+    KIND = "gauge"
+
     def __init__(self, name: str, description: str, label_names: Sequence[str] = ()):
-        self.name, self.description, self.label_names = name, description, tuple(label_names)
-        self._cells: dict[tuple[str, ...], int] = {} if self.label_names else {(): 0}
-        self._lock = threading.Lock()
+        super().__init__(name, description, label_names)
+        if not self.label_names:
+            self._cells[()] = 0
 
     def set(self, value: int, *labels: str) -> None:
         with self._lock:
             self._cells[labels] = int(value)
-
-    def value(self, *labels: str) -> int:
-        with self._lock:
-            return self._cells.get(labels, 0)
-
-    def first_value(self) -> int:
-        with self._lock:
-            return next(iter(self._cells.values()), 0)
-
-    def lines(self) -> list[str]:
-        name = prometheus_name(self.name)
-        with self._lock:
-            cells = sorted(self._cells.items())
-        lines = [f"# TYPE {name} gauge"]
-        for labels, value in cells:
-            lines.append(f"{name}{{{','.join(_labels(self.label_names, labels))}}} {value}")
-        return lines
 
 
 class Histogram:
