@@ -110,6 +110,9 @@ def run_size(examples: int, workers: int, repeats: int, keep: str | None) -> dic
         "auc_ad": summary["auc_ad"],
         "gauc_ad": summary["gauc_ad"],
         "guard": summary["guard"],
+        "lee_blessed": summary.get("lee_blessed"),
+        "lee_delta": summary.get("lee_delta"),
+        "representations": "published" if summary.get("published") else "held",
         "cr_events": n_events,
         "aggregator_beam_events_per_s": round(n_events / statistics.median(beam_s)),
         "aggregator_sequential_events_per_s": round(n_events / statistics.median(seq_s)),
@@ -139,9 +142,16 @@ def format_table(results: list[dict]) -> str:
                        ("aggregator Beam events/s", "aggregator_beam_events_per_s"),
                        ("aggregator sequential events/s", "aggregator_sequential_events_per_s"),
                        ("Beam / sequential", "aggregator_beam_vs_sequential"),
-                       ("ad AUC (TFMA)", "auc_ad"), ("guard", "guard")):
-        lines.append(f"{label:32}" + "".join(f"{str(r[key]):>20}" for r in results))
+                       ("ad AUC (TFMA)", "auc_ad"), ("guard", "guard"),
+                       ("LEE blessed / delta", "lee"), ("representations", "representations")):
+        lines.append(f"{label:32}" + "".join(f"{_cell(r, key):>20}" for r in results))
     return "\n".join(lines)
+
+
+def _cell(result: dict, key: str) -> str:
+    if key == "lee":
+        return f"{result.get('lee_blessed')} / {result.get('lee_delta')}"
+    return str(result.get(key))
 
 
 def main(argv: list[str] | None = None) -> int:

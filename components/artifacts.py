@@ -35,6 +35,13 @@ class GuardResult(artifact.Artifact):
     TYPE_NAME = "lfm4ads.RepresentationGuardResult"
 
 
+class EmbeddingEvaluation(artifact.Artifact):
+    """LightweightEmbeddingEvaluator output: `evaluation.json`; custom properties `blessed`,
+    `delta`, `candidate_auc`, `reference_auc`, `reference`, row counts, `published_path`."""
+
+    TYPE_NAME = "lfm4ads.EmbeddingEvaluation"
+
+
 # Table names inside the artifacts and the published directory (one sub-directory each).
 CROSS_EVENTS = "cross_events"
 TABLE_PREFIX = "part"

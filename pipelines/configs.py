@@ -49,6 +49,12 @@ POINT_IN_TIME_SPLITS = "eval"
 # RepresentationGuard: GuardThresholds field overrides (empty = the defaults).
 GUARD_THRESHOLDS: dict = {}
 
+# LightweightEmbeddingEvaluator: a candidate the guard passed is published when its proxy
+# ranker's AUC on the eval split is at most LEE_TOLERANCE below the live tables' (None: no
+# evaluator, the guard publishes); LEE_CONFIG: components.lee.LeeConfig field overrides.
+LEE_TOLERANCE: float | None = 0.01
+LEE_CONFIG: dict = {}
+
 # The serving store the guard loads published tables into; the local runner's default is
 # SQLite under the serving root (`LFM4ADS_STORE_URL` overrides it; "none" disables it).
 STORE_URL = os.environ.get("LFM4ADS_STORE_URL", "")

@@ -9,7 +9,8 @@ Three ways to start it (README):
 The `tfx` CLI runs this file as a script with no arguments: paths then come from the
 environment (`LFM4ADS_DATA`, `LFM4ADS_PIPELINE_ROOT`, `LFM4ADS_SERVING_ROOT`) or the defaults
 of `pipelines.configs`. With `--json` the last printed line is one JSON object (`auc_ad`,
-`gauc_ad`, `pushed_version`, `cr_users`, `cr_items`, `guard`, ...).
+`gauc_ad`, `pushed_version`, `cr_users`, `cr_items`, `guard`, `lee_delta`, `lee_blessed`,
+`lee_verdict`, `published`, ...).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def run(data_root: str, pipeline_root: str, serving_root: str, online_requests: 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     # Only when this run's tables went live: the store then holds this model's representations
     # (a held run leaves the previous version's tables, which the new model must not update).
-    if online_requests and summary["guard"] == "published" and summary.get("store_url"):
+    if online_requests and summary["published"] and summary.get("store_url"):
         summary.update(online_check(data_root, summary, online_requests))
     return summary
 

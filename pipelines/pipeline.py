@@ -5,6 +5,7 @@
                                   +---------> ExampleValidator -> ValidationGate (stops on anomaly)
     Transform (TFT) -> Trainer (TFRS model, run_fn) -> Evaluator (TFMA, vs last blessed) -> Pusher
     Pusher -> RepresentationExtractor -> CrossRepresentationAggregator -> RepresentationGuard
+           -> LightweightEmbeddingEvaluator (publishes the tables a proxy ranker finds useful)
 
 Every path, threshold and Beam argument is a parameter; `pipelines.configs` has the defaults.
 """
@@ -18,6 +19,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from components.cr_aggregation.component import CrossRepresentationAggregator
+from components.lee.component import LightweightEmbeddingEvaluator
 from components.representation_extractor.component import RepresentationExtractor
 from components.representation_guard.component import RepresentationGuard
 from pipelines import configs
@@ -96,6 +98,8 @@ def create_pipeline(
     cr_half_life_seconds: float = configs.CR_HALF_LIFE_SECONDS,
     point_in_time_splits: str = configs.POINT_IN_TIME_SPLITS,
     guard_thresholds: dict | None = None,
+    lee_tolerance: float | None = configs.LEE_TOLERANCE,
+    lee_config: dict | None = None,
     publish_root: str | None = None,
     store_url: str = "",
     enable_cache: bool = False,
@@ -104,7 +108,10 @@ def create_pipeline(
     guarded representation tables to `publish_root` (default `<serving_root>/representations`)
     and, with `store_url` (`sqlite:///...` or `redis://...`), into the serving store. The
     Trainer starts from `preset` (`trainer.config.PRESETS`) with `model_overrides` and
-    `train_overrides` (ModelConfig / TrainConfig fields) over it.
+    `train_overrides` (ModelConfig / TrainConfig fields) over it. Tables the guard passes are
+    published only when the embedding evaluator blesses them (AUC delta of its proxy not below
+    `-lee_tolerance`; `lee_config`: `components.lee.LeeConfig` fields); with
+    `lee_tolerance=None` there is no evaluator and the guard publishes.
     """
     example_gen = time_split_example_gen(data_root, eval_days)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -164,20 +171,35 @@ def create_pipeline(
         half_life_seconds=float(cr_half_life_seconds),
         point_in_time_splits=point_in_time_splits,
     )
+    publish_root = publish_root or os.path.join(serving_root, "representations")
     guard = RepresentationGuard(
         representations=extractor.outputs["representations"],
         cross_tables=aggregator.outputs["cross_tables"],
-        publish_root=publish_root or os.path.join(serving_root, "representations"),
+        publish_root=publish_root,
         thresholds_json=json.dumps(configs.GUARD_THRESHOLDS if guard_thresholds is None
                                    else guard_thresholds),
-        store_url=store_url,
+        store_url=store_url if lee_tolerance is None else "",
+        publish_tables=int(lee_tolerance is None),
     )
+    representation_checks = [guard]
+    if lee_tolerance is not None:
+        representation_checks.append(LightweightEmbeddingEvaluator(
+            examples=example_gen.outputs["examples"],
+            representations=extractor.outputs["representations"],
+            cross_tables=aggregator.outputs["cross_tables"],
+            guard_result=guard.outputs["guard_result"],
+            publish_root=publish_root,
+            store_url=store_url,
+            tolerance=float(lee_tolerance),
+            config_json=json.dumps(configs.LEE_CONFIG if lee_config is None else lee_config),
+        ))
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[
             example_gen, statistics_gen, schema_gen, curated_schema, example_validator, gate,
-            transform, trainer, baseline, evaluator, pusher, extractor, aggregator, guard,
+            transform, trainer, baseline, evaluator, pusher, extractor, aggregator,
+            *representation_checks,
         ],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,

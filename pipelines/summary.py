@@ -2,7 +2,8 @@
 
 `run_summary(metadata_path, pipeline_name)` returns the figures the runners print: the TFMA
 AUC / GAUC per domain and on the cold-start slice, the blessing, the pushed version, the
-representation table sizes and the guard verdict, plus each component's wall time.
+representation table sizes, the guard's verdict and the embedding evaluator's (whether the
+tables went live: `published`), plus each component's wall time.
 """
 
 from __future__ import annotations
@@ -92,14 +93,18 @@ def component_seconds(store, pipeline_name: str) -> dict[str, float]:
     return out
 
 
-def _guard_file(guard) -> dict:
-    if guard is None:
+def _result_file(artifact, name: str) -> dict:
+    if artifact is None:
         return {}
-    path = os.path.join(guard.uri, "verdict.json")
+    path = os.path.join(artifact.uri, name)
     if not os.path.exists(path):
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+def _rounded(value, digits: int = 4):
+    return None if value is None else round(float(value), digits)
 
 
 def run_summary(metadata_path: str, pipeline_name: str) -> dict:
@@ -111,6 +116,10 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
     representations = latest_artifact(store, A.Representations.TYPE_NAME)
     cross = latest_artifact(store, A.CrossRepresentationTables.TYPE_NAME)
     guard = latest_artifact(store, A.GuardResult.TYPE_NAME)
+    lee = latest_artifact(store, A.EmbeddingEvaluation.TYPE_NAME)
+    if lee is not None and (guard is None or lee.id < guard.id):
+        lee = None  # an earlier run's: this run had no evaluator
+    published_by = lee if lee is not None else guard
     metrics = tfma_metrics(evaluation.uri) if evaluation is not None else {}
     ad, content = {"domain": "ad"}, {"domain": "content"}
     summary = {
@@ -131,9 +140,21 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
         "cr_items": _prop(cross, "cross_item_rows"),
         "guard": _prop(guard, "verdict"),
         "guard_reasons": json.loads(_prop(guard, "reasons", "[]")),
-        "live_representations_version": _prop(guard, "live_version") or None,
-        "store_url": _prop(guard, "store_url"),
-        "store_rows": _guard_file(guard).get("store_rows"),
+        "lee_verdict": _prop(lee, "verdict"),  # None when the pipeline has no evaluator
+        # None when there was no evaluator or it did not evaluate (the guard held the tables).
+        "lee_blessed": None if _prop(lee, "blessed") is None else bool(_prop(lee, "blessed")),
+        "lee_delta": _rounded(_prop(lee, "delta")),
+        "lee_candidate_auc": _rounded(_prop(lee, "candidate_auc")),
+        "lee_reference_auc": _rounded(_prop(lee, "reference_auc")),
+        "lee_reference": _prop(lee, "reference"),
+        "lee_test_rows": _prop(lee, "test_rows"),
+        "lee_test_clicks": _prop(lee, "test_clicks"),
+        "lee_reasons": json.loads(_prop(lee, "reasons", "[]")),
+        "published": _prop(published_by, "verdict") == "published",
+        "live_representations_version": _prop(published_by, "live_version") or None,
+        "store_url": _prop(published_by, "store_url"),
+        "store_rows": _result_file(published_by, "evaluation.json" if lee is not None
+                                   else "verdict.json").get("store_rows"),
         "evaluation_uri": evaluation.uri if evaluation is not None else None,
         "component_seconds": component_seconds(store, pipeline_name),
     }
@@ -152,11 +173,24 @@ def format_summary(summary: dict) -> str:
         ("pushed model", f"{summary['pushed_path']} (version {summary['pushed_version']})"),
         ("UR / IR rows", f"{summary['ur_rows']} / {summary['ir_rows']}"),
         ("CR(u) / CR(i) rows", f"{summary['cr_users']} / {summary['cr_items']}"),
-        ("guard", f"{summary['guard']} (live version {summary['live_representations_version']})"),
+        ("guard", summary["guard"]),
     ]
+    rows += [("  reason", r) for r in summary["guard_reasons"]]
+    if summary.get("lee_verdict") is not None and summary.get("lee_blessed") is None:
+        rows.append(("embedding evaluator", "not run (the guard held the tables)"))
+    elif summary.get("lee_blessed") is not None and summary.get("lee_delta") is None:
+        rows.append(("embedding evaluator", f"blessed {summary['lee_blessed']} (not evaluated)"))
+    elif summary.get("lee_blessed") is not None:
+        rows.append(("embedding evaluator", (
+            f"blessed {summary['lee_blessed']}: proxy AUC {summary['lee_candidate_auc']} vs "
+            f"{summary['lee_reference_auc']} ({summary['lee_reference']}), delta "
+            f"{summary['lee_delta']} on {summary['lee_test_rows']} rows "
+            f"({summary['lee_test_clicks']} clicks)")))
+    rows += [("  reason", r) for r in summary.get("lee_reasons", [])]
+    rows.append(("representations", f"{'published' if summary['published'] else 'held'} "
+                 f"(live version {summary['live_representations_version']})"))
     if summary.get("store_rows"):
         rows.append(("store", f"{summary['store_url']} {summary['store_rows']}"))
-    rows += [("  reason", r) for r in summary["guard_reasons"]]
     if summary.get("online_requests"):
         rows.append(("online loop", f"{summary['online_requests']} next-day requests in "
                      f"batches of 32 through the in-process server (version "

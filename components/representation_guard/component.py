@@ -30,6 +30,7 @@ from components.representation_guard.beam_transforms import ComputeTableStatisti
 from trainer.representations import tables as tables
 from trainer.representations.statistics import (
     STATUS_HELD,
+    STATUS_PASSED,
     STATUS_PUBLISHED,
     GuardThresholds,
     TableStatistics,
@@ -42,6 +43,7 @@ _Parameter = tfx.dsl.components.Parameter
 
 LIVE_FILE = "LIVE"
 STATISTICS_FILE = "statistics.json"
+VERDICT_FILE = "verdict.json"
 
 
 def live_version(publish_root: str) -> int | None:
@@ -117,7 +119,7 @@ def _record(result, verdict: dict) -> None:
     if verdict.get("published_path"):
         result.set_string_custom_property("published_path", verdict["published_path"])
     os.makedirs(result.uri, exist_ok=True)
-    with open(os.path.join(result.uri, "verdict.json"), "w") as f:
+    with open(os.path.join(result.uri, VERDICT_FILE), "w") as f:
         json.dump(verdict, f, indent=1)
 
 
@@ -128,8 +130,10 @@ def guard_and_publish(
     thresholds: GuardThresholds,
     pipeline: beam.Pipeline,
     work_dir: str,
+    publish_tables: bool = True,
 ) -> dict:
-    """Judges the tables in `table_dirs` against the live version; publishes them if all pass.
+    """Judges the tables in `table_dirs` against the live version; publishes them if all pass
+    (with `publish_tables=False` the status is then `passed` and a later check publishes).
 
     Returns the verdict dict (`status`, `reasons`, per-table `tables`, `live_version`,
     `candidate_version`, `published_path`). When held, nothing under `publish_root` changes.
@@ -146,10 +150,24 @@ def guard_and_publish(
         verdict["reasons"] += [f"{name}: {reason}" for reason in table_verdict.reasons]
     if os.path.exists(os.path.join(publish_root, str(version))):
         verdict["reasons"].append(f"version {version} is already published")
-    if not verdict["reasons"]:
+    if not verdict["reasons"] and not publish_tables:
+        verdict["status"] = STATUS_PASSED
+    elif not verdict["reasons"]:
         verdict["published_path"] = publish(publish_root, version, table_dirs, statistics)
         verdict.update(status=STATUS_PUBLISHED, live_version=int(version))
     return verdict
+
+
+def verdict_statistics(verdict: dict) -> dict[str, TableStatistics]:
+    """The per-table statistics a verdict recorded (what `publish` writes beside the tables)."""
+    return {name: TableStatistics.from_dict(table["statistics"])
+            for name, table in verdict["tables"].items()}
+
+
+def read_verdict(guard_result) -> dict:
+    """The verdict a RepresentationGuard recorded in its output artifact."""
+    with open(os.path.join(guard_result.uri, VERDICT_FILE)) as f:
+        return json.load(f)
 
 
 def load_into_store(store_url: str, published_path: str, version: int) -> dict[str, int]:
@@ -181,10 +199,13 @@ def RepresentationGuard(  # noqa: N802 (TFX component naming)
     publish_root: _Parameter[str],
     thresholds_json: _Parameter[str] = "{}",
     store_url: _Parameter[str] = "",
+    publish_tables: _Parameter[int] = 1,
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     """Publishes the four tables unless a statistic moved past its threshold (module doc);
-    with `store_url`, a published version is also loaded into the serving store."""
+    with `store_url`, a published version is also loaded into the serving store. With
+    `publish_tables=0`, tables that pass are only marked `passed` (the embedding evaluator
+    publishes them)."""
     thresholds = GuardThresholds(**json.loads(thresholds_json or "{}"))
     if int(representations.get_int_custom_property("skipped") or 0):
         verdict = {"status": STATUS_HELD, "tables": {}, "candidate_version": None,
@@ -200,7 +221,7 @@ def RepresentationGuard(  # noqa: N802 (TFX component naming)
     }
     verdict = guard_and_publish(
         table_dirs, int(representations.get_int_custom_property("model_version")),
-        publish_root, thresholds, beam_pipeline, guard_result.uri)
+        publish_root, thresholds, beam_pipeline, guard_result.uri, bool(publish_tables))
     if store_url and verdict["published_path"]:
         verdict["store_rows"] = load_into_store(
             store_url, verdict["published_path"], int(verdict["candidate_version"]))

@@ -14,6 +14,7 @@ from components.representation_guard.component import (
     guard_and_publish,
     live_statistics,
     live_version,
+    verdict_statistics,
 )
 from trainer.representations import tables as tables
 from trainer.representations.statistics import GuardThresholds
@@ -110,3 +111,17 @@ def test_republishing_a_version_is_refused(tmp_path, published):
     verdict = _guard(tmp_path, "again", _tables(0), 1, published)
     assert verdict["status"] == "held"
     assert any("already published" in r for r in verdict["reasons"])
+
+
+def test_passed_tables_are_left_for_the_evaluator_to_publish(tmp_path, published):
+    """With `publish_tables=False` (the pipeline, when the embedding evaluator follows), tables
+    that pass are marked `passed` with their statistics, and nothing is published."""
+    before = _tree_digest(str(published))
+    dirs = _write_tables(tmp_path / "v2", _tables(1), 2)
+    (tmp_path / "v2-work").mkdir()
+    verdict = guard_and_publish(dirs, 2, str(published), GuardThresholds(), beam.Pipeline(),
+                                str(tmp_path / "v2-work"), publish_tables=False)
+    assert verdict["status"] == "passed" and verdict["published_path"] is None
+    assert _tree_digest(str(published)) == before and live_version(str(published)) == 1
+    stats = verdict_statistics(verdict)
+    assert set(stats) == set(A.TABLES) and stats["user"].rows == 200

@@ -285,10 +285,16 @@ class HistorySource:
         if missing:
             raise FileNotFoundError(f"{directory!r} is not a published representation version: "
                                     f"it lacks the tables {missing} (expected {list(T.TABLES)})")
+        return cls.from_tables({table: os.path.join(directory, table) for table in T.TABLES})
+
+    @classmethod
+    def from_tables(cls, directories: Mapping[str, str]) -> HistorySource:
+        """Tables from their directories (`{table name: directory of part files}`, e.g. the
+        extractor's and the aggregator's artifacts before publication), one state per key."""
         histories, versions = {}, set()
-        for table in T.TABLES:
+        for table, directory in directories.items():
             keys, vectors, updated_at, model_version = T.read_table(
-                os.path.join(directory, table, "*" + T.FILE_SUFFIX))
+                os.path.join(directory, "*" + T.FILE_SUFFIX))
             histories[table] = RepresentationHistory(keys, updated_at, vectors)
             versions.update(int(v) for v in np.unique(model_version))
         return cls(histories, frozenset(versions))

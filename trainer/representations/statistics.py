@@ -50,6 +50,8 @@ import numpy as np
 
 STATUS_PUBLISHED = "published"
 STATUS_HELD = "held"
+# The guard passed the tables but leaves publishing to a later check (the embedding evaluator).
+STATUS_PASSED = "passed"
 RATE_STATISTICS = ("mean", "variance", "l1_norm", "max_abs")
 _FLOAT_FIELDS = ("mean", "variance", "l1_norm", "min", "max", "max_abs")
 _INT_FIELDS = ("rows", "dim", "nan_count", "inf_count", "zero_rows")

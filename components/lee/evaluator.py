@@ -1,0 +1,177 @@
+"""The Light-weight Embedding Evaluator (paper Sec. 4.3.3), without TFX: is a candidate
+representation version at least as useful to a downstream model as the live one?
+
+A small proxy ranker (`trainer.downstream`, `lfm4ads` mode, few parameters, few epochs) is
+trained twice on the same recent downstream rows, once with the candidate tables' UR(u),
+IR(i), CR(u), CR(i) as features and once with the reference's, and both are tested on the same
+later rows:
+
+    train   = the ad rows of a recent window (in the pipeline: the last days before the eval
+              split), test = later ad rows (the eval split, which the upstream did not train on)
+    AUC_c   = AUC(test | proxy trained with the candidate tables)
+    AUC_r   = AUC(test | proxy trained with the reference: the live tables, or no
+              representations (`none` mode) before the first publication)
+    delta   = AUC_c - AUC_r;  blessed  <=>  delta >= -tolerance
+
+The features are the tables as they would be served: each key's one stored row, looked up by
+the row's user and item (a key a table lacks is a cold start: zeros, found 0). They are not
+point in time: the candidate's CR(u), CR(i) already fold in the window's own impressions (the
+upstream's view of those rows' features, never their labels). What this catches that the
+guard's statistics cannot is a table whose vectors are fine but belong to the wrong keys, a
+model that learnt less, or a representation that stopped carrying what the downstream uses.
+
+Both proxies start from the same seed and see the same rows in the same order, so the delta
+is paired; `delta_stderr` is its bootstrap standard error over the test rows (the label draw;
+the proxy's own training noise comes on top). With the ~100 test clicks of the quickstart's
+data it is about 0.01 AUC (docs/BENCHMARKS.md): a smaller effect is not seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from trainer import features as F
+from trainer.downstream import config as C
+from trainer.downstream import data as D
+from trainer.downstream import point_in_time as P
+from trainer.evaluation import auc, expected_auc
+from trainer.representations import tables as T
+
+# A lookup time after every stored row: the tables as served, not as of each row.
+_AFTER_EVERYTHING = np.iinfo(np.int64).max
+
+
+class TooFewRows(ValueError):
+    """The window's test rows cannot give an AUC worth comparing (too few clicks)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LeeConfig:
+    """The proxy and the blessing rule (module doc)."""
+
+    tolerance: float = 0.01
+    embedding_dim: int = 8
+    num_cross_layers: int = 1
+    mlp_hidden: tuple[int, ...] = (64,)
+    epochs: int = 2
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    seed: int = 0
+    # Fewer clicks (or non-clicks) than this among the test rows: no verdict (`TooFewRows`).
+    min_test_clicks: int = 20
+
+    def __post_init__(self):
+        if self.tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+
+    def ranker(self, mode: str) -> C.DownstreamConfig:
+        return C.DownstreamConfig(mode=mode, embedding_dim=self.embedding_dim,
+                                  num_cross_layers=self.num_cross_layers,
+                                  mlp_hidden=tuple(self.mlp_hidden))
+
+    def training(self) -> C.DownstreamTrainConfig:
+        return C.DownstreamTrainConfig(epochs=self.epochs, batch_size=self.batch_size,
+                                       learning_rate=self.learning_rate, seed=self.seed)
+
+
+def table_source(directories: Mapping[str, str]) -> P.HistorySource:
+    """The four tables from their directories (`{table: dir}`); every table must be there."""
+    missing = [t for t in T.TABLES if t not in directories]
+    if missing:
+        raise ValueError(f"the representation version lacks the tables {missing}; "
+                         f"expected {list(T.TABLES)}")
+    return P.HistorySource.from_tables({t: directories[t] for t in T.TABLES})
+
+
+def served_features(rows: D.Rows, source: P.RepresentationSource,
+                    features: Sequence[str] = C.MODE_FEATURES[C.LFM4ADS]) -> D.Rows:
+    """`rows` plus each representation feature as the tables serve it now (module doc)."""
+    n = D.size(rows)
+    extra = P.attach(source, rows[F.USER_ID], rows[F.ITEM_ID],
+                     np.full(n, _AFTER_EVERYTHING, np.int64), features)
+    return {**rows, **extra}
+
+
+def bootstrap_stderr(labels: np.ndarray, a: np.ndarray, b: np.ndarray, samples: int = 200,
+                     seed: int = 0) -> float | None:
+    """Standard error of `AUC(labels, a) - AUC(labels, b)` over resamplings of the rows."""
+    rng = np.random.default_rng(seed)
+    n = labels.shape[0]
+    deltas = []
+    for _ in range(samples):
+        pick = rng.integers(0, n, n)
+        da, db = auc(labels[pick], a[pick]), auc(labels[pick], b[pick])
+        if da is not None and db is not None:
+            deltas.append(da - db)
+    return float(np.std(deltas, ddof=1)) if len(deltas) > 1 else None
+
+
+def proxy_auc(config: LeeConfig, mode: str, train: D.Rows, test: D.Rows,
+              probabilities: np.ndarray | None = None) -> dict:
+    """Trains the proxy in `mode` on `train`; its AUC (and expected AUC) on `test`."""
+    from trainer.downstream.train import predict, train_ranker
+
+    model, fit = train_ranker(config.ranker(mode), config.training(), train)
+    scores = predict(model, test)
+    return {"auc": auc(test[F.LABEL], scores), "scores": scores,
+            "expected_auc": (expected_auc(probabilities, scores)
+                             if probabilities is not None else None),
+            "seconds": fit["seconds"]}
+
+
+def evaluate(train: D.Rows, test: D.Rows, candidate: P.RepresentationSource,
+             reference: P.RepresentationSource | None, config: LeeConfig = LeeConfig(),
+             probabilities: np.ndarray | None = None) -> dict:
+    """The candidate against the reference (`None`: no representations): proxies trained on
+    the ad rows `train`, tested on the later ad rows `test`. `probabilities`: the test rows'
+    true click probabilities where known (the simulator's oracle), for the expected AUCs.
+
+    Returns `blessed`, `delta`, `delta_stderr`, `candidate_auc`, `reference_auc` (and their
+    expected AUCs), `reference` (`"live"` or `"none"`), `train_rows`, `test_rows`,
+    `test_clicks`, `seconds`.
+    Raises `TooFewRows` when the test rows hold fewer than `min_test_clicks` clicks or
+    non-clicks (an AUC on them says nothing).
+    """
+    started = time.perf_counter()
+    p_test = None if probabilities is None else np.asarray(probabilities, np.float64)
+    if not D.size(train):
+        raise TooFewRows("the LEE has no training rows; give it a longer window")
+    clicks = int(np.sum(test[F.LABEL]))
+    if min(clicks, D.size(test) - clicks) < max(1, config.min_test_clicks):
+        raise TooFewRows(f"the LEE test rows ({D.size(test)} rows, {clicks} clicks) are too few "
+                         f"to compare AUCs (min_test_clicks={config.min_test_clicks}); give it "
+                         "a longer window")
+    features = C.MODE_FEATURES[C.LFM4ADS]
+    with_candidate = proxy_auc(config, C.LFM4ADS,
+                               served_features(train, candidate, features),
+                               served_features(test, candidate, features), p_test)
+    if reference is None:
+        with_reference = proxy_auc(config, C.NONE, train, test, p_test)
+    else:
+        with_reference = proxy_auc(config, C.LFM4ADS,
+                                   served_features(train, reference, features),
+                                   served_features(test, reference, features), p_test)
+    if with_candidate["auc"] is None or with_reference["auc"] is None:
+        raise ValueError("the LEE proxy gave no AUC on its test rows")
+    delta = with_candidate["auc"] - with_reference["auc"]
+    stderr = bootstrap_stderr(test[F.LABEL], with_candidate["scores"], with_reference["scores"],
+                              seed=config.seed)
+    return {
+        "blessed": bool(delta >= -config.tolerance),
+        "delta": round(delta, 6),
+        "delta_stderr": None if stderr is None else round(stderr, 6),
+        "tolerance": config.tolerance,
+        "candidate_auc": round(with_candidate["auc"], 6),
+        "reference_auc": round(with_reference["auc"], 6),
+        "candidate_expected_auc": with_candidate["expected_auc"],
+        "reference_expected_auc": with_reference["expected_auc"],
+        "reference": "none" if reference is None else "live",
+        "train_rows": D.size(train),
+        "test_rows": D.size(test),
+        "test_clicks": clicks,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
