@@ -144,6 +144,7 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
         # None when there was no evaluator or it did not evaluate (the guard held the tables).
         "lee_blessed": None if _prop(lee, "blessed") is None else bool(_prop(lee, "blessed")),
         "lee_delta": _rounded(_prop(lee, "delta")),
+        "lee_delta_stderr": _rounded(_prop(lee, "delta_stderr")),
         "lee_candidate_auc": _rounded(_prop(lee, "candidate_auc")),
         "lee_reference_auc": _rounded(_prop(lee, "reference_auc")),
         "lee_reference": _prop(lee, "reference"),
@@ -184,7 +185,8 @@ def format_summary(summary: dict) -> str:
         rows.append(("embedding evaluator", (
             f"blessed {summary['lee_blessed']}: proxy AUC {summary['lee_candidate_auc']} vs "
             f"{summary['lee_reference_auc']} ({summary['lee_reference']}), delta "
-            f"{summary['lee_delta']} on {summary['lee_test_rows']} rows "
+            f"{summary['lee_delta']} ± {summary.get('lee_delta_stderr')} on "
+            f"{summary['lee_test_rows']} rows "
             f"({summary['lee_test_clicks']} clicks)")))
     rows += [("  reason", r) for r in summary.get("lee_reasons", [])]
     rows.append(("representations", f"{'published' if summary['published'] else 'held'} "

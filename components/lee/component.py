@@ -4,17 +4,19 @@ The guard checks the candidate tables' statistics; this component checks their u
 (`components.lee.evaluator`): a proxy ranker trained on the recent downstream rows (the ad rows
 of the last `train_days` of the train split) and tested on the later ones (the ad rows of the
 eval split, which the upstream did not train on), with the candidate tables, against the same
-proxy with the live published tables (or with no representations before the first
-publication). The candidate is blessed when the AUC delta is not below `-tolerance`; only
-then is it published (the guard's layout under `publish_root`, `LIVE` replaced last) and, with
-`store_url`, loaded into the serving store. Held, nothing under `publish_root` or in the store
-changes. When the test rows hold too few clicks to compare (`LeeConfig.min_test_clicks`),
-nothing is measured: the live version stays, or with none yet the candidate is published.
+proxy with the live published tables. Before the first publication nothing is live to protect:
+the candidate is published and its delta against the proxy with no representations is recorded,
+not judged (as TFMA's change thresholds need a baseline). Otherwise the candidate is blessed
+when the AUC delta is not below `-tolerance`; only then is it published (the guard's layout
+under `publish_root`, `LIVE` replaced last) and, with `store_url`, loaded into the serving
+store. Held, nothing under `publish_root` or in the store changes. When the test rows hold too
+few clicks to compare (`LeeConfig.min_test_clicks`), nothing is measured: the live version
+stays, or with none yet the candidate is published.
 
 Recorded in ML Metadata (custom properties of the output) and in `evaluation.json` in it:
-`verdict` (published | held), `blessed`, `delta`, `candidate_auc`, `reference_auc`,
-`delta_stderr`, `reference` (live | none), `live_version`, `train_rows`, `test_rows`, `test_clicks`,
-`reasons`, `published_path`, `store_url`, `seconds`.
+`verdict` (published | held), `blessed`, `delta`, `delta_stderr`, `candidate_auc`,
+`reference_auc`, `reference` (live | none), `live_version`, `train_rows`, `test_rows`,
+`test_clicks`, `reasons`, `published_path`, `store_url`, `seconds`.
 """
 
 import glob
@@ -77,6 +79,13 @@ def evaluate_and_publish(train: D.Rows, test: D.Rows, table_dirs: dict[str, str]
         result["blessed"] = True
     result.update(verdict=STATUS_HELD, live_version=live, candidate_version=int(version),
                   published_path=None, reasons=result.get("reasons", []))
+    if live is None and result["reference"] == "none":
+        # Nothing live to protect (as TFMA without a baseline): the delta against no
+        # representations is recorded, not judged.
+        result["blessed"] = True
+        result["reasons"].append(
+            f"first publication: nothing live to compare with; against no representations the "
+            f"proxy's AUC delta is {result['delta']:+.4f} (recorded, not judged)")
     if not result["blessed"]:
         result["reasons"].append(
             f"the proxy's AUC with the candidate is {result['candidate_auc']:.4f}, "
