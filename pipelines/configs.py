@@ -55,6 +55,16 @@ GUARD_THRESHOLDS: dict = {}
 LEE_TOLERANCE: float | None = 0.01
 LEE_CONFIG: dict = {}
 
+# The downstream ranker the pipeline trains when the tables went live (None: none), its model
+# name under the serving root, its training window (the days before the eval split), Keras
+# training overrides, and how far below the `none` baseline's AUC it may be and be pushed.
+DOWNSTREAM_MODE: str | None = "lfm4ads"
+DOWNSTREAM_MODEL_NAME = "lfm4ads_ranker"
+DOWNSTREAM_TRAIN_DAYS = 3.0
+DOWNSTREAM_TRAIN_OVERRIDES: dict = {}
+DOWNSTREAM_MAX_DROP = 0.0
+DOWNSTREAM_RUN_FN = "trainer.downstream.tfx_trainer.run_fn"
+
 # The serving store the guard loads published tables into; the local runner's default is
 # SQLite under the serving root (`LFM4ADS_STORE_URL` overrides it; "none" disables it).
 STORE_URL = os.environ.get("LFM4ADS_STORE_URL", "")

@@ -82,6 +82,7 @@ def run(data_root: str, pipeline_root: str, serving_root: str, online_requests: 
     summary = run_summary(metadata_file(os.path.abspath(pipeline_root)), pipeline.pipeline_info
                           .pipeline_name)
     summary["seconds"] = round(time.perf_counter() - started, 1)
+    summary["model_config_file"] = write_model_config(serving_root, summary)
     # Only when this run's tables went live: the store then holds this model's representations
     # (a held run leaves the previous version's tables, which the new model must not update).
     if online_requests and summary["published"] and summary.get("store_url"):
@@ -102,7 +103,10 @@ def online_check(data_root: str, summary: dict, requests: int, shift: int = 86_4
     """The online loop of Fig. 4 on the pushed model: the in-process server answers the last
     `requests` examples of the data, replayed in time order `shift` seconds later (as the next
     day's traffic: the published tables already hold the data's own events), and the store's
-    UR, IR, CR(u), CR(i) are updated from them."""
+    UR, IR, CR(u), CR(i) are updated from them. When the pipeline pushed a downstream ranker,
+    the server hosts it too, the loop scores every request with it from the stored
+    representations, and the AUC of those scores on the ad requests is returned beside the
+    `none` baseline's on the same requests (`online_downstream_auc`, `online_baseline_auc`)."""
     from serving.online import serve_and_replay
     from trainer import input as data_input
 
@@ -111,9 +115,63 @@ def online_check(data_root: str, summary: dict, requests: int, shift: int = 86_4
     # The latest day, in time order (the shards are written in timestamp order).
     records = [r.numpy() for r in data_input.records_in_window(files, start=hi + 1 - 86_400)]
     records = [_next_day(r, shift) for r in records[-requests:]]
-    return serve_and_replay(configs.MODEL_NAME, os.path.dirname(summary["pushed_path"]),
-                            summary["store_url"], records,
-                            half_life_seconds=configs.CR_HALF_LIFE_SECONDS)
+    ranker = None
+    if summary.get("downstream_pushed"):
+        ranker = (configs.DOWNSTREAM_MODEL_NAME,
+                  os.path.dirname(summary["downstream_pushed_path"]))
+    out = serve_and_replay(configs.MODEL_NAME, os.path.dirname(summary["pushed_path"]),
+                           summary["store_url"], records,
+                           half_life_seconds=configs.CR_HALF_LIFE_SECONDS, ranker=ranker)
+    scores = out.pop("scores", None)
+    if scores is not None:
+        out.update(_online_downstream(records, scores, summary["downstream_baseline_model"]))
+    return out
+
+
+def _online_downstream(records: list[bytes], scores, baseline_model: str) -> dict:
+    """AUC of the loop's ranker scores on the ad requests, and of the `none` baseline's
+    predictions on the same requests (it reads no representations)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer import features as F
+    from trainer import signatures as S
+    from trainer.evaluation import auc
+
+    parsed = F.parse_examples(tf.constant(records), (F.DOMAIN, F.LABEL))
+    ad = parsed[F.DOMAIN].numpy() == F.DOMAIN_AD
+    labels = parsed[F.LABEL].numpy()[ad]
+    ad_records = [r for r, keep in zip(records, ad, strict=True) if keep]
+    predict = tf.saved_model.load(baseline_model).signatures[S.SERVING_DEFAULT]
+    baseline = np.concatenate([
+        predict(**{S.INPUT_KEY: tf.constant(ad_records[i:i + 1024])})[
+            S.DOWNSTREAM_PREDICTION].numpy().reshape(-1)
+        for i in range(0, len(ad_records), 1024)]) if ad_records else np.zeros(0)
+
+    def rounded(value):
+        return None if value is None else round(value, 4)
+
+    return {"online_ad_requests": int(ad.sum()), "online_ad_clicks": int(labels.sum()),
+            "online_downstream_auc": rounded(auc(labels, np.asarray(scores)[ad])),
+            "online_baseline_auc": rounded(auc(labels, baseline))}
+
+
+def write_model_config(serving_root: str, summary: dict) -> str | None:
+    """`<serving_root>/models.config`: a TF Serving `--model_config_file` serving the upstream
+    and, when one was pushed, the downstream ranker (the model server's two models)."""
+    if not summary.get("pushed_path"):
+        return None
+    from google.protobuf import text_format
+
+    from serving.online import model_config
+
+    models = {configs.MODEL_NAME: os.path.dirname(summary["pushed_path"])}
+    if summary.get("downstream_pushed_path"):
+        models[configs.DOWNSTREAM_MODEL_NAME] = os.path.dirname(summary["downstream_pushed_path"])
+    path = os.path.join(os.path.abspath(serving_root), "models.config")
+    with open(path, "w") as f:
+        f.write(text_format.MessageToString(model_config(models)))
+    return path
 
 
 def _compiling_for_tfx_cli() -> bool:
@@ -134,9 +192,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2)")
     p.add_argument("--beam_workers", type=int, default=None,
                    help="DirectRunner workers (1: in-process; more: multi-processing)")
-    p.add_argument("--online_requests", type=int, default=256,
-                   help="after the run, serve the pushed model in-process and run the online "
-                        "loop (Fig. 4) over this many of the latest examples (0: skip)")
+    p.add_argument("--online_requests", type=int, default=20_000,
+                   help="after the run, serve the pushed model (and the downstream ranker) "
+                        "in-process and run the online loop (Fig. 4) over this many of the "
+                        "latest day's examples, replayed as the next day (0: skip)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     console.add_verbose_flag(p)
     return p.parse_args(argv)

@@ -6,6 +6,8 @@
     Transform (TFT) -> Trainer (TFRS model, run_fn) -> Evaluator (TFMA, vs last blessed) -> Pusher
     Pusher -> RepresentationExtractor -> CrossRepresentationAggregator -> RepresentationGuard
            -> LightweightEmbeddingEvaluator (publishes the tables a proxy ranker finds useful)
+    (when the tables went live) DownstreamExamples (ad rows + point-in-time UR, IR, CR(u), CR(i))
+           -> Trainer[lfm4ads ranker], Trainer[none baseline] -> Evaluator (TFMA) -> Pusher
 
 Every path, threshold and Beam argument is a parameter; `pipelines.configs` has the defaults.
 """
@@ -19,6 +21,8 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from components.cr_aggregation.component import CrossRepresentationAggregator
+from components.downstream_examples.component import ITEM_COLD_START as DOWNSTREAM_COLD_START
+from components.downstream_examples.component import DownstreamExamples
 from components.lee.component import LightweightEmbeddingEvaluator
 from components.representation_extractor.component import RepresentationExtractor
 from components.representation_guard.component import RepresentationGuard
@@ -80,6 +84,71 @@ def eval_config(auc_threshold: float, max_drop: float) -> tfma.EvalConfig:
     )
 
 
+def downstream_eval_config(max_drop: float) -> tfma.EvalConfig:
+    """TFMA config of the downstream ranker: AUC and GAUC overall and on cold-start items; it
+    is blessed when its AUC is at most `max_drop` below the baseline model's (the `none`
+    ranker trained in the same run)."""
+    blessing = tfma.MetricThreshold(change_threshold=tfma.GenericChangeThreshold(
+        direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_drop}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name=S.SERVING_DEFAULT, label_key="label",
+                                    prediction_key=S.DOWNSTREAM_PREDICTION)],
+        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[DOWNSTREAM_COLD_START])],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            tfma.MetricConfig(class_name="MeanLabel"),
+            tfma.MetricConfig(class_name="AUC", threshold=blessing),
+            tfma.MetricConfig(class_name="GAUC", module="components.tfma_metrics",
+                              config=json.dumps({"user_key": "user_id"})),
+        ])],
+    )
+
+
+def downstream_components(example_gen, pusher, lee, serving_root: str, mode: str,
+                          model_name: str, train_days: float, train_overrides: dict,
+                          max_drop: float) -> list:
+    """The downstream ranker in `mode`, trained with the `none` baseline, evaluated against it
+    and pushed to `<serving_root>/<model_name>/`; run only when the new tables went live."""
+    # Nodes created inside the Cond run only when it holds (TFX conditionals).
+    published = lee.outputs["evaluation"].future()[0].custom_property("published") == 1
+    with tfx.dsl.Cond(published):
+        return _downstream_nodes(example_gen, pusher, serving_root, mode, model_name,
+                                 train_days, train_overrides, max_drop)
+
+
+def _downstream_nodes(example_gen, upstream_pusher, serving_root: str, mode: str,
+                      model_name: str, train_days: float, train_overrides: dict,
+                      max_drop: float) -> list:
+    examples = DownstreamExamples(examples=example_gen.outputs["examples"],
+                                  pushed_model=upstream_pusher.outputs["pushed_model"],
+                                  train_days=float(train_days))
+    trainers = {
+        name: tfx.components.Trainer(
+            run_fn=configs.DOWNSTREAM_RUN_FN,
+            examples=examples.outputs["downstream_examples"],
+            custom_config={"mode": ranker_mode, "train": dict(train_overrides)},
+        ).with_id(component_id)
+        for name, ranker_mode, component_id in (
+            ("candidate", mode, "DownstreamTrainer"),
+            ("baseline", "none", "DownstreamBaselineTrainer"))
+    }
+    evaluator = tfx.components.Evaluator(
+        examples=examples.outputs["downstream_examples"],
+        model=trainers["candidate"].outputs["model"],
+        baseline_model=trainers["baseline"].outputs["model"],
+        example_splits=["eval"],
+        eval_config=downstream_eval_config(max_drop),
+    ).with_id("DownstreamEvaluator")
+    pusher = tfx.components.Pusher(
+        model=trainers["candidate"].outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=os.path.join(serving_root, model_name))),
+    ).with_id("DownstreamPusher")
+    return [examples, *trainers.values(), evaluator, pusher]
+
+
 def create_pipeline(
     pipeline_name: str = configs.PIPELINE_NAME,
     pipeline_root: str = configs.PIPELINE_ROOT,
@@ -100,6 +169,11 @@ def create_pipeline(
     guard_thresholds: dict | None = None,
     lee_tolerance: float | None = configs.LEE_TOLERANCE,
     lee_config: dict | None = None,
+    downstream_mode: str | None = configs.DOWNSTREAM_MODE,
+    downstream_model_name: str = configs.DOWNSTREAM_MODEL_NAME,
+    downstream_train_days: float = configs.DOWNSTREAM_TRAIN_DAYS,
+    downstream_train_overrides: dict | None = None,
+    downstream_max_drop: float = configs.DOWNSTREAM_MAX_DROP,
     publish_root: str | None = None,
     store_url: str = "",
     enable_cache: bool = False,
@@ -111,7 +185,11 @@ def create_pipeline(
     `train_overrides` (ModelConfig / TrainConfig fields) over it. Tables the guard passes are
     published only when the embedding evaluator blesses them (AUC delta of its proxy not below
     `-lee_tolerance`; `lee_config`: `components.lee.LeeConfig` fields); with
-    `lee_tolerance=None` there is no evaluator and the guard publishes.
+    `lee_tolerance=None` there is no evaluator and the guard publishes. When the tables went
+    live, a downstream ranker in `downstream_mode` (None: none) is trained on the last
+    `downstream_train_days` before the eval split with point-in-time representations, evaluated
+    on the eval split against the `none` baseline (blessed when at most `downstream_max_drop`
+    AUC below it) and pushed to `<serving_root>/<downstream_model_name>/<version>`.
     """
     example_gen = time_split_example_gen(data_root, eval_days)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -183,7 +261,7 @@ def create_pipeline(
     )
     representation_checks = [guard]
     if lee_tolerance is not None:
-        representation_checks.append(LightweightEmbeddingEvaluator(
+        lee = LightweightEmbeddingEvaluator(
             examples=example_gen.outputs["examples"],
             representations=extractor.outputs["representations"],
             cross_tables=aggregator.outputs["cross_tables"],
@@ -192,7 +270,14 @@ def create_pipeline(
             store_url=store_url,
             tolerance=float(lee_tolerance),
             config_json=json.dumps(configs.LEE_CONFIG if lee_config is None else lee_config),
-        ))
+        )
+        representation_checks.append(lee)
+        if downstream_mode is not None:
+            representation_checks += downstream_components(
+                example_gen, pusher, lee, serving_root, downstream_mode, downstream_model_name,
+                downstream_train_days,
+                configs.DOWNSTREAM_TRAIN_OVERRIDES if downstream_train_overrides is None
+                else downstream_train_overrides, downstream_max_drop)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

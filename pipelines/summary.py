@@ -27,9 +27,13 @@ def open_metadata(metadata_path: str) -> metadata_store.MetadataStore:
     return metadata_store.MetadataStore(config)
 
 
-def latest_artifact(store, type_name: str):
-    """The newest artifact of `type_name` in ML Metadata, or None."""
+def latest_artifact(store, type_name: str, component_id: str | None = None):
+    """The newest artifact of `type_name` in ML Metadata (with `component_id`: among those
+    that component wrote, `<pipeline_root>/<component_id>/<output>/<execution>`), or None."""
     artifacts = store.get_artifacts_by_type(type_name)
+    if component_id is not None:
+        part = os.sep + component_id + os.sep
+        artifacts = [a for a in artifacts if part in a.uri]
     return max(artifacts, key=lambda a: a.id) if artifacts else None
 
 
@@ -50,15 +54,18 @@ def _slice(slice_key) -> dict[str, str]:
     return out
 
 
-def tfma_metrics(evaluation_uri: str) -> dict[tuple, dict[str, float]]:
-    """(output name, sorted slice items) -> {metric: value} of a TFMA evaluation."""
+def tfma_metrics(evaluation_uri: str, baseline: bool = False) -> dict[tuple, dict[str, float]]:
+    """(output name, sorted slice items) -> {metric: value} of a TFMA evaluation: the candidate
+    model's, or with `baseline` the baseline model's (when the evaluation holds one)."""
     import tensorflow_model_analysis as tfma
 
     out: dict[tuple, dict[str, float]] = {}
     for metrics in tfma.load_metrics(evaluation_uri):
         slice_items = tuple(sorted(_slice(metrics.slice_key).items()))
         for kv in metrics.metric_keys_and_values:
-            if kv.key.is_diff:
+            # With a baseline, TFMA also reports the baseline model's own metrics: the run's
+            # figures are the candidate's.
+            if kv.key.is_diff or (kv.key.model_name == tfma.BASELINE_KEY) != baseline:
                 continue
             value = kv.value
             if value.WhichOneof("type") != "double_value":
@@ -110,9 +117,9 @@ def _rounded(value, digits: int = 4):
 def run_summary(metadata_path: str, pipeline_name: str) -> dict:
     """The figures of the latest run (module doc)."""
     store = open_metadata(metadata_path)
-    evaluation = latest_artifact(store, "ModelEvaluation")
-    blessing = latest_artifact(store, "ModelBlessing")
-    pushed = latest_artifact(store, "PushedModel")
+    evaluation = latest_artifact(store, "ModelEvaluation", "Evaluator")
+    blessing = latest_artifact(store, "ModelBlessing", "Evaluator")
+    pushed = latest_artifact(store, "PushedModel", "Pusher")
     representations = latest_artifact(store, A.Representations.TYPE_NAME)
     cross = latest_artifact(store, A.CrossRepresentationTables.TYPE_NAME)
     guard = latest_artifact(store, A.GuardResult.TYPE_NAME)
@@ -159,9 +166,43 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
         "evaluation_uri": evaluation.uri if evaluation is not None else None,
         "component_seconds": component_seconds(store, pipeline_name),
     }
+    summary.update(_downstream(store, lee))
     if summary["eval_ad_examples"] is not None:
         summary["eval_ad_examples"] = int(summary["eval_ad_examples"])
     return summary
+
+
+def _count(value):
+    return None if value is None else int(value)
+
+
+def _downstream(store, lee) -> dict:
+    """The downstream ranker's figures of this run (none when its branch did not run)."""
+    def this_run(type_name, component_id):
+        artifact = latest_artifact(store, type_name, component_id)
+        return artifact if artifact is not None and lee is not None and artifact.id > lee.id \
+            else None
+
+    evaluation = this_run("ModelEvaluation", "DownstreamEvaluator")
+    blessing = this_run("ModelBlessing", "DownstreamEvaluator")
+    pushed = this_run("PushedModel", "DownstreamPusher")
+    baseline_model = this_run("Model", "DownstreamBaselineTrainer")
+    candidate = tfma_metrics(evaluation.uri) if evaluation is not None else {}
+    baseline = tfma_metrics(evaluation.uri, baseline=True) if evaluation is not None else {}
+    return {
+        "downstream_auc": _metric(candidate, "", {}, "auc"),
+        "downstream_gauc": _metric(candidate, "", {}, "gauc"),
+        "downstream_auc_cold_start": _metric(candidate, "", {"item_cold_start": "1"}, "auc"),
+        "downstream_baseline_auc": _metric(baseline, "", {}, "auc"),
+        "downstream_baseline_gauc": _metric(baseline, "", {}, "gauc"),
+        "downstream_eval_examples": _count(_metric(candidate, "", {}, "example_count")),
+        "downstream_blessed": None if blessing is None else bool(_prop(blessing, "blessed", 0)),
+        "downstream_pushed": bool(_prop(pushed, "pushed", 0)),
+        "downstream_pushed_version": int(_prop(pushed, "pushed_version", 0) or 0) or None,
+        "downstream_pushed_path": _prop(pushed, "pushed_destination"),
+        "downstream_baseline_model": (os.path.join(baseline_model.uri, "Format-Serving")
+                                      if baseline_model is not None else None),
+    }
 
 
 def format_summary(summary: dict) -> str:
@@ -193,11 +234,28 @@ def format_summary(summary: dict) -> str:
                  f"(live version {summary['live_representations_version']})"))
     if summary.get("store_rows"):
         rows.append(("store", f"{summary['store_url']} {summary['store_rows']}"))
+    if summary.get("downstream_blessed") is not None:
+        rows += [
+            ("downstream AUC / GAUC", f"{summary['downstream_auc']} / "
+             f"{summary['downstream_gauc']} (baseline without representations "
+             f"{summary['downstream_baseline_auc']} / {summary['downstream_baseline_gauc']}; "
+             f"cold-start AUC {summary['downstream_auc_cold_start']}; "
+             f"{summary['downstream_eval_examples']} eval ad rows)"),
+            ("downstream blessed", f"{summary['downstream_blessed']} / pushed "
+             f"{summary['downstream_pushed']} {summary['downstream_pushed_path'] or ''}"),
+        ]
     if summary.get("online_requests"):
         rows.append(("online loop", f"{summary['online_requests']} next-day requests in "
                      f"batches of 32 through the in-process server (version "
                      f"{summary['online_model_version']}), p50 {summary['online_batch_p50_ms']} "
                      "ms per batch; store updated"))
+    if summary.get("online_ad_requests") is not None:
+        rows.append(("online downstream AUC", f"{summary['online_downstream_auc']} with the "
+                     f"served ranker vs {summary['online_baseline_auc']} without "
+                     f"representations, on {summary['online_ad_requests']} ad requests "
+                     f"({summary['online_ad_clicks']} clicks)"))
+    if summary.get("model_config_file"):
+        rows.append(("model config", summary["model_config_file"]))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

@@ -179,33 +179,61 @@ class OnlineLoop:
 
 
 
+def model_config(models: dict[str, str]):
+    """A `ModelServerConfig` serving each `{name: base path}` (what `--model_config_file`
+    holds, in text format: `google.protobuf.text_format.MessageToString`)."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    for name, base_path in models.items():
+        config.model_config_list.config.add(name=name, base_path=base_path,
+                                            model_platform="tensorflow")
+    return config
+
+
 def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
                      records: Sequence[bytes], batch_size: int = 32,
-                     half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS) -> dict:
+                     half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS,
+                     ranker: tuple[str, str] | None = None) -> dict:
     """Starts the server in-process on a free port, replays `records` through the online loop
-    into the store at `store_url`, stops the server; returns counts and per-batch latency."""
+    into the store at `store_url`, stops the server; returns counts and per-batch latency.
+
+    With `ranker` (`(model name, base path)` of a downstream model), the server hosts both
+    models and each request is also scored by the ranker from the stored representations;
+    the scores come back as `scores` (`[len(records)]`, in the order of `records`)."""
     from serving.model_server import ModelServer
     from serving.store import open_store
 
-    latencies = []
+    latencies, scores = [], []
     late = [0, 0]
-    with ModelServer(model_name=model_name, model_base_path=model_base_path, port=0,
+    models = {model_name: model_base_path}
+    if ranker is not None:
+        models[ranker[0]] = ranker[1]
+    with ModelServer(model_server_config=model_config(models), port=0,
                      rest_api_port=None) as server:
         store = open_store(store_url, half_life_seconds=half_life_seconds)
         try:
             with EmbeddingClient(server.grpc_target, model_name, timeout=30) as client:
-                loop = OnlineLoop(client, store)
-                for batch in batches(records, batch_size):
-                    started = time.perf_counter()
-                    out = loop.process(batch)
-                    latencies.append(time.perf_counter() - started)
-                    late[0] += out.late_user
-                    late[1] += out.late_item
+                ranker_client = (EmbeddingClient(server.grpc_target, ranker[0], timeout=30)
+                                 if ranker is not None else None)
+                try:
+                    loop = OnlineLoop(client, store, ranker_client)
+                    for batch in batches(records, batch_size):
+                        started = time.perf_counter()
+                        out = loop.process(batch)
+                        latencies.append(time.perf_counter() - started)
+                        late[0] += out.late_user
+                        late[1] += out.late_item
+                        if out.scores is not None:
+                            scores.append(out.scores)
+                finally:
+                    if ranker_client is not None:
+                        ranker_client.close()
                 version = client.last_model_version
         finally:
             store.close()
     ms = np.asarray(latencies) * 1e3
-    return {
+    out = {
         "online_requests": len(records),
         "online_batches": len(latencies),
         "online_model_version": version,
@@ -213,3 +241,6 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
         "online_batch_p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
         "online_batch_p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
     }
+    if ranker is not None:
+        out["scores"] = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    return out

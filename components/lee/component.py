@@ -105,6 +105,7 @@ def evaluate_and_publish(train: D.Rows, test: D.Rows, table_dirs: dict[str, str]
 
 def _record(out, result: dict) -> None:
     out.set_string_custom_property("verdict", result["verdict"])
+    out.set_int_custom_property("published", int(result["verdict"] == STATUS_PUBLISHED))
     if "blessed" in result:  # absent when nothing was evaluated
         out.set_int_custom_property("blessed", int(bool(result["blessed"])))
     out.set_string_custom_property("reasons", json.dumps(result["reasons"]))

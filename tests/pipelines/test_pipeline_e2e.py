@@ -95,7 +95,8 @@ def test_first_run_pushes_and_publishes(first_run, workdir):
         "ExampleGen", "StatisticsGen", "SchemaGen", "CuratedSchema", "ExampleValidator",
         "ValidationGate", "Transform", "Trainer", "Evaluator", "Pusher",
         "RepresentationExtractor", "CrossRepresentationAggregator", "RepresentationGuard",
-        "LightweightEmbeddingEvaluator",
+        "LightweightEmbeddingEvaluator", "DownstreamExamples", "DownstreamTrainer",
+        "DownstreamBaselineTrainer", "DownstreamEvaluator", "DownstreamPusher",
     }
     assert expected_components <= set(s["component_seconds"])
     assert s["blessed"] and s["pushed"]
@@ -186,6 +187,8 @@ def test_online_loop_serves_the_pushed_model_and_updates_the_store(first_run, wo
     assert out["online_requests"] == 64 and out["online_batches"] == 2
     assert out["online_model_version"] == first_run["pushed_version"]
     assert out["online_late_events"] == 0
+    # With a pushed downstream ranker the server hosts it too and the loop scores with it.
+    assert ("online_downstream_auc" in out) == first_run["downstream_pushed"]
     files = data_input.list_files(data)
     _, hi = data_input.time_range(files)
     latest = [r.numpy() for r in data_input.records_in_window(files, start=hi + 1 - 86_400)]
@@ -204,6 +207,65 @@ def test_online_loop_serves_the_pushed_model_and_updates_the_store(first_run, wo
             assert set(rows.model_version.tolist()) == {first_run["pushed_version"]}
     finally:
         store.close()
+
+
+def test_downstream_ranker_is_trained_evaluated_against_none_and_pushed(first_run, workdir):
+    """The tables went live, so the downstream branch ran: the ranker and the `none` baseline
+    trained on point-in-time rows, TFMA compared them on the eval split, and the Pusher acted
+    on the blessing."""
+    s = first_run
+    assert s["downstream_blessed"] is not None, s
+    assert s["downstream_eval_examples"] == s["eval_ad_examples"]
+    assert s["downstream_baseline_auc"] is None or 0.0 < s["downstream_baseline_auc"] < 1.0
+    assert s["downstream_pushed"] == s["downstream_blessed"]
+    if s["downstream_pushed"]:
+        assert s["downstream_pushed_path"].startswith(str(workdir / "serving" / "lfm4ads_ranker"))
+        assert os.path.exists(os.path.join(s["downstream_pushed_path"], "saved_model.pb"))
+    with open(s["model_config_file"]) as f:
+        config = f.read()
+    assert 'name: "lfm4ads"' in config
+    assert ('name: "lfm4ads_ranker"' in config) == s["downstream_pushed"]
+
+
+def test_downstream_examples_see_the_upstream_as_of_before_each_row(first_run, workdir):
+    """Each downstream row carries UR(u), IR(i), CR(u), CR(i) exactly as a replay of the pushed
+    upstream over the data held them strictly before the row (the online loop's view)."""
+    from components.downstream_examples.component import ITEM_COLD_START
+    from pipelines.summary import latest_artifact, open_metadata
+    from trainer.downstream import point_in_time as P
+    from trainer.downstream import replay as R
+
+    examples = latest_artifact(open_metadata(metadata_file(str(workdir / "root"))), "Examples",
+                               "DownstreamExamples")
+    rows = []
+    for split in ("train", "eval"):
+        files = sorted((Path(examples.uri) / f"Split-{split}").glob("*.gz"))
+        rows += [tf.train.Example.FromString(r.numpy())
+                 for r in tf.data.TFRecordDataset([str(f) for f in files], "GZIP")]
+    assert len(rows) > 100
+    files = data_input.list_files(str(workdir / "data1"))
+    source = R.histories(R.run_upstream(R.saved_model_fn(first_run["pushed_path"]),
+                                        data_input.records_in_window(files)),
+                         local_runner.configs.CR_HALF_LIFE_SECONDS)
+
+    def one(example, name, kind):
+        return getattr(example.features.feature[name], kind).value[0]
+
+    users = [one(r, F.USER_ID, "bytes_list") for r in rows]
+    items = [one(r, F.ITEM_ID, "bytes_list") for r in rows]
+    times = np.array([one(r, F.TIMESTAMP, "int64_list") for r in rows], np.int64)
+    assert all(one(r, F.DOMAIN, "bytes_list") == F.DOMAIN_AD for r in rows)
+    expected = P.attach(source, users, items, times, S.REPRESENTATION_FEATURES[:4])
+    for name in S.REPRESENTATION_FEATURES[:4]:
+        found = np.array([one(r, S.found_feature(name), "int64_list") for r in rows])
+        np.testing.assert_array_equal(found, expected[S.found_feature(name)])
+        for r, row in enumerate(rows):
+            if found[r]:
+                np.testing.assert_allclose(row.features.feature[name].float_list.value,
+                                           expected[name][r], rtol=1e-5, atol=1e-6)
+            else:
+                assert not row.features.feature[name].float_list.value
+    assert {one(r, ITEM_COLD_START, "int64_list") for r in rows} <= {0, 1}
 
 
 def test_point_in_time_examples_for_downstream_training(first_run, workdir):
@@ -239,14 +301,26 @@ def test_second_run_compares_with_the_blessed_model(first_run, second_run, workd
     # The CLI default runs the online loop through the in-process server when tables went live.
     assert "embedding evaluator" in stdout
     assert ("online loop" in stdout) == summary["published"]
+    # The downstream branch runs only when the tables went live; the loop then scores with
+    # the pushed ranker.
+    assert (summary["downstream_blessed"] is not None) == summary["published"]
+    assert ("online downstream AUC" in stdout) == bool(
+        summary["published"] and summary["downstream_pushed"])
     assert summary["evaluation_uri"] != first_run["evaluation_uri"]
-    diffs = {}
+    diffs, aucs = {}, {}
     for metrics in tfma.load_metrics(summary["evaluation_uri"]):
         sk = {k.column: k.bytes_value.decode() for k in metrics.slice_key.single_slice_keys}
         for kv in metrics.metric_keys_and_values:
-            if kv.key.is_diff and sk == {"domain": "ad"} and kv.key.name == "auc":
+            if sk != {"domain": "ad"} or kv.key.name != "auc":
+                continue
+            if kv.key.is_diff:
                 diffs[kv.key.output_name] = kv.value.double_value.value
+            else:
+                aucs[(kv.key.model_name, kv.key.output_name)] = kv.value.double_value.value
     assert S.AD_PREDICTION in diffs, "no comparison with the baseline in the evaluation"
+    # The summary reports the candidate's AUC, not the baseline's (TFMA holds both).
+    assert summary["auc_ad"] == round(aucs[("candidate", S.AD_PREDICTION)], 4)
+    assert ("baseline", S.AD_PREDICTION) in aucs
     # The blessing follows the thresholds: value >= 0.55 and no drop of more than 0.01.
     auc_ad = summary["auc_ad"]
     expected = auc_ad is not None and auc_ad >= 0.55 and diffs[S.AD_PREDICTION] >= -0.01

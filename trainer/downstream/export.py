@@ -49,8 +49,9 @@ class _RankerModule(tf.Module):
 
 
 def export_ranker(model: DownstreamRanker, export_dir: str, warmup_examples: list[bytes],
-                  version: int | None = None) -> str:
-    """Writes `<export_dir>/<version>/` (module doc) and returns its path."""
+                  version: int | None = None, versioned: bool = True) -> str:
+    """Writes `<export_dir>/<version>/` (module doc; `versioned=False`: `export_dir` itself,
+    as the TFX Trainer's `serving_model_dir`) and returns its path."""
     module = _RankerModule(model)
     return save_versioned(module, module.signature_functions, export_dir, warmup_examples,
-                          version=version)
+                          version=version, versioned=versioned)
