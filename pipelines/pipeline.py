@@ -7,7 +7,8 @@
     Pusher -> RepresentationExtractor -> CrossRepresentationAggregator -> RepresentationGuard
            -> LightweightEmbeddingEvaluator (publishes the tables a proxy ranker finds useful)
     (when the tables went live) DownstreamExamples (ad rows + point-in-time UR, IR, CR(u), CR(i))
-           -> Trainer[lfm4ads ranker], Trainer[none baseline] -> Evaluator (TFMA) -> Pusher
+           -> Trainer[lfm4ads ranker], Trainer[none baseline]
+           -> Evaluator vs none, Evaluator vs the last blessed ranker -> BlessingGate -> Pusher
 
 Every path, threshold and Beam argument is a parameter; `pipelines.configs` has the defaults.
 """
@@ -20,6 +21,7 @@ import os
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
+from components.blessing_gate import BlessingGate
 from components.cr_aggregation.component import CrossRepresentationAggregator
 from components.downstream_examples.component import ITEM_COLD_START as DOWNSTREAM_COLD_START
 from components.downstream_examples.component import DownstreamExamples
@@ -108,7 +110,8 @@ def downstream_components(example_gen, pusher, lee, serving_root: str, mode: str
                           model_name: str, train_days: float, train_overrides: dict,
                           max_drop: float) -> list:
     """The downstream ranker in `mode`, trained with the `none` baseline, evaluated against it
-    and pushed to `<serving_root>/<model_name>/`; run only when the new tables went live."""
+    and against the last blessed ranker (one TFMA Evaluator each, `BlessingGate` joining
+    them), pushed to `<serving_root>/<model_name>/`; run only when the new tables went live."""
     # Nodes created inside the Cond run only when it holds (TFX conditionals).
     published = lee.outputs["evaluation"].future()[0].custom_property("published") == 1
     with tfx.dsl.Cond(published):
@@ -132,21 +135,45 @@ def _downstream_nodes(example_gen, upstream_pusher, serving_root: str, mode: str
             ("candidate", mode, "DownstreamTrainer"),
             ("baseline", "none", "DownstreamBaselineTrainer"))
     }
-    evaluator = tfx.components.Evaluator(
-        examples=examples.outputs["downstream_examples"],
-        model=trainers["candidate"].outputs["model"],
-        baseline_model=trainers["baseline"].outputs["model"],
-        example_splits=["eval"],
-        eval_config=downstream_eval_config(max_drop),
-    ).with_id("DownstreamEvaluator")
+    last_blessed = latest_blessed("DownstreamTrainer", "DownstreamBlessingGate",
+                                  "LatestBlessedRankerResolver")
+    evaluators = [
+        tfx.components.Evaluator(
+            examples=examples.outputs["downstream_examples"],
+            model=trainers["candidate"].outputs["model"],
+            baseline_model=baseline_model,
+            example_splits=["eval"],
+            eval_config=downstream_eval_config(max_drop),
+        ).with_id(component_id)
+        for baseline_model, component_id in (
+            (trainers["baseline"].outputs["model"], "DownstreamEvaluator"),
+            (last_blessed.outputs["model"], "DownstreamVsLastBlessedEvaluator"))
+    ]
+    gate = BlessingGate(model=trainers["candidate"].outputs["model"],
+                        first=evaluators[0].outputs["blessing"],
+                        second=evaluators[1].outputs["blessing"]).with_id(
+        "DownstreamBlessingGate")
     pusher = tfx.components.Pusher(
         model=trainers["candidate"].outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model_blessing=gate.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.join(serving_root, model_name))),
     ).with_id("DownstreamPusher")
-    return [examples, *trainers.values(), evaluator, pusher]
+    return [examples, *trainers.values(), last_blessed, *evaluators, gate, pusher]
+
+
+def latest_blessed(trainer_id: str, blessing_id: str, resolver_id: str) -> tfx.dsl.Resolver:
+    """The last model of `trainer_id` that `blessing_id` blessed (the pipeline has several
+    trainers and evaluators: a resolver on the artifact types alone would mix them)."""
+    return tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model,
+                              producer_component_id=trainer_id, output_key="model"),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+                                       producer_component_id=blessing_id,
+                                       output_key="blessing"),
+    ).with_id(resolver_id)
 
 
 def create_pipeline(
@@ -220,11 +247,7 @@ def create_pipeline(
                           else train_overrides),
         },
     )
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("LatestBlessedModelResolver")
+    baseline = latest_blessed("Trainer", "Evaluator", "LatestBlessedModelResolver")
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],

@@ -184,7 +184,8 @@ def _downstream(store, lee) -> dict:
             else None
 
     evaluation = this_run("ModelEvaluation", "DownstreamEvaluator")
-    blessing = this_run("ModelBlessing", "DownstreamEvaluator")
+    vs_last = this_run("ModelEvaluation", "DownstreamVsLastBlessedEvaluator")
+    blessing = this_run("ModelBlessing", "DownstreamBlessingGate")
     pushed = this_run("PushedModel", "DownstreamPusher")
     baseline_model = this_run("Model", "DownstreamBaselineTrainer")
     candidate = tfma_metrics(evaluation.uri) if evaluation is not None else {}
@@ -196,7 +197,12 @@ def _downstream(store, lee) -> dict:
         "downstream_baseline_auc": _metric(baseline, "", {}, "auc"),
         "downstream_baseline_gauc": _metric(baseline, "", {}, "gauc"),
         "downstream_eval_examples": _count(_metric(candidate, "", {}, "example_count")),
+        # The last blessed ranker's AUC on the same rows (None before the first blessing).
+        "downstream_last_blessed_auc": _metric(
+            tfma_metrics(vs_last.uri, baseline=True) if vs_last is not None else {}, "", {},
+            "auc"),
         "downstream_blessed": None if blessing is None else bool(_prop(blessing, "blessed", 0)),
+        "downstream_blessing_reasons": json.loads(_prop(blessing, "reasons", "[]")),
         "downstream_pushed": bool(_prop(pushed, "pushed", 0)),
         "downstream_pushed_version": int(_prop(pushed, "pushed_version", 0) or 0) or None,
         "downstream_pushed_path": _prop(pushed, "pushed_destination"),
@@ -239,11 +245,13 @@ def format_summary(summary: dict) -> str:
             ("downstream AUC / GAUC", f"{summary['downstream_auc']} / "
              f"{summary['downstream_gauc']} (baseline without representations "
              f"{summary['downstream_baseline_auc']} / {summary['downstream_baseline_gauc']}; "
+             f"last blessed ranker {summary['downstream_last_blessed_auc']}; "
              f"cold-start AUC {summary['downstream_auc_cold_start']}; "
              f"{summary['downstream_eval_examples']} eval ad rows)"),
             ("downstream blessed", f"{summary['downstream_blessed']} / pushed "
              f"{summary['downstream_pushed']} {summary['downstream_pushed_path'] or ''}"),
         ]
+        rows += [("  reason", r) for r in summary.get("downstream_blessing_reasons", [])]
     if summary.get("online_requests"):
         rows.append(("online loop", f"{summary['online_requests']} next-day requests in "
                      f"batches of 32 through the in-process server (version "

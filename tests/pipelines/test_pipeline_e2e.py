@@ -96,7 +96,8 @@ def test_first_run_pushes_and_publishes(first_run, workdir):
         "ValidationGate", "Transform", "Trainer", "Evaluator", "Pusher",
         "RepresentationExtractor", "CrossRepresentationAggregator", "RepresentationGuard",
         "LightweightEmbeddingEvaluator", "DownstreamExamples", "DownstreamTrainer",
-        "DownstreamBaselineTrainer", "DownstreamEvaluator", "DownstreamPusher",
+        "DownstreamBaselineTrainer", "DownstreamEvaluator", "DownstreamVsLastBlessedEvaluator",
+        "DownstreamBlessingGate", "DownstreamPusher",
     }
     assert expected_components <= set(s["component_seconds"])
     assert s["blessed"] and s["pushed"]
@@ -218,6 +219,10 @@ def test_downstream_ranker_is_trained_evaluated_against_none_and_pushed(first_ru
     assert s["downstream_eval_examples"] == s["eval_ad_examples"]
     assert s["downstream_baseline_auc"] is None or 0.0 < s["downstream_baseline_auc"] < 1.0
     assert s["downstream_pushed"] == s["downstream_blessed"]
+    assert s["downstream_last_blessed_auc"] is None  # no ranker was blessed before run 1
+    # Blessed iff not worse than the none baseline (max drop 0); nothing older to compare with.
+    if s["downstream_auc"] is not None and s["downstream_baseline_auc"] is not None:
+        assert s["downstream_blessed"] == (s["downstream_auc"] >= s["downstream_baseline_auc"])
     if s["downstream_pushed"]:
         assert s["downstream_pushed_path"].startswith(str(workdir / "serving" / "lfm4ads_ranker"))
         assert os.path.exists(os.path.join(s["downstream_pushed_path"], "saved_model.pb"))
@@ -306,6 +311,9 @@ def test_second_run_compares_with_the_blessed_model(first_run, second_run, workd
     assert (summary["downstream_blessed"] is not None) == summary["published"]
     assert ("online downstream AUC" in stdout) == bool(
         summary["published"] and summary["downstream_pushed"])
+    # A ranker blessed in run 1 is the second evaluation's baseline in run 2.
+    if summary["published"] and first_run["downstream_blessed"]:
+        assert summary["downstream_last_blessed_auc"] is not None
     assert summary["evaluation_uri"] != first_run["evaluation_uri"]
     diffs, aucs = {}, {}
     for metrics in tfma.load_metrics(summary["evaluation_uri"]):
