@@ -70,27 +70,23 @@ def evaluate_and_publish(train: D.Rows, test: D.Rows, table_dirs: dict[str, str]
     try:
         result = evaluate(train, test, table_source(table_dirs), reference, config)
     except TooFewRows as e:
-        # Nothing measured. With a live version, keep it; with none, nothing can get worse.
-        result = {"reasons": [f"not evaluated: {e}"], "reference": None}
-        if live is not None:
-            result.update(verdict=STATUS_HELD, live_version=live,
-                          candidate_version=int(version), published_path=None)
-            return result
-        result["blessed"] = True
+        # Nothing measured: keep the live version; with none, nothing can get worse.
+        result = {"reasons": [f"not evaluated: {e}"], "reference": None, "blessed": live is None}
+    else:
+        result["reasons"] = []
+        if live is None:  # nothing live to protect (as TFMA without a baseline)
+            result["blessed"] = True
+            result["reasons"].append(
+                "first publication: nothing live to compare with; against no representations "
+                f"the proxy's AUC delta is {result['delta']:+.4f} (recorded, not judged)")
     result.update(verdict=STATUS_HELD, live_version=live, candidate_version=int(version),
-                  published_path=None, reasons=result.get("reasons", []))
-    if live is None and result["reference"] == "none":
-        # Nothing live to protect (as TFMA without a baseline): the delta against no
-        # representations is recorded, not judged.
-        result["blessed"] = True
-        result["reasons"].append(
-            f"first publication: nothing live to compare with; against no representations the "
-            f"proxy's AUC delta is {result['delta']:+.4f} (recorded, not judged)")
+                  published_path=None)
     if not result["blessed"]:
-        result["reasons"].append(
-            f"the proxy's AUC with the candidate is {result['candidate_auc']:.4f}, "
-            f"{-result['delta']:.4f} below the {result['reference']} reference "
-            f"({result['reference_auc']:.4f}; tolerance {config.tolerance})")
+        if "delta" in result:
+            result["reasons"].append(
+                f"the proxy's AUC with the candidate is {result['candidate_auc']:.4f}, "
+                f"{-result['delta']:.4f} below the {result['reference']} reference "
+                f"({result['reference_auc']:.4f}; tolerance {config.tolerance})")
         return result
     if os.path.exists(os.path.join(publish_root, str(version))):
         result["reasons"].append(f"version {version} is already published")
@@ -106,7 +102,7 @@ def evaluate_and_publish(train: D.Rows, test: D.Rows, table_dirs: dict[str, str]
 def _record(out, result: dict) -> None:
     out.set_string_custom_property("verdict", result["verdict"])
     out.set_int_custom_property("published", int(result["verdict"] == STATUS_PUBLISHED))
-    if "blessed" in result:  # absent when nothing was evaluated
+    if "blessed" in result:  # absent when the guard held the tables (nothing evaluated)
         out.set_int_custom_property("blessed", int(bool(result["blessed"])))
     out.set_string_custom_property("reasons", json.dumps(result["reasons"]))
     out.set_int_custom_property("live_version", int(result.get("live_version") or 0))

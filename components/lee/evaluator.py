@@ -38,6 +38,7 @@ from trainer import features as F
 from trainer.downstream import config as C
 from trainer.downstream import data as D
 from trainer.downstream import point_in_time as P
+from trainer.downstream.train import predict, train_ranker
 from trainer.evaluation import auc, expected_auc
 from trainer.representations import tables as T
 
@@ -113,8 +114,6 @@ def bootstrap_stderr(labels: np.ndarray, a: np.ndarray, b: np.ndarray, samples: 
 def proxy_auc(config: LeeConfig, mode: str, train: D.Rows, test: D.Rows,
               probabilities: np.ndarray | None = None) -> dict:
     """Trains the proxy in `mode` on `train`; its AUC (and expected AUC) on `test`."""
-    from trainer.downstream.train import predict, train_ranker
-
     model, fit = train_ranker(config.ranker(mode), config.training(), train)
     scores = predict(model, test)
     return {"auc": auc(test[F.LABEL], scores), "scores": scores,

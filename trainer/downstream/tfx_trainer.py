@@ -97,7 +97,7 @@ def run_fn(fn_args) -> None:
         S.found_feature(n) for n in config.representation_features}
     train = {k: v for k, v in train.items() if k in keep}
     validation = {k: v for k, v in validation.items() if k in keep}
-    model, fit = train_ranker(config, train_config, train, validation, verbose=2)
+    model, fit = train_ranker(config, train_config, train, validation, verbose=0)
     warmup = [r.numpy() for r in tf.data.TFRecordDataset(files[:1], "GZIP").take(4)]
     export_ranker(model, fn_args.serving_model_dir, warmup, versioned=False)
     print(f"downstream ranker {config.mode!r}: {D.size(train)} training, "
