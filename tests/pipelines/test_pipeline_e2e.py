@@ -48,9 +48,11 @@ def first_run(workdir):
         # Transform graph's ids); run 2 with the defaults.
         model_overrides={"feature_path": True},
         train_overrides={**FAST, "feature_path_epochs": 2},
-        # The eval day of 4000 examples has a handful of ad clicks: bless on any AUC here;
-        # run 2 uses the default threshold, and its test accepts either verdict.
+        # The eval day of 4000 examples has a handful of ad clicks: bless on any AUC here
+        # (the upstream and the downstream ranker); run 2 uses the default thresholds, and its
+        # test accepts either verdict.
         auc_threshold=0.0,
+        downstream_max_drop=1.0,
     )
 
 
@@ -188,8 +190,9 @@ def test_online_loop_serves_the_pushed_model_and_updates_the_store(first_run, wo
     assert out["online_requests"] == 64 and out["online_batches"] == 2
     assert out["online_model_version"] == first_run["pushed_version"]
     assert out["online_late_events"] == 0
-    # With a pushed downstream ranker the server hosts it too and the loop scores with it.
-    assert ("online_downstream_auc" in out) == first_run["downstream_pushed"]
+    # The pushed downstream ranker is served beside the upstream and scores every request.
+    assert out["online_ad_requests"] > 0 and "online_downstream_auc" in out
+    assert "online_baseline_auc" in out
     files = data_input.list_files(data)
     _, hi = data_input.time_range(files)
     latest = [r.numpy() for r in data_input.records_in_window(files, start=hi + 1 - 86_400)]
@@ -215,21 +218,15 @@ def test_downstream_ranker_is_trained_evaluated_against_none_and_pushed(first_ru
     trained on point-in-time rows, TFMA compared them on the eval split, and the Pusher acted
     on the blessing."""
     s = first_run
-    assert s["downstream_blessed"] is not None, s
+    assert s["downstream_blessed"] and s["downstream_pushed"], s  # any AUC blesses in run 1
     assert s["downstream_eval_examples"] == s["eval_ad_examples"]
     assert s["downstream_baseline_auc"] is None or 0.0 < s["downstream_baseline_auc"] < 1.0
-    assert s["downstream_pushed"] == s["downstream_blessed"]
     assert s["downstream_last_blessed_auc"] is None  # no ranker was blessed before run 1
-    # Blessed iff not worse than the none baseline (max drop 0); nothing older to compare with.
-    if s["downstream_auc"] is not None and s["downstream_baseline_auc"] is not None:
-        assert s["downstream_blessed"] == (s["downstream_auc"] >= s["downstream_baseline_auc"])
-    if s["downstream_pushed"]:
-        assert s["downstream_pushed_path"].startswith(str(workdir / "serving" / "lfm4ads_ranker"))
-        assert os.path.exists(os.path.join(s["downstream_pushed_path"], "saved_model.pb"))
+    assert s["downstream_pushed_path"].startswith(str(workdir / "serving" / "lfm4ads_ranker"))
+    assert os.path.exists(os.path.join(s["downstream_pushed_path"], "saved_model.pb"))
     with open(s["model_config_file"]) as f:
         config = f.read()
-    assert 'name: "lfm4ads"' in config
-    assert ('name: "lfm4ads_ranker"' in config) == s["downstream_pushed"]
+    assert 'name: "lfm4ads"' in config and 'name: "lfm4ads_ranker"' in config
 
 
 def test_downstream_examples_see_the_upstream_as_of_before_each_row(first_run, workdir):
@@ -311,8 +308,8 @@ def test_second_run_compares_with_the_blessed_model(first_run, second_run, workd
     assert (summary["downstream_blessed"] is not None) == summary["published"]
     assert ("online downstream AUC" in stdout) == bool(
         summary["published"] and summary["downstream_pushed"])
-    # A ranker blessed in run 1 is the second evaluation's baseline in run 2.
-    if summary["published"] and first_run["downstream_blessed"]:
+    # The ranker blessed in run 1 is the second evaluation's baseline in run 2.
+    if summary["published"]:
         assert summary["downstream_last_blessed_auc"] is not None
     assert summary["evaluation_uri"] != first_run["evaluation_uri"]
     diffs, aucs = {}, {}
