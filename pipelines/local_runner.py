@@ -134,6 +134,7 @@ def _online_downstream(records: list[bytes], scores, baseline_model: str) -> dic
     import numpy as np
     import tensorflow as tf
 
+    from pipelines.summary import rounded
     from trainer import features as F
     from trainer import signatures as S
     from trainer.evaluation import auc
@@ -147,9 +148,6 @@ def _online_downstream(records: list[bytes], scores, baseline_model: str) -> dic
         predict(**{S.INPUT_KEY: tf.constant(ad_records[i:i + 1024])})[
             S.DOWNSTREAM_PREDICTION].numpy().reshape(-1)
         for i in range(0, len(ad_records), 1024)]) if ad_records else np.zeros(0)
-
-    def rounded(value):
-        return None if value is None else round(value, 4)
 
     return {"online_ad_requests": int(ad.sum()), "online_ad_clicks": int(labels.sum()),
             "online_downstream_auc": rounded(auc(labels, np.asarray(scores)[ad])),

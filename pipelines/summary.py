@@ -110,7 +110,8 @@ def _result_file(artifact, name: str) -> dict:
         return json.load(f)
 
 
-def _rounded(value, digits: int = 4):
+def rounded(value, digits: int = 4):
+    """`value` rounded for the summary, None kept."""
     return None if value is None else round(float(value), digits)
 
 
@@ -150,10 +151,10 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
         "lee_verdict": _prop(lee, "verdict"),  # None when the pipeline has no evaluator
         # None when there was no evaluator or it did not evaluate (the guard held the tables).
         "lee_blessed": None if _prop(lee, "blessed") is None else bool(_prop(lee, "blessed")),
-        "lee_delta": _rounded(_prop(lee, "delta")),
-        "lee_delta_stderr": _rounded(_prop(lee, "delta_stderr")),
-        "lee_candidate_auc": _rounded(_prop(lee, "candidate_auc")),
-        "lee_reference_auc": _rounded(_prop(lee, "reference_auc")),
+        "lee_delta": rounded(_prop(lee, "delta")),
+        "lee_delta_stderr": rounded(_prop(lee, "delta_stderr")),
+        "lee_candidate_auc": rounded(_prop(lee, "candidate_auc")),
+        "lee_reference_auc": rounded(_prop(lee, "reference_auc")),
         "lee_reference": _prop(lee, "reference"),
         "lee_test_rows": _prop(lee, "test_rows"),
         "lee_test_clicks": _prop(lee, "test_clicks"),

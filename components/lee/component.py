@@ -30,6 +30,7 @@ from components import artifacts as A
 from components.lee.evaluator import LeeConfig, TooFewRows, evaluate, table_source
 from components.representation_extractor.component import split_patterns
 from components.representation_guard.component import (
+    artifact_table_dirs,
     live_version,
     load_into_store,
     publish,
@@ -47,16 +48,6 @@ _InputArtifact = tfx.dsl.components.InputArtifact
 _Parameter = tfx.dsl.components.Parameter
 
 EVALUATION_FILE = "evaluation.json"
-
-
-def candidate_table_dirs(representations, cross_tables) -> dict[str, str]:
-    """The candidate's four tables in the extractor's and the aggregator's artifacts."""
-    return {
-        A.USER_TABLE: os.path.join(representations.uri, A.USER_TABLE),
-        A.ITEM_TABLE: os.path.join(representations.uri, A.ITEM_TABLE),
-        A.CROSS_USER_TABLE: os.path.join(cross_tables.uri, A.CROSS_USER_TABLE),
-        A.CROSS_ITEM_TABLE: os.path.join(cross_tables.uri, A.CROSS_ITEM_TABLE),
-    }
 
 
 def evaluate_and_publish(train: D.Rows, test: D.Rows, table_dirs: dict[str, str], version: int,
@@ -153,7 +144,7 @@ def LightweightEmbeddingEvaluator(  # noqa: N802 (TFX component naming)
     train = D.read_rows(train_files, start=test_start - int(round(train_days * F.DAY)),
                         end=test_start)
     result = evaluate_and_publish(
-        train, test, candidate_table_dirs(representations, cross_tables),
+        train, test, artifact_table_dirs(representations, cross_tables),
         int(verdict["candidate_version"]), verdict_statistics(verdict), publish_root, config,
         store_url)
     _record(evaluation, result)

@@ -69,6 +69,17 @@ def _decode_pairs(record: bytes):
     return keys[0], matrix[0]
 
 
+def artifact_table_dirs(representations, cross_tables) -> dict[str, str]:
+    """The four tables of a candidate version in the extractor's and the aggregator's
+    artifacts (`{table: directory}`)."""
+    return {
+        A.USER_TABLE: os.path.join(representations.uri, A.USER_TABLE),
+        A.ITEM_TABLE: os.path.join(representations.uri, A.ITEM_TABLE),
+        A.CROSS_USER_TABLE: os.path.join(cross_tables.uri, A.CROSS_USER_TABLE),
+        A.CROSS_ITEM_TABLE: os.path.join(cross_tables.uri, A.CROSS_ITEM_TABLE),
+    }
+
+
 def table_statistics_beam(pipeline, table_dirs: dict[str, str], out_dir: str) -> dict:
     """Statistics of each table directory, computed with `ComputeTableStatistics` in Beam."""
     with pipeline as p:
@@ -213,12 +224,7 @@ def RepresentationGuard(  # noqa: N802 (TFX component naming)
                    "reasons": ["the model was not pushed (not blessed): nothing to publish"]}
         _record(guard_result, verdict)
         return
-    table_dirs = {
-        A.USER_TABLE: os.path.join(representations.uri, A.USER_TABLE),
-        A.ITEM_TABLE: os.path.join(representations.uri, A.ITEM_TABLE),
-        A.CROSS_USER_TABLE: os.path.join(cross_tables.uri, A.CROSS_USER_TABLE),
-        A.CROSS_ITEM_TABLE: os.path.join(cross_tables.uri, A.CROSS_ITEM_TABLE),
-    }
+    table_dirs = artifact_table_dirs(representations, cross_tables)
     verdict = guard_and_publish(
         table_dirs, int(representations.get_int_custom_property("model_version")),
         publish_root, thresholds, beam_pipeline, guard_result.uri, bool(publish_tables))

@@ -30,9 +30,15 @@ def read_rows(files: Sequence[str], start: int | None = None, end: int | None = 
         for name in F.ALL_FEATURES:
             value = batch[name].numpy()
             parts[name].append(value[keep] if keep is not None else value)
-    rows = {name: np.concatenate(v) if v else np.zeros(0) for name, v in parts.items()}
+    return with_bytes_as_objects(
+        {name: np.concatenate(v) if v else np.zeros(0) for name, v in parts.items()})
+
+
+def with_bytes_as_objects(rows: Rows) -> Rows:
+    """`rows` with each bytes feature of the schema as an object array of `bytes` (what the
+    point-in-time lookups and the ranker's preprocessing take)."""
     for name in F.ALL_FEATURES:
-        if F.FEATURE_TYPES[name] is bytes:
+        if name in rows and F.FEATURE_TYPES[name] is bytes:
             rows[name] = rows[name].astype(object)
     return rows
 

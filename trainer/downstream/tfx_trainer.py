@@ -61,10 +61,8 @@ def read_rows(file_patterns: list[str], dims: dict[str, int]) -> D.Rows:
     for batch in ds.map(lambda s: F.densify(tf.io.parse_example(s, spec))):
         for name, value in batch.items():
             parts.setdefault(name, []).append(value.numpy())
-    rows = {name: np.concatenate(values) for name, values in parts.items()}
-    for name in F.ALL_FEATURES:
-        if F.FEATURE_TYPES[name] is bytes:
-            rows[name] = rows[name].astype(object)
+    rows = D.with_bytes_as_objects(
+        {name: np.concatenate(values) for name, values in parts.items()})
     for name in dims:
         rows[S.found_feature(name)] = rows[S.found_feature(name)].astype(np.float32)
     return rows
