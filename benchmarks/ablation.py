@@ -410,6 +410,36 @@ def _prepare(args) -> tuple[str, Split]:
     return data, split_by_fractions(files, fractions)
 
 
+def ablate(dataset: str | None = None, data: str | None = None, seeds: int = 3,
+           quick: bool = False, examples: int = 200_000, split_days: str | None = None,
+           split: str | None = None, upstream_epochs: int = TrainConfig().epochs,
+           cache: str = os.path.join("build", "ablation"), log=None) -> dict:
+    """Runs the ablation (the arguments are the command line's); returns the `--json` object.
+
+    `log` gets one line per trained model (default: printed)."""
+    if (dataset is None) == (data is None):
+        raise ValueError("give one of dataset ('synthetic' or 'movielens') and data (a "
+                         "directory in the project's schema)")
+    args = argparse.Namespace(dataset=dataset, data=data, examples=examples,
+                              split_days=split_days, split=split, cache=cache)
+    data, split = _prepare(args)
+    train_config = C.DownstreamTrainConfig(epochs=3) if quick else C.DownstreamTrainConfig()
+    config = C.DownstreamConfig()
+    with tempfile.TemporaryDirectory(prefix="ablation-") as work:
+        ablation = Ablation(
+            data, split, list(range(seeds)), work,
+            upstream_epochs=1 if quick else upstream_epochs,
+            train_config=train_config, config=config,
+            layers=("embedding", f"mlp_{len(ModelConfig().mlp_hidden)}") if quick else None,
+            log=log or (lambda line: print(line, flush=True)))
+        result = ablation.run()
+    result["data"] = data
+    result["settings"] = {"downstream": dataclasses.asdict(config),
+                          "training": dataclasses.asdict(train_config),
+                          "upstream_epochs": ablation.upstream_epochs}
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ablation",
                                 description=__doc__.split("\n")[0])
@@ -431,21 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     console.add_verbose_flag(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     console.setup(args.verbose)
-    data, split = _prepare(args)
-    train_config = C.DownstreamTrainConfig(epochs=3) if args.quick else C.DownstreamTrainConfig()
-    config = C.DownstreamConfig()
-    with tempfile.TemporaryDirectory(prefix="ablation-") as work:
-        ablation = Ablation(
-            data, split, list(range(args.seeds)), work,
-            upstream_epochs=1 if args.quick else args.upstream_epochs,
-            train_config=train_config, config=config,
-            layers=("embedding", f"mlp_{len(ModelConfig().mlp_hidden)}") if args.quick else None,
-            log=lambda line: print(line, flush=True))
-        result = ablation.run()
-    result["data"] = data
-    result["settings"] = {"downstream": dataclasses.asdict(config),
-                          "training": dataclasses.asdict(train_config),
-                          "upstream_epochs": ablation.upstream_epochs}
+    result = ablate(args.dataset, args.data, args.seeds, args.quick, args.examples,
+                    args.split_days, args.split, args.upstream_epochs, args.cache)
     print(format_tables(result))
     if args.json:
         print(json.dumps(result))

@@ -29,7 +29,11 @@ def open_metadata(metadata_path: str) -> metadata_store.MetadataStore:
 
 def latest_artifact(store, type_name: str, component_id: str | None = None):
     """The newest artifact of `type_name` in ML Metadata (with `component_id`: among those
-    that component wrote, `<pipeline_root>/<component_id>/<output>/<execution>`), or None."""
+    that component wrote, `<pipeline_root>/<component_id>/<output>/<execution>`), or None.
+
+    Several components may write one type (`ExampleStatistics`: StatisticsGen and the
+    Transform's pre/post-transform statistics; `Model`: both trainers): without
+    `component_id` the newest of them comes back, whichever wrote it."""
     artifacts = store.get_artifacts_by_type(type_name)
     if component_id is not None:
         part = os.sep + component_id + os.sep

@@ -15,12 +15,22 @@ import numpy as np
 from trainer.evaluation import auc, expected_auc
 
 ORACLE_FILE = "oracle.npz"
+USERS_FILE = "users.npz"  # the simulator's per-user ground truth (interest group, demographics)
 
 
 def load(data: str):
     """The oracle of the data directory `data`, or None when it has none."""
     path = os.path.join(data, ORACLE_FILE) if os.path.isdir(data) else ""
     return np.load(path) if path and os.path.exists(path) else None
+
+
+def load_users(data: str) -> dict[str, np.ndarray] | None:
+    """The per-user ground truth of the data directory `data` (`USERS_FILE`), or None."""
+    path = os.path.join(data, USERS_FILE) if os.path.isdir(data) else ""
+    if not path or not os.path.exists(path):
+        return None
+    with np.load(path) as users:
+        return {key: users[key] for key in users.files}
 
 
 def window(oracle, start: int, end: int | None = None,

@@ -33,7 +33,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from trainer import features
-from trainer.oracle import ORACLE_FILE
+from trainer.oracle import ORACLE_FILE, USERS_FILE
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "data-*-of-*.tfrecord.gz"
@@ -468,9 +468,9 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path
     """Creates ``out_dir``, or empties a previous source's output in it.
 
     A directory that exists must be empty, unless ``overwrite``: then the shards,
-    ``manifest.json`` and ``oracle.npz`` of a previous run are deleted (other files are left
-    alone, so a wrong path never loses unrelated data silently: it is refused without
-    ``overwrite``).
+    ``manifest.json``, ``oracle.npz`` and ``users.npz`` of a previous run are deleted (other
+    files are left alone, so a wrong path never loses unrelated data silently: it is refused
+    without ``overwrite``).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -479,10 +479,10 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path
         if not overwrite:
             raise FileExistsError(
                 f"--out {str(out)!r} is not empty; pass --overwrite (overwrite=True) to replace "
-                "the shards, manifest.json and oracle.npz of a previous run"
+                "the shards, manifest.json, oracle.npz and users.npz of a previous run"
             )
         for path in out.iterdir():
-            if _SHARD_RE.fullmatch(path.name) or path.name in (MANIFEST, ORACLE_FILE):
+            if _SHARD_RE.fullmatch(path.name) or path.name in (MANIFEST, ORACLE_FILE, USERS_FILE):
                 if path.is_dir():
                     shutil.rmtree(path)
                 else:

@@ -24,7 +24,10 @@ Outputs in ``--out``: the shards (``common.write_examples``, timestamp order), `
 with one entry per record in record order (``timestamp`` int64, ``is_ad`` bool, ``item_id`` and
 ``user_id`` str, ``p_label`` float32 = the true probability, ``label`` int8, ``cold_start`` bool,
 ``feature_score`` float32 = the true logit without the individual user and item parts)
-so a trainer can compute the oracle AUC on its own evaluation window, and ``manifest.json``:
+so a trainer can compute the oracle AUC on its own evaluation window, ``users.npz`` with one
+entry per user (``user_id`` str, ``interest`` int64 = the category whose vector is closest to
+the user's latent interest, the user's ground-truth interest group; ``geo``, ``age``,
+``gender`` int64; ``activity`` float32), and ``manifest.json``:
 ``examples, seed, days, start_timestamp, shards, counts {content, ad}, scenarios, time_range
 {min, max}, users, items {content, ad}, cold_start_items, cold_start_examples, oracle_auc_ad,
 oracle_auc_content, oracle_auc_cold_start`` (AUC of ``p_label`` on all ad / content / cold-start
@@ -57,7 +60,7 @@ import numpy as np
 from pipelines.sources import common
 from trainer import console, features
 from trainer.evaluation import auc
-from trainer.oracle import ORACLE_FILE
+from trainer.oracle import ORACLE_FILE, USERS_FILE
 
 START_TIMESTAMP = 1767225600  # 2026-01-01T00:00:00Z
 SECONDS_PER_DAY = 86_400
@@ -117,6 +120,7 @@ class Simulation:
     columns: dict[str, common.Column]
     oracle: dict[str, np.ndarray]
     facts: dict[str, Any]
+    users: dict[str, np.ndarray]  # per-user ground truth (users.npz)
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -322,6 +326,14 @@ def simulate(examples: int, seed: int = 0, days: int = 14,
         "cold_start": is_cold,
         "feature_score": feature_score.astype(np.float32),
     }
+    # Each user's ground-truth interest group: the category nearest to u_vec (what the user
+    # engages with most in expectation, before item biases and popularity).
+    users = {
+        "user_id": np.char.add("u", np.arange(n_users).astype(str)),
+        "interest": np.argmax(u_vec @ _normalize(cat_vec).T, axis=1).astype(np.int64),
+        "geo": geo.astype(np.int64), "age": age.astype(np.int64),
+        "gender": gender.astype(np.int64), "activity": activity.astype(np.float32),
+    }
     cold_ad = is_ad & is_cold
     facts = {
         "counts": {"content": int(len(content_idx)), "ad": int(len(ad_idx))},
@@ -343,7 +355,7 @@ def simulate(examples: int, seed: int = 0, days: int = 14,
         "mean_history_length": float(hist_offsets[-1] / examples),
         "ground_truth": {"domain_bias": domain_bias, **dataclasses.asdict(cfg)},
     }
-    return Simulation(columns=columns, oracle=oracle, facts=facts)
+    return Simulation(columns=columns, oracle=oracle, facts=facts, users=users)
 
 
 def _mean(x: np.ndarray) -> float:
@@ -368,7 +380,8 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Simulates and writes a data set: shards, ``manifest.json`` and ``oracle.npz``.
+    """Simulates and writes a data set: shards, ``manifest.json``, ``oracle.npz`` and
+    ``users.npz``.
 
     Args:
         out_dir: output directory; must be missing or empty unless ``overwrite``.
@@ -390,6 +403,7 @@ def generate(
     sim = simulate(examples, seed, days, config)
     shards = common.write_examples(out, sim.columns, num_shards, workers, progress)
     np.savez(out / ORACLE, **sim.oracle)
+    np.savez(out / USERS_FILE, **sim.users)
     seconds = time.perf_counter() - started
     manifest = {
         "source": "synthetic",
@@ -399,6 +413,7 @@ def generate(
         "start_timestamp": START_TIMESTAMP,
         "shards": shards,
         "oracle": ORACLE,
+        "users_truth": USERS_FILE,
         **sim.facts,
         "seconds": round(seconds, 3),
         "examples_per_second": round(examples / seconds, 1),

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from pipelines.sources import common, synthetic
 from trainer import features
+from trainer.oracle import load_users
 
 EXAMPLES = 12_000
 SEED = 4  # its 60 cold-start ad samples have both labels (so their AUC is defined)
@@ -285,6 +286,27 @@ def test_oracle_matches_records_and_its_auc(dataset):
     for key, mask in (("ad", is_ad), ("content", ~is_ad)):
         want = roc_auc_score(label[mask], oracle["feature_score"][mask])
         assert manifest[f"features_only_auc_{key}"] == pytest.approx(want, abs=1e-5), key
+
+
+def test_users_truth_matches_records_and_interest_shows_in_labels(dataset):
+    out, manifest, _, parsed = dataset
+    assert manifest["users_truth"] == "users.npz"
+    users = load_users(str(out))
+    assert users["user_id"].size == manifest["users"] == np.unique(users["user_id"]).size
+    row = {u: i for i, u in enumerate(users["user_id"])}
+    index = np.array([row[u] for u in parsed[features.USER_ID].astype(str)])
+    assert np.array_equal(users["age"][index], parsed[features.USER_AGE])
+    assert np.array_equal(users["gender"][index],
+                          (parsed[features.USER_GENDER] == b"f").astype(np.int64))
+    geo = np.array([int(g[3:]) for g in parsed[features.USER_GEO]])
+    assert np.array_equal(users["geo"][index], geo)
+    # The interest group is the ground truth the labels come from: items of the user's interest
+    # category are engaged with far more often than the others.
+    category = np.array([int(c[3:]) for c in parsed[features.ITEM_CATEGORY]])
+    match = category == users["interest"][index]
+    label = parsed[features.LABEL].astype(bool)
+    assert match.sum() > 100
+    assert label[match].mean() > 1.5 * label[~match].mean()
 
 
 def test_ground_truth_is_learnable_at_scale():
