@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 PYTHON310 ?= $(shell for p in python3.10 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10 2>/dev/null | sort -V -r) /usr/bin/python3.10; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 
-.PHONY: venv run train test lint lock clean
+.PHONY: venv run train test lint figures lock clean
 
 venv: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ test: venv
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Run the four notebooks at their defaults and write their figures (about 11 minutes).
+figures: venv
+	$(PY) -m notebooks.render --out docs/figures
 
 lint: venv
 	$(PY) -m ruff check .
