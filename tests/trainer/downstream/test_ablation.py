@@ -3,6 +3,8 @@ group trains and reports."""
 
 import json
 
+import pytest
+
 from benchmarks import ablation
 from trainer.downstream import config as C
 
@@ -38,3 +40,10 @@ def test_orderings_are_paired_by_seed():
     assert (row["seeds_holding"], row["seeds"]) == (1, 2)
     no_oracle = {k: [{"expected_auc": None, "auc": r["auc"]} for r in v] for k, v in runs.items()}
     assert ablation.orderings(no_oracle)[0]["metric"] == "auc"
+
+
+def test_ablate_takes_exactly_one_data_source():
+    with pytest.raises(ValueError, match="give one of dataset"):
+        ablation.ablate()
+    with pytest.raises(ValueError, match="give one of dataset"):
+        ablation.ablate(dataset="synthetic", data="some/dir")
