@@ -9,6 +9,7 @@ kernels Jupyter has installed elsewhere.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
@@ -63,8 +64,6 @@ def inject_parameters(nb: nbformat.NotebookNode, parameters: dict, name: str = "
 
 
 def _assigned_names(source: str) -> set[str]:
-    import ast
-
     names = set()
     for node in ast.parse(source).body:
         targets = node.targets if isinstance(node, ast.Assign) else (

@@ -61,12 +61,11 @@ def render(out: str, small: bool = False, only: list[str] | None = None,
         log(f"{path.name}: running{' (small)' if small else ''}")
         execute(path, parameters, output=Path(executed) / path.name if executed else None,
                 timeout=timeout, log=log)
-        missing = [name for name in FIGURES.get(path.name, ())
-                   if not (Path(out) / f"{name}.png").is_file()]
+        files = [Path(out) / f"{name}.png" for name in FIGURES.get(path.name, ())]
+        missing = [f.stem for f in files if not f.is_file()]
         if missing:
             raise NotebookError(f"{path.name} ran but did not write {missing} in {out}")
-        written[path.name] = [str(Path(out) / f"{name}.png")
-                              for name in FIGURES.get(path.name, ())]
+        written[path.name] = [str(f) for f in files]
         log(f"{path.name}: done in {time.perf_counter() - started:.0f} s")
     return written
 

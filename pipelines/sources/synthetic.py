@@ -316,11 +316,12 @@ def simulate(examples: int, seed: int = 0, days: int = 14,
         features.CONVERSION: common.IntColumn(conversion.astype(np.int64)),
     }
     is_cold = cold[item]
+    user_ids = np.char.add("u", np.arange(n_users).astype(str))  # the oracle's and users.npz's
     oracle = {
         "timestamp": timestamp.astype(np.int64),
         "is_ad": is_ad,
         "item_id": np.array([v.decode() for v in item_vocab])[item],
-        "user_id": np.char.add("u", np.arange(n_users).astype(str))[user],
+        "user_id": user_ids[user],
         "p_label": p_label.astype(np.float32),
         "label": label.astype(np.int8),
         "cold_start": is_cold,
@@ -329,7 +330,7 @@ def simulate(examples: int, seed: int = 0, days: int = 14,
     # Each user's ground-truth interest group: the category nearest to u_vec (what the user
     # engages with most in expectation, before item biases and popularity).
     users = {
-        "user_id": np.char.add("u", np.arange(n_users).astype(str)),
+        "user_id": user_ids,
         "interest": np.argmax(u_vec @ _normalize(cat_vec).T, axis=1).astype(np.int64),
         "geo": geo.astype(np.int64), "age": age.astype(np.int64),
         "gender": gender.astype(np.int64), "activity": activity.astype(np.float32),
