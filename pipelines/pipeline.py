@@ -176,6 +176,38 @@ def latest_blessed(trainer_id: str, blessing_id: str, resolver_id: str) -> tfx.d
     ).with_id(resolver_id)
 
 
+def vertex_trainer_config(project: str, region: str, image: str, strategy: str = "default",
+                          workers: int = 1, parameter_servers: int = 0,
+                          machine_type: str = "n1-standard-8") -> dict:
+    """The Trainer's `custom_config` entries that run it as a Vertex AI custom job: pool 0 is
+    the chief, pool 1 `workers - 1` more workers (`multi_worker`) or `workers` workers
+    (`parameter_server`), pool 2 the parameter servers. Vertex sets each replica's TF_CONFIG;
+    every replica runs `run_fn` from `image` (TFX sets the command)."""
+    if strategy == "parameter_server" and (workers < 1 or parameter_servers < 1):
+        raise ValueError("the parameter_server strategy needs workers >= 1 and "
+                         f"parameter_servers >= 1, got {workers} and {parameter_servers}")
+    if strategy != "parameter_server" and parameter_servers:
+        raise ValueError(f"parameter_servers={parameter_servers} needs the parameter_server "
+                         f"strategy, not {strategy!r}")
+    if strategy in ("default", "mirrored") and workers != 1:
+        raise ValueError(f"strategy {strategy!r} runs on one machine; workers={workers} needs "
+                         "multi_worker or parameter_server")
+
+    def pool(replicas: int) -> dict:
+        return {"machine_spec": {"machine_type": machine_type}, "replica_count": replicas,
+                "container_spec": {"image_uri": image}}
+
+    pools = [pool(1)]
+    if strategy == "multi_worker" and workers > 1:
+        pools.append(pool(workers - 1))
+    elif strategy == "parameter_server":
+        pools += [pool(workers), pool(parameter_servers)]
+    vertex = tfx.extensions.google_cloud_ai_platform
+    return {vertex.ENABLE_VERTEX_KEY: True, vertex.VERTEX_REGION_KEY: region,
+            vertex.TRAINING_ARGS_KEY: {"project": project,
+                                       "job_spec": {"worker_pool_specs": pools}}}
+
+
 def create_pipeline(
     pipeline_name: str = configs.PIPELINE_NAME,
     pipeline_root: str = configs.PIPELINE_ROOT,
@@ -204,6 +236,7 @@ def create_pipeline(
     publish_root: str | None = None,
     store_url: str = "",
     enable_cache: bool = False,
+    vertex_training: dict | None = None,
 ) -> tfx.dsl.Pipeline:
     """The whole pipeline. Pushed models go to `<serving_root>/<model_name>/<version>`; the
     guarded representation tables to `publish_root` (default `<serving_root>/representations`)
@@ -234,18 +267,21 @@ def create_pipeline(
         preprocessing_fn=configs.PREPROCESSING_FN,
     )
     transform.add_upstream_node(gate)
-    trainer = tfx.components.Trainer(
+    trainer_config = {
+        "preset": preset,
+        "model": dict(configs.MODEL_OVERRIDES if model_overrides is None else model_overrides),
+        "train": dict(configs.TRAIN_OVERRIDES if train_overrides is None else train_overrides),
+    }
+    trainer_class = tfx.components.Trainer
+    if vertex_training is not None:  # the Trainer runs as a Vertex AI custom job (its cluster)
+        trainer_class = tfx.extensions.google_cloud_ai_platform.Trainer
+        trainer_config.update(vertex_trainer_config(**vertex_training))
+    trainer = trainer_class(
         run_fn=configs.RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=curated_schema.outputs["schema"],
-        custom_config={
-            "preset": preset,
-            "model": dict(configs.MODEL_OVERRIDES if model_overrides is None
-                          else model_overrides),
-            "train": dict(configs.TRAIN_OVERRIDES if train_overrides is None
-                          else train_overrides),
-        },
+        custom_config=trainer_config,
     )
     baseline = latest_blessed("Trainer", "Evaluator", "LatestBlessedModelResolver")
     evaluator = tfx.components.Evaluator(

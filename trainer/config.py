@@ -7,6 +7,7 @@ import re
 
 INTERACTIONS = ("cross", "cross_mix", "fm")
 BRANCHES = ("dual", "shared")
+STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")  # trainer.distribute
 _CR_LAYER = re.compile(r"^(embedding|cross_(\d+)|mlp_(\d+))$")
 
 
@@ -176,11 +177,24 @@ class TrainConfig:
     # pipeline always uses its Transform's vocabularies.
     vocabularies: bool = True
     seed: int = 0
+    # Distribution (`trainer.distribute`): one of STRATEGIES, the cluster from TF_CONFIG.
+    # Under `parameter_server`, variables of at least `min_shard_bytes` are split across at
+    # most `variable_shards` parameter servers (0: all of them), and an epoch is
+    # `steps_per_epoch` steps of `batch_size` (0: one pass over the training rows).
+    strategy: str = "default"
+    variable_shards: int = 0
+    min_shard_bytes: int = 256 << 10
+    steps_per_epoch: int = 0
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "min_shard_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("variable_shards", "steps_per_epoch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; strategies: {list(STRATEGIES)}")
         if self.skip_last_days < 0:
             raise ValueError(f"skip_last_days must be >= 0, got {self.skip_last_days}")
         if self.feature_path_epochs < 0:
@@ -244,10 +258,14 @@ FLAG_HELP = {
     "retrieval_loss_weight": "weight of an in-batch softmax loss on UR . IR",
     "vocabularies": "ids from vocabularies of the training split, as the pipeline's Transform "
                     "(--no-vocabularies: hash into the *_buckets)",
+    "strategy": "tf.distribute strategy; the cluster comes from TF_CONFIG (docs/GUIDE.md)",
+    "variable_shards": "parameter_server: shards per large variable (0: one per server)",
+    "min_shard_bytes": "parameter_server: variables smaller than this are not split",
+    "steps_per_epoch": "parameter_server: steps per epoch (0: one pass over the rows)",
     "mlp_hidden": "hidden sizes of each branch's MLP, comma-separated",
     "tower_hidden": "hidden sizes of the user and item towers, comma-separated",
 }
-_CHOICES = {"interaction": INTERACTIONS, "branches": BRANCHES}
+_CHOICES = {"interaction": INTERACTIONS, "branches": BRANCHES, "strategy": STRATEGIES}
 
 
 def _flag_type(annotation: str):

@@ -35,7 +35,20 @@ def _auc(name: str) -> tf.keras.metrics.AUC:
 
 
 def _bce() -> tf.keras.losses.Loss:
-    return tf.keras.losses.BinaryCrossentropy(from_logits=True)
+    # Summed; `compute_loss` divides by the global batch (tf.distribute refuses a mean).
+    return tf.keras.losses.BinaryCrossentropy(
+        from_logits=True, reduction=tf.keras.losses.Reduction.SUM)
+
+
+def _global_batch(rows: tf.Tensor) -> tf.Tensor:
+    """Rows of this step over all replicas in sync (this replica's alone outside a strategy and
+    under ParameterServerStrategy, whose workers step alone): an uneven last batch counts
+    exactly, as in one process."""
+    count = tf.cast(tf.shape(rows)[0], tf.float32)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        count = context.all_reduce("sum", count)
+    return count
 
 
 class LFM4AdsModel(tfrs.models.Model):
@@ -61,6 +74,7 @@ class LFM4AdsModel(tfrs.models.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.distribute_reduction_method = "first"  # `_logs` returns synchronized values
         self.config = config
         self.train_config = train_config or TrainConfig()
         self.cr_layer = config.resolved_cr_layer()
@@ -107,10 +121,10 @@ class LFM4AdsModel(tfrs.models.Model):
         self.ad_task = tfrs.tasks.Ranking(loss=_bce(), metrics=[_auc("ad_auc")])
         self.content_task = tfrs.tasks.Ranking(loss=_bce(), metrics=[_auc("content_auc")])
         self.conversion_task = tfrs.tasks.Ranking(loss=_bce(), metrics=[_auc("conversion_auc")])
-        # Mean over the batch (TFRS's default sums), on the same scale as the ranking losses.
+        # Summed, then divided by the global batch in `compute_loss`, as the ranking losses.
         self.retrieval_task = tfrs.tasks.Retrieval(
             loss=tf.keras.losses.CategoricalCrossentropy(
-                from_logits=True, reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE
+                from_logits=True, reduction=tf.keras.losses.Reduction.SUM
             )
         ) if self.train_config.retrieval_loss_weight else None
 
@@ -314,4 +328,37 @@ class LFM4AdsModel(tfrs.models.Model):
                 sample_weight=label[:, 0],
                 compute_metrics=False,
             )
-        return loss
+        # The mean over the global batch; each replica's share sums to it across replicas.
+        return loss / _global_batch(label)
+
+    def _step_losses(self, inputs: dict[str, tf.Tensor], training: bool):
+        """(loss, regularization loss) of one step on this replica: the regularization losses
+        are computed whole on every replica, so each replica takes its share of them."""
+        loss = self.compute_loss(inputs, training=training)
+        regularization = tf.nn.scale_regularization_loss(
+            tf.reduce_sum([tf.reduce_sum(x) for x in self.losses]))
+        return loss, regularization
+
+    def _logs(self, loss: tf.Tensor, regularization: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The step's logs, the same on every replica (`distribute_reduction_method` is
+        "first"): the metrics' results are synchronized already, the losses are summed."""
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            loss, regularization = context.all_reduce("sum", [loss, regularization])
+        logs = {metric.name: metric.result() for metric in self.metrics}
+        logs.update(loss=loss, regularization_loss=regularization,
+                    total_loss=loss + regularization)
+        return logs
+
+    def train_step(self, inputs):
+        """TFRS's step, correct under any `tf.distribute` strategy (gradients are summed over
+        the replicas, so each replica's loss is its share of the global batch's mean)."""
+        with tf.GradientTape() as tape:
+            loss, regularization = self._step_losses(inputs, training=True)
+            total_loss = loss + regularization
+        gradients = tape.gradient(total_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
+        return self._logs(loss, regularization)
+
+    def test_step(self, inputs):
+        return self._logs(*self._step_losses(inputs, training=False))

@@ -3,9 +3,10 @@
 The Trainer component is given `run_fn="trainer.tfx_trainer.run_fn"`, the transformed
 examples and the Transform graph. `custom_config` may name a `preset` of
 `trainer.config.PRESETS` and hold `model` and `train` dicts of `ModelConfig` / `TrainConfig`
-fields over it. The SavedModel written to `serving_model_dir` keeps the signature contract of
-docs/ARCHITECTURE.md (raw serialized tf.Examples in, the Transform graph inside) and adds
-`transform_features` for TFMA.
+fields over it; `train: {"strategy": ...}` trains under a `tf.distribute` strategy on the
+cluster of `TF_CONFIG` (`trainer.distribute`), and only the chief exports. The SavedModel
+written to `serving_model_dir` keeps the signature contract of docs/ARCHITECTURE.md (raw
+serialized tf.Examples in, the Transform graph inside) and adds `transform_features` for TFMA.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 import tensorflow as tf
 
+from trainer import distribute
 from trainer import features as F
 from trainer.config import from_preset
 from trainer.export import TransformParser, export_saved_model
@@ -27,6 +29,7 @@ def transformed_dataset(
     batch_size: int,
     shuffle_buffer: int = 0,
     seed: int | None = None,
+    drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Batches of transformed feature dicts from the Transform component's gzip TFRecords."""
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
@@ -35,10 +38,16 @@ def transformed_dataset(
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda s: tf.io.parse_example(s, feature_spec),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _count(file_patterns: list[str]) -> int:
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
 def warmup_examples(raw_spec: dict, count: int = 4) -> list[bytes]:
@@ -72,27 +81,53 @@ def run_fn(fn_args) -> None:
     custom = dict(fn_args.custom_config or {})
     model_config, train_config = from_preset(custom.get("preset", "default"),
                                              custom.get("model"), custom.get("train"))
+    # Under parameter_server, the worker and ps tasks serve here and never return.
+    strategy = distribute.strategy_for(train_config)
+    distribute.check_supported(distribute.strategy_name(strategy), model_config, train_config)
+    distributed = distribute.strategy_name(strategy) != "default"
     tf.keras.utils.set_random_seed(train_config.seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     spec = tft_output.transformed_feature_spec()
-    train_ds = transformed_dataset(
-        fn_args.train_files, spec, train_config.batch_size,
-        shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed,
-    ).cache()
-    model = LFM4AdsModel(
-        model_config, train_config,
-        preprocessor=TransformPreprocessor(vocabulary_sizes(tft_output)),
-    )
+    sizes = vocabulary_sizes(tft_output)
+    cached = {}
+
+    def train_batches(drop_remainder: bool = False) -> tf.data.Dataset:
+        if drop_remainder or not cached:
+            ds = transformed_dataset(
+                fn_args.train_files, spec, train_config.batch_size,
+                shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed,
+                drop_remainder=drop_remainder).cache()
+            if drop_remainder:
+                return ds
+            cached["batches"] = ds
+        return cached["batches"]
+
+    def build() -> LFM4AdsModel:
+        return LFM4AdsModel(model_config, train_config, preprocessor=TransformPreprocessor(sizes))
+
+    with strategy.scope():
+        model = build()
     if model.feature_path is not None and train_config.feature_path_epochs:
-        model.fit_feature_path(train_ds, verbose=True)  # first stage; frozen for `fit`
-    model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
-    eval_ds = transformed_dataset(fn_args.eval_files, spec, 4096)
-    model.fit(
-        train_ds,
-        epochs=train_config.epochs,
-        validation_data=eval_ds,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
+        model.fit_feature_path(train_batches(), verbose=True)  # first stage; frozen for `fit`
+    with strategy.scope():
+        model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
+    fit_args = {}
+    if distribute.strategy_name(strategy) != "parameter_server":
+        fit_args["validation_data"] = transformed_dataset(fn_args.eval_files, spec, 4096)
+    rows = _count(fn_args.train_files) if distribute.is_parameter_server(strategy) else 0
+    distribute.fit(model, strategy, train_batches, rows, train_config,
+                   verbose=1 if sys.stdout.isatty() else 2, **fit_args)
+    if distributed:  # exported as one plain model, and only by the chief
+        first = next(iter(transformed_dataset(fn_args.eval_files, spec, 64)))
+        model = distribute.unsharded_copy(model, build, first)
+    if distribute.is_chief(strategy):
+        _export(model, fn_args, tft_output)
+    # TFX checks the export on every worker (a shared file system, as on Vertex AI): the
+    # other workers of multi_worker return once the chief has written it.
+    distribute.barrier(strategy)
+
+
+def _export(model: LFM4AdsModel, fn_args, tft_output) -> None:
     export_saved_model(
         model,
         fn_args.serving_model_dir,

@@ -12,6 +12,9 @@ earlier window). The evaluation reports the AUC of the ad branch on ad rows, of 
 branch on content rows, and of the ad branch on cold-start items (ad rows whose item never
 appears in the training window), next to the oracle AUC (the AUC of the true probabilities)
 when the data directory holds the synthetic generator's `oracle.npz`.
+
+`--strategy mirrored|multi_worker|parameter_server` trains under a `tf.distribute` strategy on
+the cluster of `TF_CONFIG` (`trainer.distribute`): start the same command on every host.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from trainer import console, oracle
+from trainer import console, distribute, oracle
 from trainer import features as F
 from trainer import input as data_input
 from trainer import signatures as S
@@ -64,16 +67,31 @@ def _train_items(files: list[str], cut: int) -> tuple[set[bytes], int]:
     return set(np.unique(seen).tolist()), int(seen.size)
 
 
+def _clone_preprocessor(preprocessor):
+    """A fresh preprocessor of the same ids (its own lookup tables, outside any strategy)."""
+    return None if preprocessor is None else type(preprocessor).from_config(
+        preprocessor.get_config())
+
+
 def fit_and_evaluate(
     data: str,
     model_config: ModelConfig | None = None,
     train_config: TrainConfig | None = None,
     verbose: int | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> tuple[LFM4AdsModel, dict, list[bytes]]:
     """Trains and evaluates (no export): the model, the metrics and a few serialized examples
-    of the eval window (for an export's warmup file)."""
+    of the eval window (for an export's warmup file).
+
+    `strategy` defaults to the one `train_config.strategy` names (`trainer.distribute`, cluster
+    from TF_CONFIG). The model returned is always a plain one (no strategy, no shards).
+    """
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
+    if strategy is None:
+        strategy = distribute.strategy_for(train_config)
+    distributed = distribute.strategy_name(strategy) != "default"
+    distribute.check_supported(distribute.strategy_name(strategy), model_config, train_config)
     tf.keras.utils.set_random_seed(train_config.seed)
     files = data_input.list_files(data)
     examples = data_input.check_files(files)
@@ -85,27 +103,43 @@ def fit_and_evaluate(
         raise data_input.DataError(
             f"validation_days={train_config.validation_days} and eval_days="
             f"{train_config.eval_days} leave nothing to train on")
-    train_ds = data_input.make_dataset(
-        files,
-        train_config.batch_size,
-        end=train_end,
-        shuffle_buffer=train_config.shuffle_buffer,
-        seed=train_config.seed,
-        cache=True,
-    )
+    train_items, train_examples = _train_items(files, train_end)
+    cached = {}
+
+    def train_batches(drop_remainder: bool = False) -> tf.data.Dataset:
+        # One cached dataset for the feature path's stage and `fit`; under parameter_server
+        # every worker builds its own (drop_remainder=True).
+        if drop_remainder or not cached:
+            ds = data_input.make_dataset(
+                files, train_config.batch_size, end=train_end,
+                shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed, cache=True,
+                drop_remainder=drop_remainder)
+            if drop_remainder:
+                return ds
+            cached["batches"] = ds
+        return cached["batches"]
+
     eval_ds = data_input.make_dataset(files, 4096, start=cut, end=hi + 1, cache=True)
     preprocessor = None
     if train_config.vocabularies:  # counted on the training split only, as the Transform does
         preprocessor = VocabularyPreprocessor.adapt(data_input.make_dataset(
             files, 8192, end=train_end, names=VOCABULARY_INPUTS), model_config)
-    model = LFM4AdsModel(model_config, train_config, preprocessor=preprocessor)
+
+    def build() -> LFM4AdsModel:
+        return LFM4AdsModel(model_config, train_config,
+                            preprocessor=_clone_preprocessor(preprocessor))
+
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
+    with strategy.scope():  # variables (sharded under parameter_server), tables, optimizer
+        model = build() if distributed else LFM4AdsModel(
+            model_config, train_config, preprocessor=preprocessor)
     path_history, started = [], time.perf_counter()
     if model.feature_path is not None and train_config.feature_path_epochs:
-        path_history = model.fit_feature_path(train_ds, verbose=bool(verbose))  # stage 1
+        path_history = model.fit_feature_path(train_batches(), verbose=bool(verbose))  # stage 1
     path_seconds, started = time.perf_counter() - started, time.perf_counter()
-    model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
+    with strategy.scope():
+        model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
     fit_args = {}
     if train_config.validation_days > 0:
         fit_args["validation_data"] = data_input.make_dataset(
@@ -113,11 +147,15 @@ def fit_and_evaluate(
         fit_args["callbacks"] = [tf.keras.callbacks.EarlyStopping(
             monitor="val_ad_auc", mode="max", patience=train_config.patience,
             restore_best_weights=True)]
-    history = model.fit(train_ds, epochs=train_config.epochs, verbose=verbose, **fit_args)
+    history = distribute.fit(model, strategy, train_batches, train_examples, train_config,
+                             verbose, **fit_args)
     epochs_run = len(history.history["loss"])
     fit_seconds = time.perf_counter() - started
+    sharded = len(distribute.sharded_variables(model))
+    if distributed:  # evaluated and exported as one plain model
+        first = next(iter(data_input.make_dataset(files, 64, start=cut, end=hi + 1)))
+        model = distribute.unsharded_copy(model, build, first)
 
-    train_items, train_examples = _train_items(files, train_end)
     ev = _collect(model, eval_ds)
     is_ad = ev["is_ad"].astype(bool)
     cold = is_ad & ~np.isin(ev["item"], list(train_items))
@@ -145,6 +183,10 @@ def fit_and_evaluate(
         "feature_path_epochs": len(path_history),
         "feature_path_seconds": round(path_seconds, 2),
         "preprocessing": "vocabulary" if preprocessor is not None else "hashing",
+        "strategy": distribute.strategy_name(strategy),
+        "replicas": strategy.num_replicas_in_sync,
+        "sharded_variables": sharded,
+        "chief": distribute.is_chief(strategy),
         "vocabulary_sizes": {name: model.preprocessor.vocabulary_size(name)
                              for name in VOCABULARY_INPUTS},
     }
@@ -161,13 +203,21 @@ def train_and_export(
     model_config: ModelConfig | None = None,
     train_config: TrainConfig | None = None,
     verbose: int | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
-    """Trains, evaluates and exports; returns the metrics and the export path."""
-    model, results, warmup = fit_and_evaluate(data, model_config, train_config, verbose)
+    """Trains, evaluates and exports; returns the metrics and the export path (None on a
+    `multi_worker` worker that is not the chief: only the chief exports)."""
+    if strategy is None:
+        strategy = distribute.strategy_for(train_config or TrainConfig())
+    model, results, warmup = fit_and_evaluate(data, model_config, train_config, verbose,
+                                              strategy)
     start, end = results["train_window"]
-    results["export_path"] = export_saved_model(
-        model, export_dir, warmup_examples=warmup,
-        training_facts={"train_start": start, "train_end": end, "data": data})
+    results["export_path"] = None  # a multi_worker worker other than the chief writes nothing
+    if results["chief"]:
+        results["export_path"] = export_saved_model(
+            model, export_dir, warmup_examples=warmup,
+            training_facts={"train_start": start, "train_end": end, "data": data})
+    distribute.barrier(strategy)  # the other workers return once the chief has exported
     return results
 
 
@@ -227,10 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     console.setup(args.verbose)
     try:
         results = train_and_export(args.data, args.export_dir, model_config, train_config)
-    except data_input.DataError as e:
+    except (data_input.DataError, distribute.StrategyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_table(results))
+    if results["export_path"] is None:
+        print(f"worker done ({results['strategy']}): the chief exports")
+    else:
+        print(format_table(results))
     if args.json:
         print(json.dumps(results))
     return 0

@@ -354,3 +354,29 @@ def _some_users(workdir) -> list[bytes]:
     files = data_input.list_files(str(workdir / "data1"))
     batch = next(iter(data_input.make_dataset(files, 50, names=(F.USER_ID, F.TIMESTAMP))))
     return sorted(set(batch[F.USER_ID].numpy().tolist()))
+
+
+def test_the_tfx_run_fn_trains_under_a_strategy(first_run, workdir, tmp_path):
+    """`custom_config={"train": {"strategy": ...}}` reaches `run_fn`, which trains under it and
+    exports the plain copy (here MirroredStrategy: one replica on a CPU-only host), on the first
+    run's Transform outputs."""
+    from types import SimpleNamespace
+
+    from trainer.tfx_trainer import run_fn
+
+    root = workdir / "root"
+    (graph,) = sorted(root.glob("Transform/transform_graph/*"))[:1]
+    (examples,) = sorted(root.glob("Transform/transformed_examples/*"))[:1]
+    fn_args = SimpleNamespace(
+        custom_config={"train": {**FAST, "epochs": 1, "strategy": "mirrored"}},
+        transform_output=str(graph),
+        train_files=[str(examples / "Split-train" / "*")],
+        eval_files=[str(examples / "Split-eval" / "*")],
+        serving_model_dir=str(tmp_path / "serving_model"))
+    run_fn(fn_args)
+    model = tf.saved_model.load(fn_args.serving_model_dir)
+    raw = _eval_examples(str(workdir / "data1"))[:32]
+    out = model.signatures[S.SERVING_DEFAULT](examples=tf.constant(raw))
+    assert out[S.AD_PREDICTION].shape == (32, 1)
+    assert np.all(np.isfinite(out[S.AD_PREDICTION].numpy()))
+    assert S.TRANSFORM_FEATURES in model.signatures
