@@ -87,9 +87,9 @@ def _metric(metrics, output: str, slice_items: dict, name: str):
     return None if value is None or value != value else round(float(value), 4)
 
 
-def component_seconds(store, pipeline_name: str) -> dict[str, float]:
-    """Wall seconds of each component's latest execution in `pipeline_name`."""
-    out: dict[str, float] = {}
+def component_windows(store, pipeline_name: str) -> dict[str, tuple[float, float]]:
+    """(start, end) in epoch seconds of each component's latest execution in `pipeline_name`."""
+    out: dict[str, tuple[float, float]] = {}
     latest: dict[str, int] = {}
     for execution in store.get_executions():
         node = _prop(execution, "component_id") or ""
@@ -99,9 +99,15 @@ def component_seconds(store, pipeline_name: str) -> dict[str, float]:
         if not node or execution.id < latest.get(node, -1):
             continue
         latest[node] = execution.id
-        out[node] = round(
-            (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1e3, 2)
+        out[node] = (execution.create_time_since_epoch / 1e3,
+                     execution.last_update_time_since_epoch / 1e3)
     return out
+
+
+def component_seconds(store, pipeline_name: str) -> dict[str, float]:
+    """Wall seconds of each component's latest execution in `pipeline_name`."""
+    return {node: round(end - start, 2)
+            for node, (start, end) in component_windows(store, pipeline_name).items()}
 
 
 def _result_file(artifact, name: str) -> dict:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 import tensorflow as tf
@@ -258,6 +259,18 @@ def unsharded_copy(model: tf.keras.Model, build: callable, example_batch: dict) 
         status.assert_existing_objects_matched()
         status.expect_partial()  # optimizer slots and metric states are left behind
     return copy
+
+
+def lost_task_message(error: Exception) -> str:
+    """A one-line account of a cluster task lost mid-run (a `tf.errors.UnavailableError`)."""
+    match = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(error))
+    task = f"{match.group(1)}:{match.group(2)}" if match else "a task"
+    hint = (" (a parameter server: the variables it held are gone; start the run again)"
+            if match and match.group(1) == "ps" else "")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = next((line for line in lines if re.match(r"\w+Error: ", line)),
+                 lines[0] if lines else type(error).__name__)
+    return f"the cluster lost {task}{hint}: {cause}"
 
 
 def check_supported(name: str, model_config: ModelConfig, train_config: TrainConfig) -> None:

@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     except (data_input.DataError, distribute.StrategyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except tf.errors.UnavailableError as e:  # a task of the cluster went away
+        print(f"error: {distribute.lost_task_message(e)}", file=sys.stderr)
+        return 3
     if results["export_path"] is None:
         print(f"worker done ({results['strategy']}): the chief exports")
     else:

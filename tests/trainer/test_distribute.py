@@ -294,3 +294,17 @@ def test_two_mirrored_workers_give_the_weights_of_one(data, tmp_path):
     for name in one:  # one epoch, 16 steps of Adam: float summation order only
         np.testing.assert_allclose(two[name], one[name], rtol=0, atol=1e-5, err_msg=name)
     assert chief["final_loss"] == pytest.approx(alone["final_loss"], rel=1e-5)
+
+
+def test_a_lost_parameter_server_is_named_in_one_line():
+    """What `python -m trainer.train` prints (exit 3) when a task goes away mid-run: losing a
+    worker is survived, losing a parameter server is not (its variables are gone)."""
+    message = (
+        "in user code:\n\n    UnavailableError: Connection reset by peer\n    Additional GRPC "
+        "error information from remote target /job:ps/replica:0/task:1/device:CPU:0 while "
+        "calling /tensorflow.eager.EagerService/Enqueue:\n    :{\"grpc_status\":14} "
+        "[Op:DivNoNan] name: ")
+    line = distribute.lost_task_message(tf.errors.UnavailableError(None, None, message))
+    assert line == ("the cluster lost ps:1 (a parameter server: the variables it held are "
+                    "gone; start the run again): UnavailableError: Connection reset by peer")
+    assert distribute.lost_task_message(ValueError("gone")) == "the cluster lost a task: gone"
