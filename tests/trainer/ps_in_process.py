@@ -75,7 +75,7 @@ def main(data: str, export_dir: str) -> None:
     strategy = distribute.make_strategy("parameter_server", resolver,
                                         min_shard_bytes=MIN_SHARD_BYTES)
     model_config = ModelConfig(**SMALL)
-    train_config = TrainConfig(epochs=3, batch_size=64, steps_per_epoch=15, learning_rate=5e-3)
+    train_config = TrainConfig(epochs=2, batch_size=64, steps_per_epoch=12, learning_rate=5e-3)
     model, results, warmup = train.fit_and_evaluate(data, model_config, train_config, verbose=2,
                                                     strategy=strategy)
     results["export_path"] = export_saved_model(model, export_dir, warmup_examples=warmup)

@@ -64,8 +64,12 @@ def _train(args: list[str], log, env: dict) -> subprocess.Popen:
 
 
 def _json_line(path: str) -> dict:
-    lines = [line for line in open(path).read().splitlines() if line.startswith("{")]
-    assert lines, f"no JSON line in {path}:\n{open(path).read()[-3000:]}"
+    return _json_line_of(open(path).read(), path)
+
+
+def _json_line_of(text: str, where: str = "the output") -> dict:
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON line in {where}:\n{text[-3000:]}"
     return json.loads(lines[-1])
 
 
@@ -186,7 +190,7 @@ def ps_run(data, tmp_path_factory) -> dict:
 def test_parameter_servers_train_sharded_tables_and_the_loss_goes_down(ps_run):
     assert ps_run["strategy"] == "parameter_server"
     assert ps_run["sharded_variables"] >= 6  # the id and feature tables, each in 2 shards
-    assert ps_run["epochs"] == 3
+    assert ps_run["epochs"] == 2
     assert ps_run["trained_loss"] < 0.8 * ps_run["untrained_loss"]
     assert ps_run["auc_ad"] is not None and ps_run["auc_content"] is not None
 
@@ -222,7 +226,7 @@ def test_parameter_server_cli_on_tf_config_survives_a_lost_worker(data, tmp_path
                "worker": [f"localhost:{w0}", f"localhost:{w1}"], "ps": [f"localhost:{ps}"]}
     args = ["--data", data, "--export_dir", str(tmp_path / "export"), *SMALL_FLAGS,
             "--strategy=parameter_server", "--min_shard_bytes=1024", "--variable_shards=2",
-            "--epochs=4", "--steps_per_epoch=20", "--batch_size=64", "--json"]
+            "--epochs=3", "--steps_per_epoch=12", "--batch_size=64", "--json"]
     servers, logs = {}, {}
     try:
         for task in (("ps", 0), ("worker", 0), ("worker", 1)):
@@ -247,7 +251,7 @@ def test_parameter_server_cli_on_tf_config_survives_a_lost_worker(data, tmp_path
         for f in logs.values():
             f.close()
     results = _json_line(str(chief_log))
-    assert results["strategy"] == "parameter_server" and results["epochs"] == 4
+    assert results["strategy"] == "parameter_server" and results["epochs"] == 3
     assert results["sharded_variables"] >= 6  # 2 shards each, on the one ps
     assert "/job:worker/replica:0/task:1" in text  # the coordinator saw the loss, and went on
     assert os.path.exists(os.path.join(results["export_path"], "saved_model.pb"))
@@ -256,15 +260,15 @@ def test_parameter_server_cli_on_tf_config_survives_a_lost_worker(data, tmp_path
 
 
 # -- multi-worker mirrored: 2 workers, the weights of one ---------------------------------
-def test_two_mirrored_workers_give_the_weights_of_one(data, tmp_path):
+def test_two_mirrored_workers_give_the_weights_of_one(data, tmp_path, monkeypatch, capsys):
     args = [*SMALL_FLAGS, "--data", data, "--strategy=multi_worker", "--id_dropout=0",
             "--shuffle_buffer=0", "--epochs=1", "--batch_size=64", "--json"]
     cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
     procs, logs = [], []
-    for name, env in (("worker0", _env(cluster, ("worker", 0))),
-                      ("worker1", _env(cluster, ("worker", 1))), ("alone", _env())):
-        logs.append(open(tmp_path / f"{name}.log", "w"))
-        procs.append(_train([*args, "--export_dir", str(tmp_path / name)], logs[-1], env))
+    for index in range(2):
+        logs.append(open(tmp_path / f"worker{index}.log", "w"))
+        procs.append(_train([*args, "--export_dir", str(tmp_path / f"worker{index}")], logs[-1],
+                            _env(cluster, ("worker", index))))
     ended: dict[int, float] = {}
     try:
         deadline = time.monotonic() + 420
@@ -278,20 +282,25 @@ def test_two_mirrored_workers_give_the_weights_of_one(data, tmp_path):
         for proc, f in zip(procs, logs, strict=True):
             proc.kill()
             f.close()
-    for name, code in zip(("worker0", "worker1", "alone"), codes, strict=True):
-        assert code == 0, (tmp_path / f"{name}.log").read_text()[-4000:]
-    chief, other, alone = (_json_line(str(tmp_path / f"{n}.log"))
-                           for n in ("worker0", "worker1", "alone"))
-    assert chief["replicas"] == 2 and alone["replicas"] == 1
+    for index, code in enumerate(codes):
+        assert code == 0, (tmp_path / f"worker{index}.log").read_text()[-4000:]
+    chief, other = (_json_line(str(tmp_path / f"worker{i}.log")) for i in range(2))
+    # One process, the same flags and the default strategy, here (no cluster to connect).
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert train.main([*args, "--strategy=default", "--export_dir",
+                       str(tmp_path / "alone")]) == 0
+    alone = _json_line_of(capsys.readouterr().out)
+    assert chief["replicas"] == 2 and chief["strategy"] == "multi_worker"
     assert chief["chief"] and not other["chief"]
     assert other["export_path"] is None and not (tmp_path / "worker1").exists()
     # The other worker waits for the chief's export (a barrier), as TFX's Trainer needs.
     assert ended[1] >= os.path.getmtime(os.path.join(chief["export_path"], "saved_model.pb"))
     two = _saved_variables(str(tmp_path / "worker0"))
     one = _saved_variables(str(tmp_path / "alone"))
-    assert set(two) == set(one)
-    assert len(one) > 20
-    for name in one:  # one epoch, 16 steps of Adam: float summation order only
+    # The one-process export also carries the optimizer's slots; the model's are the same.
+    assert set(two) == {name for name in one if "/optimizer/" not in name}
+    assert len(two) > 20
+    for name in two:  # one epoch, 16 steps of Adam: float summation order only
         np.testing.assert_allclose(two[name], one[name], rtol=0, atol=1e-5, err_msg=name)
     assert chief["final_loss"] == pytest.approx(alone["final_loss"], rel=1e-5)
 
