@@ -32,6 +32,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -205,10 +206,6 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
     meet()
 
 
-def is_parameter_server(strategy: tf.distribute.Strategy) -> bool:
-    return isinstance(strategy, tf.distribute.ParameterServerStrategy)
-
-
 def sharded_variables(model: tf.Module) -> list:
     """The model's variables that are split across parameter servers (`ShardedVariable`s)."""
     from tensorflow.python.distribute import sharded_variable  # noqa: PLC0415
@@ -285,6 +282,22 @@ def check_supported(name: str, model_config: ModelConfig, train_config: TrainCon
     if name == "parameter_server" and train_config.validation_days > 0:
         raise StrategyError("validation_days > 0 (early stopping) is not supported with the "
                          "parameter_server strategy; evaluate on the eval window instead")
+
+
+def training_batches(make: Callable[[bool], tf.data.Dataset]) -> Callable[..., tf.data.Dataset]:
+    """`batches(drop_remainder=False)` for `fit`: `make(drop_remainder)` called once for the
+    dataset one process iterates (cached, shared by the feature path's stage and `fit`), and
+    afresh for each worker of `parameter_server` (`drop_remainder=True`)."""
+    cached: dict[str, tf.data.Dataset] = {}
+
+    def batches(drop_remainder: bool = False) -> tf.data.Dataset:
+        if drop_remainder:
+            return make(True)
+        if "batches" not in cached:
+            cached["batches"] = make(False)
+        return cached["batches"]
+
+    return batches
 
 
 def fit(model: tf.keras.Model, strategy: tf.distribute.Strategy, batches, rows: int,

@@ -32,7 +32,7 @@ def transformed_dataset(
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Batches of transformed feature dicts from the Transform component's gzip TFRecords."""
-    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    files = _files(file_patterns)
     if not files:
         raise FileNotFoundError(f"no transformed examples match {file_patterns}")
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
@@ -44,9 +44,12 @@ def transformed_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def _files(file_patterns: list[str]) -> list[str]:
+    return sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+
+
 def _count(file_patterns: list[str]) -> int:
-    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
-    records = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    records = tf.data.TFRecordDataset(_files(file_patterns), compression_type="GZIP")
     return int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
@@ -83,24 +86,16 @@ def run_fn(fn_args) -> None:
                                              custom.get("model"), custom.get("train"))
     # Under parameter_server, the worker and ps tasks serve here and never return.
     strategy = distribute.strategy_for(train_config)
-    distribute.check_supported(distribute.strategy_name(strategy), model_config, train_config)
-    distributed = distribute.strategy_name(strategy) != "default"
+    name = distribute.strategy_name(strategy)
+    distribute.check_supported(name, model_config, train_config)
     tf.keras.utils.set_random_seed(train_config.seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     spec = tft_output.transformed_feature_spec()
     sizes = vocabulary_sizes(tft_output)
-    cached = {}
-
-    def train_batches(drop_remainder: bool = False) -> tf.data.Dataset:
-        if drop_remainder or not cached:
-            ds = transformed_dataset(
-                fn_args.train_files, spec, train_config.batch_size,
-                shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed,
-                drop_remainder=drop_remainder).cache()
-            if drop_remainder:
-                return ds
-            cached["batches"] = ds
-        return cached["batches"]
+    train_batches = distribute.training_batches(lambda drop_remainder: transformed_dataset(
+        fn_args.train_files, spec, train_config.batch_size,
+        shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed,
+        drop_remainder=drop_remainder).cache())
 
     def build() -> LFM4AdsModel:
         return LFM4AdsModel(model_config, train_config, preprocessor=TransformPreprocessor(sizes))
@@ -112,12 +107,12 @@ def run_fn(fn_args) -> None:
     with strategy.scope():
         model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
     fit_args = {}
-    if distribute.strategy_name(strategy) != "parameter_server":
+    if name != "parameter_server":
         fit_args["validation_data"] = transformed_dataset(fn_args.eval_files, spec, 4096)
-    rows = _count(fn_args.train_files) if distribute.is_parameter_server(strategy) else 0
+    rows = _count(fn_args.train_files) if name == "parameter_server" else 0
     distribute.fit(model, strategy, train_batches, rows, train_config,
                    verbose=1 if sys.stdout.isatty() else 2, **fit_args)
-    if distributed:  # exported as one plain model, and only by the chief
+    if name != "default":  # exported as one plain model, and only by the chief
         first = next(iter(transformed_dataset(fn_args.eval_files, spec, 64)))
         model = distribute.unsharded_copy(model, build, first)
     if distribute.is_chief(strategy):

@@ -90,8 +90,9 @@ def fit_and_evaluate(
     train_config = train_config or TrainConfig()
     if strategy is None:
         strategy = distribute.strategy_for(train_config)
-    distributed = distribute.strategy_name(strategy) != "default"
-    distribute.check_supported(distribute.strategy_name(strategy), model_config, train_config)
+    name = distribute.strategy_name(strategy)
+    distributed = name != "default"
+    distribute.check_supported(name, model_config, train_config)
     tf.keras.utils.set_random_seed(train_config.seed)
     files = data_input.list_files(data)
     examples = data_input.check_files(files)
@@ -104,21 +105,9 @@ def fit_and_evaluate(
             f"validation_days={train_config.validation_days} and eval_days="
             f"{train_config.eval_days} leave nothing to train on")
     train_items, train_examples = _train_items(files, train_end)
-    cached = {}
-
-    def train_batches(drop_remainder: bool = False) -> tf.data.Dataset:
-        # One cached dataset for the feature path's stage and `fit`; under parameter_server
-        # every worker builds its own (drop_remainder=True).
-        if drop_remainder or not cached:
-            ds = data_input.make_dataset(
-                files, train_config.batch_size, end=train_end,
-                shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed, cache=True,
-                drop_remainder=drop_remainder)
-            if drop_remainder:
-                return ds
-            cached["batches"] = ds
-        return cached["batches"]
-
+    train_batches = distribute.training_batches(lambda drop_remainder: data_input.make_dataset(
+        files, train_config.batch_size, end=train_end, shuffle_buffer=train_config.shuffle_buffer,
+        seed=train_config.seed, cache=True, drop_remainder=drop_remainder))
     eval_ds = data_input.make_dataset(files, 4096, start=cut, end=hi + 1, cache=True)
     preprocessor = None
     if train_config.vocabularies:  # counted on the training split only, as the Transform does
@@ -183,7 +172,7 @@ def fit_and_evaluate(
         "feature_path_epochs": len(path_history),
         "feature_path_seconds": round(path_seconds, 2),
         "preprocessing": "vocabulary" if preprocessor is not None else "hashing",
-        "strategy": distribute.strategy_name(strategy),
+        "strategy": name,
         "replicas": strategy.num_replicas_in_sync,
         "sharded_variables": sharded,
         "chief": distribute.is_chief(strategy),
