@@ -15,12 +15,15 @@ The representations of the training rows come from an upstream that trained on t
 a ranker may trust them more than it should; the eval split, which neither model saw, is the
 honest test. Nothing runs when no upstream was pushed (`skipped` = 1).
 
-The replay runs in this process (about 40 s for 200k examples on two cores); at larger sizes
-it belongs in Beam, as the extractor does.
+The replay runs in this process in bounded memory: the upstream's events are spilled to local
+files by key bucket and the histories are built one bucket at a time (`build_from`).
 """
 
 import glob
 import os
+import pickle
+import tempfile
+import zlib
 
 import numpy as np
 from tfx import v1 as tfx
@@ -32,6 +35,7 @@ from trainer import signatures as S
 from trainer.downstream import point_in_time as P
 from trainer.downstream import replay as R
 from trainer.downstream.requests import with_representations
+from trainer.representations import tables as T
 from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
@@ -44,18 +48,27 @@ SPLITS = ("train", "eval")
 FILE_NAME = "data.tfrecord.gz"
 
 
-def _records(files: list[str]) -> list[bytes]:
+NUM_BUCKETS = 32  # key buckets of the spilled events: a bucket's events are held at a time
+
+
+def _dataset(files: list[str]):
     import tensorflow as tf
 
-    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    return tf.data.TFRecordDataset(files, compression_type="GZIP")
 
 
-def _keys(records: list[bytes]) -> dict[str, np.ndarray]:
+def _eval_start(files: list[str], batch_size: int) -> int:
+    """The earliest timestamp of the eval split (the downstream windows' boundary)."""
     import tensorflow as tf
 
-    names = (F.USER_ID, F.ITEM_ID, F.TIMESTAMP, F.DOMAIN)
-    parsed = tf.io.parse_example(tf.constant(records, tf.string), F.feature_spec(names))
-    return {name: parsed[name].numpy() for name in names}
+    spec = F.feature_spec((F.TIMESTAMP,))
+    first = None
+    for batch in _dataset(files).batch(batch_size):
+        t = int(tf.io.parse_example(batch, spec)[F.TIMESTAMP].numpy().min())
+        first = t if first is None else min(first, t)
+    if first is None:
+        raise ValueError(f"the eval split has no examples (files {files})")
+    return first
 
 
 def _with_int(examples: list[bytes], name: str, values: np.ndarray) -> list[bytes]:
@@ -69,37 +82,150 @@ def _with_int(examples: list[bytes], name: str, values: np.ndarray) -> list[byte
     return out
 
 
+# Side -> (its key column, (feature, upstream output, history builder) of each table).
+SIDES = {
+    P.USER_SIDE: (F.USER_ID, ((S.UR_FEATURE, R.UR, "latest"),
+                              (S.CR_USER_FEATURE, R.CR, "aggregated"))),
+    P.ITEM_SIDE: (F.ITEM_ID, ((S.IR_FEATURE, R.IR, "latest"),
+                              (S.CR_ITEM_FEATURE, R.CR, "aggregated"))),
+}
+
+
+def _bucket_of(keys: np.ndarray, num_buckets: int) -> np.ndarray:
+    return np.fromiter((zlib.crc32(k) % num_buckets for k in keys), np.int64, keys.shape[0])
+
+
+class _Spill:
+    """Each side's upstream events in `num_buckets` files by `crc32(key) % num_buckets`, in
+    arrival order (so a key's events keep their order, which the tie rules rely on)."""
+
+    def __init__(self, directory: str, num_buckets: int):
+        self.num_buckets = num_buckets
+        self.paths = {side: [os.path.join(directory, f"{side}-{b:04d}.pkl")
+                             for b in range(num_buckets)] for side in SIDES}
+        self.files = {side: [open(path, "wb") for path in paths]
+                      for side, paths in self.paths.items()}
+
+    def write(self, side: str, keys, timestamps, digests, outputs: dict) -> None:
+        bucket = _bucket_of(keys, self.num_buckets)
+        for b in np.unique(bucket):
+            rows = bucket == b
+            pickle.dump((keys[rows], timestamps[rows], digests[rows],
+                         {name: v[rows] for name, v in outputs.items()}),
+                        self.files[side][b], protocol=pickle.HIGHEST_PROTOCOL)
+
+    def close(self) -> None:
+        for files in self.files.values():
+            for f in files:
+                f.close()
+
+    def read(self, side: str, bucket: int):
+        """(keys, timestamps, digests, {output: [n, d]}) of one bucket, in arrival order."""
+        parts = []
+        with open(self.paths[side][bucket], "rb") as f:
+            while True:
+                try:
+                    parts.append(pickle.load(f))
+                except EOFError:
+                    break
+        if not parts:
+            return None
+        keys, t, digests, outputs = zip(*parts, strict=True)
+        return (np.concatenate(keys), np.concatenate(t), np.concatenate(digests),
+                {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]})
+
+
 def build(split_files: dict[str, list[str]], model_dir: str, out_dirs: dict[str, str],
           train_days: float, half_life_seconds: float) -> dict[str, int]:
     """Writes the downstream splits (module doc) from the upstream's `train` and `eval` split
     files; returns the rows written per split."""
+    return build_from(R.saved_model_fn(model_dir), split_files, out_dirs, train_days,
+                      half_life_seconds)
+
+
+def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
+               out_dirs: dict[str, str], train_days: float, half_life_seconds: float,
+               num_buckets: int = NUM_BUCKETS, batch_size: int = 4096) -> dict[str, int]:
+    """`build` with the upstream as a `replay.RepresentationFn`, in bounded memory.
+
+    1. The upstream runs over every example (`train` then `eval`, in batches); each side's
+       events (key, time, digest, the latest-table output and CR(u,i)) are spilled to local
+       files by key bucket, and the ad rows of the two windows are noted (keys and time only).
+    2. Per side and bucket: the bucket's UR/IR and CR histories (`replay.histories`' rules,
+       key by key, so the same states as over all events at once) answer the window rows
+       whose key falls in it.
+    3. Each split is read again; its window rows are written in time order with their
+       representations.
+
+    Memory holds one bucket's events, the window rows' keys, vectors and (in step 3) one
+    split's window rows; the spill takes about the size of the events on local disk
+    (`tempfile`'s directory: set `TMPDIR` to move it).
+    """
     import tensorflow as tf
 
-    records = {split: _records(files) for split, files in split_files.items()}
-    events = R.run_upstream(R.saved_model_fn(model_dir), records["train"] + records["eval"])
-    source = R.histories(events, half_life_seconds)
-    eval_start = int(_keys(records["eval"])[F.TIMESTAMP].min())
+    eval_start = _eval_start(split_files["eval"], batch_size)
     window = {"train": (eval_start - int(round(train_days * F.DAY)), eval_start),
               "eval": (eval_start, np.iinfo(np.int64).max)}
+    tagged = None
+    for code, split in enumerate(SPLITS):
+        ds = _dataset(split_files[split]).map(lambda r, c=code: (r, c))
+        tagged = ds if tagged is None else tagged.concatenate(ds)
+    names = (F.USER_ID, F.ITEM_ID, F.TIMESTAMP, F.DOMAIN)
+    spec = F.feature_spec(names)
+    rows: dict[str, dict[str, list]] = {s: {"index": [], F.USER_ID: [], F.ITEM_ID: [],
+                                            F.TIMESTAMP: []} for s in SPLITS}
+    seen = dict.fromkeys(SPLITS, 0)
+    with tempfile.TemporaryDirectory(prefix="downstream_examples_") as directory:
+        spill = _Spill(directory, num_buckets)
+        try:
+            for batch, codes in tagged.batch(batch_size).prefetch(1):
+                ids = {k: v.numpy() for k, v in tf.io.parse_example(batch, spec).items()}
+                users, items = ids[F.USER_ID].astype(object), ids[F.ITEM_ID].astype(object)
+                t = ids[F.TIMESTAMP].astype(np.int64)
+                digests = np.array([T.sample_digest(r) for r in batch.numpy()], dtype=object)
+                outputs = {k: np.asarray(v, np.float32) for k, v in fn(batch).items()}
+                for side, (_, tables) in SIDES.items():
+                    keys = users if side == P.USER_SIDE else items
+                    spill.write(side, keys, t, digests,
+                                {out: outputs[out] for _, out, _ in tables})
+                codes = codes.numpy()
+                for code, split in enumerate(SPLITS):
+                    mine = np.flatnonzero(codes == code)
+                    lo, hi = window[split]
+                    keep = mine[(ids[F.DOMAIN][mine] == F.DOMAIN_AD) & (t[mine] >= lo)
+                                & (t[mine] < hi)]
+                    part = rows[split]
+                    part["index"].append(keep - mine[0] + seen[split] if mine.size else keep)
+                    part[F.USER_ID].append(users[keep])
+                    part[F.ITEM_ID].append(items[keep])
+                    part[F.TIMESTAMP].append(t[keep])
+                    seen[split] += mine.size
+        finally:
+            spill.close()
+        if not seen["train"] + seen["eval"]:
+            raise ValueError("run_upstream got no records")
+        rows = {split: {k: np.concatenate(v) for k, v in part.items()}
+                for split, part in rows.items()}
+        for split in SPLITS:
+            if not rows[split]["index"].size:
+                lo, hi = window[split]
+                raise ValueError(f"the downstream {split} window [{lo}, {hi}) holds no ad "
+                                 f"rows (train_days={train_days})")
+        attached = _lookup(spill, rows, half_life_seconds)
     counts, train_items = {}, np.zeros(0, dtype=object)
     for split in SPLITS:
-        keys = _keys(records[split])
-        lo, hi = window[split]
-        keep = ((keys[F.DOMAIN] == F.DOMAIN_AD) & (keys[F.TIMESTAMP] >= lo)
-                & (keys[F.TIMESTAMP] < hi))
-        rows = np.flatnonzero(keep)
-        rows = rows[np.argsort(keys[F.TIMESTAMP][rows], kind="stable")]  # time order
-        if not rows.size:
-            raise ValueError(f"the downstream {split} window [{lo}, {hi}) holds no ad rows "
-                             f"(train_days={train_days})")
-        users, items = keys[F.USER_ID][rows], keys[F.ITEM_ID][rows]
-        attached = P.attach(source, users, items, keys[F.TIMESTAMP][rows], FEATURES)
+        part = rows[split]
+        order = np.argsort(part[F.TIMESTAMP], kind="stable")  # time order
+        wanted = part["index"]  # ascending: the rows' positions in the split's files
+        records = [r for r in _select(split_files[split], wanted)]
         examples = with_representations(
-            [records[split][r] for r in rows],
-            {name: (attached[name], attached[S.found_feature(name)] > 0) for name in FEATURES})
+            [records[o] for o in order],
+            {name: (vectors[order], found[order])
+             for name, (vectors, found) in attached[split].items()})
+        items = part[F.ITEM_ID][order]
         if split == "train":
-            train_items = items.astype(object)
-        cold = ~np.isin(items.astype(object), train_items)
+            train_items = items
+        cold = ~np.isin(items, train_items)
         examples = _with_int(examples, ITEM_COLD_START, cold.astype(np.int64))
         os.makedirs(out_dirs[split], exist_ok=True)
         with tf.io.TFRecordWriter(os.path.join(out_dirs[split], FILE_NAME), "GZIP") as writer:
@@ -107,6 +233,54 @@ def build(split_files: dict[str, list[str]], model_dir: str, out_dirs: dict[str,
                 writer.write(example)
         counts[split] = len(examples)
     return counts
+
+
+def _select(files: list[str], wanted: np.ndarray):
+    """The records at positions `wanted` (ascending) of `files`, in that order."""
+    it = iter(wanted.tolist())
+    nxt = next(it, None)
+    for position, record in enumerate(_dataset(files).as_numpy_iterator()):
+        if nxt is None:
+            return
+        if position == nxt:
+            yield record
+            nxt = next(it, None)
+    if nxt is not None:
+        raise ValueError(f"{files} changed while being read: row {nxt} is missing")
+
+
+def _lookup(spill: _Spill, rows: dict, half_life_seconds: float) -> dict:
+    """{split: {feature: (vectors [n, d], found bool [n])}} for the window rows, bucket by
+    bucket (`build_from` step 2)."""
+    out: dict[str, dict] = {split: {} for split in rows}
+    for side, (key_name, tables) in SIDES.items():
+        buckets = {split: _bucket_of(part[key_name], spill.num_buckets)
+                   for split, part in rows.items()}
+        for b in range(spill.num_buckets):
+            events = spill.read(side, b)
+            if events is None:
+                continue
+            keys, t, digests, outputs = events
+            histories = {}
+            for name, output, kind in tables:
+                if kind == "latest":
+                    histories[name] = P.RepresentationHistory.latest(keys, t, outputs[output],
+                                                                     digests)
+                else:
+                    histories[name] = P.RepresentationHistory.aggregated(
+                        keys, t, outputs[output], half_life_seconds)
+            del events, outputs
+            for split, part in rows.items():
+                mine = np.flatnonzero(buckets[split] == b)
+                for name, history in histories.items():
+                    found = history.as_of(part[key_name][mine], part[F.TIMESTAMP][mine])
+                    if name not in out[split]:
+                        n = part[key_name].shape[0]
+                        out[split][name] = (np.zeros((n, history.dim), np.float32),
+                                            np.zeros(n, dtype=bool))
+                    out[split][name][0][mine] = found.vectors
+                    out[split][name][1][mine] = found.found
+    return out
 
 
 @tfx.dsl.components.component
