@@ -315,3 +315,86 @@ class AttachPointInTimeCrossRepresentations(beam.PTransform):
             | "JoinRows" >> beam.CoGroupByKey()
             | "Attach" >> beam.FlatMap(_attach, self._cr_dim)
         )
+
+
+# ------------------------------------------- both from one grouping of the events per side
+def _split_queries_by_split(batch: list[bytes], key_field: str, split: str,
+                            num_buckets: int) -> Iterator[tuple[int, tuple]]:
+    """One split's example batch -> (bucket, (split, keys, timestamps, row_ids)) pieces."""
+    queries = _queries(batch, key_field)
+    for bucket, (keys, ts, row_id) in _split_by_bucket(
+            num_buckets, queries["key"], queries["timestamp"], queries["row_id"]):
+        yield bucket, (split, keys, ts, row_id)
+
+
+def _aggregate_and_answer(element, beta: Beta, queries: dict) -> Iterator:
+    """A bucket's events -> its keys' final CR (main output) and, tagged `as_of[<split>]`,
+    `(row_id, cr, updated_at)` for the bucket's queries of each split (`_as_of_bucket`)."""
+    bucket, parts = element
+    keys, ts, crs = _concat(parts)
+    uniq, cr, updated_at = aggregate_sorted(keys, ts, crs, beta)  # [k], [k, d], [k]
+    yield from zip(uniq.tolist(), cr, updated_at.tolist(), strict=True)
+    by_split: dict[str, list] = {}
+    for split, *columns in queries[bucket]:
+        by_split.setdefault(split, []).append(tuple(columns))
+    for split, pieces in sorted(by_split.items()):
+        keys_q, ts_q, row_id = _concat(pieces)
+        answer, at = as_of(keys, ts, crs, keys_q, ts_q, beta)  # [q, d], [q]
+        for r, v, t in zip(row_id.tolist(), answer, at.tolist(), strict=True):
+            yield beam.pvalue.TaggedOutput(f"as_of[{split}]", (r, (v, t)))
+
+
+class AggregateWithPointInTime(beam.PTransform):
+    """`AggregateCrossRepresentations` and `AttachPointInTimeCrossRepresentations` of several
+    splits from one grouping of the events per side (instead of three).
+
+    Input: ``{"events": event batches, "examples": {split: serialized tf.Examples}}``. Output:
+    ``{"user": ..., "item": ...}`` as `AggregateCrossRepresentations`, and ``{split: the
+    examples with cr_user, cr_item and their updated_at}`` as
+    `AttachPointInTimeCrossRepresentations`, under "point_in_time". The examples' queries
+    (key, time and digest per row, not the rows) reach each bucket as a side input; the rows
+    meet their two answers in one CoGroupByKey per split.
+    """
+
+    def __init__(self, cr_dim: int, half_life_seconds: float, num_buckets: int = 64,
+                 batch_size: int = 1024, label: str | None = None) -> None:
+        super().__init__(label)
+        self._cr_dim = int(cr_dim)
+        self._beta, self._num_buckets = _decay_and_buckets(half_life_seconds, None, num_buckets)
+        self._batch_size = batch_size
+
+    def expand(self, inputs: dict) -> dict:
+        examples = inputs["examples"]
+        batches = {split: pcoll | f"Batch[{split}]" >> beam.BatchElements(
+            min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+            for split, pcoll in examples.items()}
+        out: dict = {}
+        answers: dict = {split: {} for split in examples}
+        for side, key_field in SIDES.items():
+            queries = [batches[split] | f"{side}/Queries[{split}]" >> beam.FlatMap(
+                _split_queries_by_split, key_field, split, self._num_buckets)
+                for split in examples]
+            queries = (queries or [inputs["events"].pipeline | f"{side}/NoQueries"
+                                   >> beam.Create([])]) | f"{side}/AllQueries" >> beam.Flatten()
+            result = (
+                inputs["events"]
+                | f"{side}/SplitByBucket" >> beam.FlatMap(_split_events, key_field,
+                                                          self._num_buckets)
+                | f"{side}/GroupByBucket" >> beam.GroupByKey()
+                | f"{side}/Aggregate" >> beam.FlatMap(
+                    _aggregate_and_answer, self._beta, beam.pvalue.AsMultiMap(queries))
+                .with_outputs(*[f"as_of[{split}]" for split in examples], main="final")
+            )
+            out[side] = result.final
+            for split in examples:
+                answers[split][side] = result[f"as_of[{split}]"]
+        out["point_in_time"] = {}
+        for split, pcoll in examples.items():
+            grouped = {"example": pcoll | f"KeyExamples[{split}]"
+                       >> beam.Map(lambda s: (_row_id(s), s)), **answers[split]}
+            out["point_in_time"][split] = (
+                grouped
+                | f"JoinRows[{split}]" >> beam.CoGroupByKey()
+                | f"Attach[{split}]" >> beam.FlatMap(_attach, self._cr_dim)
+            )
+        return out

@@ -6,7 +6,8 @@ the driver; tie rule and memory per key in `components.cr_aggregation.beam_trans
 
 With `point_in_time_splits` (names of `examples` splits), it also writes those splits'
 examples with CR(u) and CR(i) as of strictly before each row's timestamp
-(`AttachPointInTimeCrossRepresentations`) under `<cross_tables>/point_in_time/Split-<name>/`:
+(`AggregateWithPointInTime`: the same rows as `AttachPointInTimeCrossRepresentations`, from
+one grouping of the events per side) under `<cross_tables>/point_in_time/Split-<name>/`:
 downstream training features without look-ahead leakage.
 """
 
@@ -21,7 +22,7 @@ from components import artifacts as A
 from components import representation_tables as beam_tables
 from components.cr_aggregation.beam_transforms import (
     AggregateCrossRepresentations,
-    AttachPointInTimeCrossRepresentations,
+    AggregateWithPointInTime,
 )
 from components.representation_extractor.component import split_patterns
 from trainer.representations import tables as tables
@@ -69,26 +70,23 @@ def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
             | "ReadEvents" >> beam.io.ReadFromTFRecord(events, compression_type="gzip")
             | "Decode" >> beam.Map(tables.decode_event_batch)
         )
-        out = batches | "Aggregate" >> AggregateCrossRepresentations(
-            half_life_seconds, num_buckets)
+        if splits:  # the point-in-time rows come from the same grouping of the events
+            examples_in = {split: p | f"Read[{split}]" >> beam.io.ReadFromTFRecord(
+                pattern, compression_type="gzip") for split, pattern in
+                zip(splits, split_patterns(examples, ",".join(splits)), strict=True)}
+            out = {"events": batches, "examples": examples_in} | "Aggregate" >> (
+                AggregateWithPointInTime(_cr_dim(events), half_life_seconds, num_buckets))
+            for split, rows in out["point_in_time"].items():
+                _ = rows | f"WritePointInTime[{split}]" >> beam.io.WriteToTFRecord(
+                    os.path.join(cross_tables.uri, POINT_IN_TIME, f"Split-{split}",
+                                 A.TABLE_PREFIX),
+                    file_name_suffix=tables.FILE_SUFFIX, compression_type="gzip")
+        else:
+            out = batches | "Aggregate" >> AggregateCrossRepresentations(
+                half_life_seconds, num_buckets)
         for side, table in (("user", A.CROSS_USER_TABLE), ("item", A.CROSS_ITEM_TABLE)):
             _ = out[side] | f"Write[{table}]" >> beam_tables.WriteRepresentationTable(
                 os.path.join(cross_tables.uri, table, A.TABLE_PREFIX), version)
-        if splits:
-            cr_dim = _cr_dim(events)
-            for split, pattern in zip(splits, split_patterns(examples, ",".join(splits)),
-                                      strict=True):
-                _ = (
-                    {"events": batches,
-                     "examples": p | f"Read[{split}]" >> beam.io.ReadFromTFRecord(
-                         pattern, compression_type="gzip")}
-                    | f"PointInTime[{split}]" >> AttachPointInTimeCrossRepresentations(
-                        cr_dim, half_life_seconds, num_buckets)
-                    | f"WritePointInTime[{split}]" >> beam.io.WriteToTFRecord(
-                        os.path.join(cross_tables.uri, POINT_IN_TIME, f"Split-{split}",
-                                     A.TABLE_PREFIX),
-                        file_name_suffix=tables.FILE_SUFFIX, compression_type="gzip")
-                )
     cross_tables.set_string_custom_property("point_in_time_splits", ",".join(splits))
     for table in (A.CROSS_USER_TABLE, A.CROSS_ITEM_TABLE):
         keys, *_ = tables.read_table(

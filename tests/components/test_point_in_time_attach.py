@@ -1,13 +1,18 @@
-"""AttachPointInTimeCrossRepresentations: each example gets CR(u), CR(i) as of strictly before
-its own timestamp, equal to the sequential reference on the events before it."""
+"""AttachPointInTimeCrossRepresentations and AggregateWithPointInTime: each example gets CR(u),
+CR(i) as of strictly before its own timestamp, equal to the sequential reference on the events
+before it; AggregateWithPointInTime's tables are the final states of all events."""
 
 import apache_beam as beam
 import numpy as np
+import pytest
 import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import assert_that, is_empty
 
-from components.cr_aggregation.beam_transforms import AttachPointInTimeCrossRepresentations
+from components.cr_aggregation.beam_transforms import (
+    AggregateWithPointInTime,
+    AttachPointInTimeCrossRepresentations,
+)
 from trainer.representations import ema
 
 HALF_LIFE = 50.0
@@ -22,7 +27,8 @@ def _example(user: bytes, item: bytes, ts: int, tag: int) -> bytes:
     })).SerializeToString()
 
 
-def test_each_row_sees_only_earlier_events():
+@pytest.mark.parametrize("transform", ["attach", "with_aggregate"])
+def test_each_row_sees_only_earlier_events(transform):
     rng = np.random.default_rng(3)
     n, d = 300, 4
     users = np.array([f"u{i}".encode() for i in rng.integers(0, 12, n)], dtype=object)
@@ -53,9 +59,26 @@ def test_each_row_sees_only_earlier_events():
                 assert updated == t
                 np.testing.assert_allclose(got, vector, rtol=1e-5, atol=1e-6)
 
+    def check_final(keys):
+        def check(rows):
+            ref = ema.aggregate_sequential(keys, ts, crs, beta)
+            assert sorted(key for key, _, _ in rows) == sorted(ref)
+            for key, vector, t in rows:
+                assert t == ref[key][1]
+                np.testing.assert_allclose(vector, ref[key][0], rtol=1e-5, atol=1e-6)
+        return check
+
     with TestPipeline() as p:
-        out = {"events": p | "Events" >> beam.Create(events),
-               "examples": p | "Examples" >> beam.Create(examples)
-               } | AttachPointInTimeCrossRepresentations(d, HALF_LIFE, num_buckets=5,
-                                                        batch_size=50)
+        inputs = {"events": p | "Events" >> beam.Create(events)}
+        rows = p | "Examples" >> beam.Create(examples)
+        if transform == "attach":
+            out = {**inputs, "examples": rows} | AttachPointInTimeCrossRepresentations(
+                d, HALF_LIFE, num_buckets=5, batch_size=50)
+        else:
+            both = {**inputs, "examples": {"eval": rows, "none": p | "None" >> beam.Create(
+                [])}} | AggregateWithPointInTime(d, HALF_LIFE, num_buckets=5, batch_size=50)
+            out = both["point_in_time"]["eval"]
+            assert_that(both["point_in_time"]["none"], is_empty(), label="NoRows")
+            assert_that(both["user"], check_final(users), label="FinalUser")
+            assert_that(both["item"], check_final(items), label="FinalItem")
         assert_that(out, check)
