@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script by `tfx run create`: no pipelin
     sys.path.insert(0, os.path.dirname(_here))
 
 import trainer  # noqa: E402,F401  (selects tf-keras before TensorFlow loads)
-from pipelines import configs  # noqa: E402
+from pipelines import configs, memory  # noqa: E402
 from pipelines.summary import format_summary, metadata_file, run_summary  # noqa: E402
 from trainer import console  # noqa: E402
 
@@ -76,6 +76,7 @@ def run(data_root: str, pipeline_root: str, serving_root: str, online_requests: 
         return {}
     data_input.check_files(data_input.list_files(data_root))  # clear error before any TFX work
     os.makedirs(pipeline_root, exist_ok=True)
+    memory.return_freed_memory()  # every component runs in this process
     pipeline = build(data_root, pipeline_root, serving_root, **kwargs)
     started = time.perf_counter()
     tfx.orchestration.LocalDagRunner().run(pipeline)
