@@ -22,6 +22,14 @@ functions), each configuration in its own processes:
   between them.
 Throughput is examples per second; the ratios compare 2 workers with 1 in the same run.
 
+`stages`, on the artifacts of a pipeline run (`--root`, e.g. `<work>/root-<N>` of the
+`pipeline` part): the two components whose memory grew most with the data run again on their
+own, each in a fresh child process sampled like the pipeline: `DownstreamExamples` (the
+replay and point-in-time join, `build`) and `CrossRepresentationAggregator` (its executor, with
+the point-in-time rows of the eval split). Besides the peak, the child reports its resident
+memory after the stage, and after `malloc_trim` (what the C allocator kept). Run it at two
+commits to compare an implementation change on the same data.
+
 With `--json` the last line of stdout is one JSON object with every figure.
 """
 
@@ -288,6 +296,97 @@ def format_pipeline(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+STAGES = ("DownstreamExamples", "CrossRepresentationAggregator")
+
+
+def _artifact(root: str, component: str, name: str) -> str:
+    import glob
+
+    found = sorted(glob.glob(os.path.join(root, component, name, "*")),
+                   key=lambda p: int(os.path.basename(p)) if os.path.basename(p).isdigit()
+                   else -1)
+    if not found:
+        raise FileNotFoundError(f"{root!r} has no {component}/{name} artifact: run the "
+                                "pipeline part first (its root is <work>/root-<N>)")
+    return found[-1]
+
+
+def _stage(name: str, root: str, out: str) -> dict:
+    """One stage on `root`'s artifacts, in this process (a child of `run_stages`)."""
+    import gc
+    import glob
+
+    from pipelines import configs, memory
+
+    started = time.perf_counter()
+    examples = _artifact(root, "ExampleGen", "examples")
+    if name == "DownstreamExamples":
+        from components.downstream_examples import component as C
+
+        split_files = {s: sorted(glob.glob(os.path.join(examples, f"Split-{s}", "*")))
+                       for s in C.SPLITS}
+        rows = C.build(split_files, _artifact(root, "Pusher", "pushed_model"),
+                       {s: os.path.join(out, f"Split-{s}") for s in C.SPLITS},
+                       configs.DOWNSTREAM_TRAIN_DAYS, configs.CR_HALF_LIFE_SECONDS)
+    elif name == "CrossRepresentationAggregator":
+        import apache_beam as beam
+        from tfx.types import standard_artifacts
+
+        from components import artifacts as A
+        from components.cr_aggregation import component as C
+
+        representations = A.Representations()
+        representations.uri = _artifact(root, "RepresentationExtractor", "representations")
+        representations.set_int_custom_property("model_version", 1)
+        ex = standard_artifacts.Examples()
+        ex.uri = examples
+        ex.split_names = '["train", "eval"]'
+        tables = A.CrossRepresentationTables()
+        tables.uri = out
+        C.CrossRepresentationAggregator.EXECUTOR_SPEC.executor_class._FUNCTION(
+            representations=representations, cross_tables=tables, examples=ex,
+            half_life_seconds=configs.CR_HALF_LIFE_SECONDS, num_buckets=64,
+            point_in_time_splits=configs.POINT_IN_TIME_SPLITS, beam_pipeline=beam.Pipeline())
+        rows = {t: int(tables.get_int_custom_property(f"{t}_rows"))
+                for t in (A.CROSS_USER_TABLE, A.CROSS_ITEM_TABLE)}
+    else:
+        raise ValueError(f"unknown stage {name!r}; known: {list(STAGES)}")
+    seconds = time.perf_counter() - started
+    gc.collect()
+    after = psutil.Process().memory_info().rss
+    libc = memory._glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+    return {"stage": name, "rows": rows, "stage_seconds": round(seconds, 1),
+            "after_gb": round(after / GB, 2),
+            "after_trim_gb": round(psutil.Process().memory_info().rss / GB, 2)}
+
+
+def run_stages(root: str, work: str) -> list[dict]:
+    results = []
+    for name in STAGES:
+        out = os.path.join(work, f"stage-{name}")
+        if os.path.exists(out):
+            import shutil
+
+            shutil.rmtree(out)
+        run = _checked(measured([sys.executable, "-m", "benchmarks.scaling", "--_stage", name,
+                                 root, out], log=os.path.join(work, f"stage-{name}.log")),
+                       name)
+        results.append({**_json_line(run["output"]), "seconds": run["seconds"],
+                        "peak_gb": round(run["peak_bytes"] / GB, 2)})
+    return results
+
+
+def format_stages(stages: list[dict]) -> str:
+    lines = [f"{'stage (alone, on --root)':34}{'s':>8}{'peak GB':>9}{'after GB':>10}"
+             f"{'after trim':>11}"]
+    for r in stages:
+        lines.append(f"{r['stage']:34}{r['seconds']:>8.1f}{r['peak_gb']:>9.2f}"
+                     f"{r['after_gb']:>10.2f}{r['after_trim_gb']:>11.2f}")
+    return "\n".join(lines)
+
+
 def format_training(training: dict) -> str:
     lines = [f"{'training':34}{'workers':>8}{'examples/s':>12}{'epoch 2 s':>11}"
              f"{'epoch 1 s':>11}{'peak GB':>9}"]
@@ -307,10 +406,15 @@ def main(argv: list[str] | None = None) -> int:
         kind, workers, data, steps = argv[1:5]
         print(json.dumps(_worker(kind, int(workers), data, int(steps))), flush=True)
         return 0
+    if argv and argv[0] == "--_stage":  # a child of run_stages
+        print(json.dumps(_stage(*argv[1:4])), flush=True)
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--examples", type=int, nargs="+", default=[200_000])
-    p.add_argument("--part", nargs="+", choices=("pipeline", "training"),
+    p.add_argument("--part", nargs="+", choices=("pipeline", "training", "stages"),
                    default=["pipeline", "training"])
+    p.add_argument("--root", default=None, help="stages: a pipeline root with the artifacts "
+                   "(default: <work>/root-<first --examples>)")
     p.add_argument("--train_steps", type=int, default=150)
     p.add_argument("--work", default=None, help="work directory to keep (default: a temporary "
                    "one, removed)")
@@ -322,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(work, exist_ok=True)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                f"{psutil.virtual_memory().total / GB:.0f} GB")
-    report: dict = {"machine": machine, "pipeline": [], "training": None}
+    report: dict = {"machine": machine, "pipeline": [], "training": None, "stages": None}
     saved = os.path.join(work, "report.json")  # kept up to date, for a run cut short
 
     def save() -> None:
@@ -344,11 +448,17 @@ def main(argv: list[str] | None = None) -> int:
                                overwrite=True)
         report["training"] = run_training(data, args.train_steps, work)
         save()
+    if "stages" in args.part:
+        report["stages"] = run_stages(
+            args.root or os.path.join(work, f"root-{args.examples[0]}"), work)
+        save()
     print(f"\nScaling benchmark on {machine}\n")
     if report["pipeline"]:
         print(format_pipeline(report["pipeline"]) + "\n")
     if report["training"]:
         print(format_training(report["training"]))
+    if report["stages"]:
+        print(format_stages(report["stages"]))
     if args.json:
         print(json.dumps(report))
     if args.work is None:

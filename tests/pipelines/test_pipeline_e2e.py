@@ -270,6 +270,27 @@ def test_downstream_examples_see_the_upstream_as_of_before_each_row(first_run, w
     assert {one(r, ITEM_COLD_START, "int64_list") for r in rows} <= {0, 1}
 
 
+def test_the_scaling_stages_rerun_on_the_runs_artifacts(first_run, workdir, tmp_path):
+    """`benchmarks.scaling`'s `stages` part re-runs DownstreamExamples and the aggregator on a
+    pipeline root's artifacts (here in this process) and gets the pipeline's row counts."""
+    from benchmarks import scaling
+    from pipelines.summary import latest_artifact, open_metadata
+
+    root = str(workdir / "root")
+    store = open_metadata(metadata_file(root))
+    dex = latest_artifact(store, "Examples", "DownstreamExamples")
+    out = scaling._stage("DownstreamExamples", root, str(tmp_path / "dex"))
+    assert out["rows"] == {s: dex.custom_properties[f"{s}_rows"].int_value
+                           for s in ("train", "eval")}
+    cross = latest_artifact(store, A.CrossRepresentationTables.TYPE_NAME)
+    out = scaling._stage("CrossRepresentationAggregator", root, str(tmp_path / "agg"))
+    assert out["rows"] == {t: cross.custom_properties[f"{t}_rows"].int_value
+                           for t in (A.CROSS_USER_TABLE, A.CROSS_ITEM_TABLE)}
+    assert out["stage_seconds"] > 0 and out["after_trim_gb"] > 0
+    with pytest.raises(FileNotFoundError, match="no ExampleGen/examples artifact"):
+        scaling._stage("DownstreamExamples", str(tmp_path), str(tmp_path / "x"))
+
+
 def test_point_in_time_examples_for_downstream_training(first_run, workdir):
     """The aggregator wrote every example of the eval split (the default) with CR(u), CR(i)
     as of strictly before it."""

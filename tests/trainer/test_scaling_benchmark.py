@@ -53,3 +53,7 @@ def test_tables_list_every_component_and_ratio():
                 "parameter_server_2_vs_1": 1.4, "multi_worker_2_vs_default": 0.8,
                 "parameter_server_1_vs_default": 0.5}
     assert "2 workers / 1: 1.4x" in scaling.format_training(training)
+    stages = [{"stage": "DownstreamExamples", "seconds": 149.0, "peak_gb": 1.39,
+               "after_gb": 1.2, "after_trim_gb": 0.9}]
+    assert "DownstreamExamples" in scaling.format_stages(stages)
+    assert "149.0     1.39      1.20       0.90" in scaling.format_stages(stages)
