@@ -9,6 +9,10 @@ EXPORT_DIR ?= build/export/lfm4ads
 PIPELINE_ROOT ?= build/pipeline
 SERVING_ROOT ?= build/serving
 PYTEST_ARGS ?=
+# The suite runs in 2 processes (pytest-xdist), one test file per process at a time: alone it
+# keeps about one of CI's 2 cores busy (Beam's DirectRunner and TFX are one Python thread).
+# PYTEST_WORKERS=0 runs it in this process.
+PYTEST_WORKERS ?= 2
 
 # A working Python 3.10: python3.10 on PATH, else the newest 3.10 that pyenv has.
 PYTHON310 ?= $(shell for p in python3.10 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10 2>/dev/null | sort -V -r) /usr/bin/python3.10; do \
@@ -42,7 +46,7 @@ train: venv
 test: venv
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Run the four notebooks at their defaults and write their figures (about 11 minutes).
 figures: venv
