@@ -212,7 +212,7 @@ def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
                 raise ValueError(f"the downstream {split} window [{lo}, {hi}) holds no ad "
                                  f"rows (train_days={train_days})")
         attached = _lookup(spill, rows, half_life_seconds)
-    counts, train_items = {}, np.zeros(0, dtype=object)
+    counts, train_items = {}, set()
     for split in SPLITS:
         part = rows[split]
         order = np.argsort(part[F.TIMESTAMP], kind="stable")  # time order
@@ -224,8 +224,10 @@ def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
              for name, (vectors, found) in attached[split].items()})
         items = part[F.ITEM_ID][order]
         if split == "train":
-            train_items = items
-        cold = ~np.isin(items, train_items)
+            train_items = set(items.tolist())
+        # A set, not np.isin: on object arrays np.isin compares every pair (quadratic).
+        cold = np.fromiter((item not in train_items for item in items.tolist()), bool,
+                           items.shape[0])
         examples = _with_int(examples, ITEM_COLD_START, cold.astype(np.int64))
         os.makedirs(out_dirs[split], exist_ok=True)
         with tf.io.TFRecordWriter(os.path.join(out_dirs[split], FILE_NAME), "GZIP") as writer:
