@@ -23,12 +23,12 @@ import glob
 import os
 import pickle
 import tempfile
-import zlib
 
 import numpy as np
 from tfx import v1 as tfx
 from tfx.types import artifact_utils, standard_artifacts
 
+from components.cr_aggregation.beam_transforms import _buckets  # crc32(key) % num_buckets
 from components.representation_extractor.component import pushed_model_dir, split_patterns
 from trainer import features as F
 from trainer import signatures as S
@@ -91,10 +91,6 @@ SIDES = {
 }
 
 
-def _bucket_of(keys: np.ndarray, num_buckets: int) -> np.ndarray:
-    return np.fromiter((zlib.crc32(k) % num_buckets for k in keys), np.int64, keys.shape[0])
-
-
 class _Spill:
     """Each side's upstream events in `num_buckets` files by `crc32(key) % num_buckets`, in
     arrival order (so a key's events keep their order, which the tie rules rely on)."""
@@ -107,7 +103,7 @@ class _Spill:
                       for side, paths in self.paths.items()}
 
     def write(self, side: str, keys, timestamps, digests, outputs: dict) -> None:
-        bucket = _bucket_of(keys, self.num_buckets)
+        bucket = _buckets(keys, self.num_buckets)
         for b in np.unique(bucket):
             rows = bucket == b
             pickle.dump((keys[rows], timestamps[rows], digests[rows],
@@ -202,8 +198,6 @@ def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
                     seen[split] += mine.size
         finally:
             spill.close()
-        if not seen["train"] + seen["eval"]:
-            raise ValueError("run_upstream got no records")
         rows = {split: {k: np.concatenate(v) for k, v in part.items()}
                 for split, part in rows.items()}
         for split in SPLITS:
@@ -217,7 +211,7 @@ def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
         part = rows[split]
         order = np.argsort(part[F.TIMESTAMP], kind="stable")  # time order
         wanted = part["index"]  # ascending: the rows' positions in the split's files
-        records = [r for r in _select(split_files[split], wanted)]
+        records = list(_select(split_files[split], wanted))
         examples = with_representations(
             [records[o] for o in order],
             {name: (vectors[order], found[order])
@@ -256,7 +250,7 @@ def _lookup(spill: _Spill, rows: dict, half_life_seconds: float) -> dict:
     bucket (`build_from` step 2)."""
     out: dict[str, dict] = {split: {} for split in rows}
     for side, (key_name, tables) in SIDES.items():
-        buckets = {split: _bucket_of(part[key_name], spill.num_buckets)
+        buckets = {split: _buckets(part[key_name], spill.num_buckets)
                    for split, part in rows.items()}
         for b in range(spill.num_buckets):
             events = spill.read(side, b)
