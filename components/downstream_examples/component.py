@@ -211,7 +211,7 @@ def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
         part = rows[split]
         order = np.argsort(part[F.TIMESTAMP], kind="stable")  # time order
         wanted = part["index"]  # ascending: the rows' positions in the split's files
-        records = list(_select(split_files[split], wanted))
+        records = list(_select(split_files[split], wanted, batch_size))
         examples = with_representations(
             [records[o] for o in order],
             {name: (vectors[order], found[order])
@@ -231,18 +231,22 @@ def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
     return counts
 
 
-def _select(files: list[str], wanted: np.ndarray):
-    """The records at positions `wanted` (ascending) of `files`, in that order."""
-    it = iter(wanted.tolist())
-    nxt = next(it, None)
-    for position, record in enumerate(_dataset(files).as_numpy_iterator()):
-        if nxt is None:
+def _select(files: list[str], wanted: np.ndarray, batch_size: int):
+    """The records at positions `wanted` (ascending) of `files`, in that order, read
+    `batch_size` records at a time."""
+    wanted = np.asarray(wanted, np.int64)
+    start, w = 0, 0  # the batch's first position; the next wanted row's index in `wanted`
+    for batch in _dataset(files).batch(batch_size):
+        if w == wanted.size:
             return
-        if position == nxt:
-            yield record
-            nxt = next(it, None)
-    if nxt is not None:
-        raise ValueError(f"{files} changed while being read: row {nxt} is missing")
+        records = batch.numpy()  # [n] bytes
+        end = start + records.shape[0]
+        hi = int(np.searchsorted(wanted, end))  # wanted[w:hi] fall in [start, end)
+        for position in wanted[w:hi].tolist():
+            yield records[position - start]
+        w, start = hi, end
+    if w < wanted.size:
+        raise ValueError(f"{files} changed while being read: row {int(wanted[w])} is missing")
 
 
 def _lookup(spill: _Spill, rows: dict, half_life_seconds: float) -> dict:

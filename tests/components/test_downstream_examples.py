@@ -125,3 +125,17 @@ def test_an_empty_window_is_refused_by_name(splits):
     with pytest.raises(ValueError, match="eval split has no examples"):
         C.build_from(fake_upstream, {"train": split_files["train"], "eval": []},
                      {s: str(out / "e2" / s) for s in C.SPLITS}, 2.0, HALF_LIFE)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 10_000])
+def test_select_reads_the_wanted_positions_across_batches(tmp_path, batch_size):
+    path = str(tmp_path / "r.gz")
+    records = [f"record-{i}".encode() for i in range(50)]
+    with tf.io.TFRecordWriter(path, "GZIP") as writer:
+        for r in records:
+            writer.write(r)
+    wanted = np.array([0, 6, 7, 8, 13, 14, 49])
+    assert list(C._select([path], wanted, batch_size)) == [records[i] for i in wanted]
+    assert list(C._select([path], np.array([], np.int64), batch_size)) == []
+    with pytest.raises(ValueError, match="changed while being read: row 50 is missing"):
+        list(C._select([path], np.array([3, 50]), batch_size))
