@@ -23,10 +23,11 @@ functions), each configuration in its own processes:
 Throughput is examples per second; the ratios compare 2 workers with 1 in the same run.
 
 `stages`, on the artifacts of a pipeline run (`--root`, e.g. `<work>/root-<N>` of the
-`pipeline` part): the two components whose memory grew most with the data run again on their
-own, each in a fresh child process sampled like the pipeline: `DownstreamExamples` (the
-replay and point-in-time join, `build`) and `CrossRepresentationAggregator` (its executor, with
-the point-in-time rows of the eval split). Besides the peak, the child reports its resident
+`pipeline` part): three components whose memory grew with the data run again on their own,
+each in a fresh child process sampled like the pipeline: `RepresentationExtractor` (its
+executor, on the pushed model), `DownstreamExamples` (the replay and point-in-time join,
+`build`) and `CrossRepresentationAggregator` (its executor, with the point-in-time rows of the
+eval split). Besides the peak, the child reports its resident
 memory after the stage, and after `malloc_trim` (what the C allocator kept). Run it at two
 commits to compare an implementation change on the same data.
 
@@ -296,7 +297,7 @@ def format_pipeline(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-STAGES = ("DownstreamExamples", "CrossRepresentationAggregator")
+STAGES = ("RepresentationExtractor", "DownstreamExamples", "CrossRepresentationAggregator")
 
 
 def _artifact(root: str, component: str, name: str) -> str:
@@ -320,7 +321,28 @@ def _stage(name: str, root: str, out: str) -> dict:
 
     started = time.perf_counter()
     examples = _artifact(root, "ExampleGen", "examples")
-    if name == "DownstreamExamples":
+    if name == "RepresentationExtractor":
+        import apache_beam as beam
+        from tfx.types import standard_artifacts
+
+        from components import artifacts as A
+        from components.representation_extractor import component as C
+        from pipelines.summary import latest_artifact, metadata_file, open_metadata
+
+        pushed = standard_artifacts.PushedModel()  # its push destination and version
+        pushed.set_mlmd_artifact(latest_artifact(open_metadata(metadata_file(root)),
+                                                 "PushedModel"))
+        ex = standard_artifacts.Examples()
+        ex.uri = examples
+        ex.split_names = '["train", "eval"]'
+        representations = A.Representations()
+        representations.uri = out
+        C.RepresentationExtractor.EXECUTOR_SPEC.executor_class._FUNCTION(
+            examples=ex, pushed_model=pushed, representations=representations,
+            beam_pipeline=beam.Pipeline())
+        rows = {t: int(representations.get_int_custom_property(f"{t}_rows"))
+                for t in (A.USER_TABLE, A.ITEM_TABLE)}
+    elif name == "DownstreamExamples":
         from components.downstream_examples import component as C
 
         split_files = {s: sorted(glob.glob(os.path.join(examples, f"Split-{s}", "*")))

@@ -108,8 +108,10 @@ class _RunModelFn(beam.DoFn):
         digests = [sample_digest(r) for r in records]
         for i in range(len(records)):
             t = int(timestamp[i])
-            yield user_id[i], (t, digests[i], ur[i])
-            yield beam.pvalue.TaggedOutput(ITEM, (item_id[i], (t, digests[i], ir[i])))
+            # Copies: a row view would keep its whole batch alive while a key's latest state
+            # (the combiner's accumulator) holds it.
+            yield user_id[i], (t, digests[i], ur[i].copy())
+            yield beam.pvalue.TaggedOutput(ITEM, (item_id[i], (t, digests[i], ir[i].copy())))
         yield beam.pvalue.TaggedOutput(CROSS_EVENTS, {
             "user_id": user_id,
             "item_id": item_id,

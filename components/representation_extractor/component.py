@@ -66,10 +66,10 @@ def RepresentationExtractor(  # noqa: N802 (TFX component naming)
     representations.set_int_custom_property("model_version", version)
     root = representations.uri
     with beam_pipeline as p:
-        records = [
-            p | f"Read[{i}]" >> beam.io.ReadFromTFRecord(pattern, compression_type="gzip")
-            for i, pattern in enumerate(split_patterns(examples, splits))
-        ] | "Flatten" >> beam.Flatten()
+        # One read of every split's files: a Flatten of one read per split would be held whole
+        # in memory by the DirectRunner (it materializes a Flatten of several inputs).
+        records = (p | "Patterns" >> beam.Create(split_patterns(examples, splits))
+                   | "Read" >> beam.io.ReadAllFromTFRecord(compression_type="gzip"))
         out = records | "Extract" >> ExtractRepresentations(
             model_dir, min_batch_size=min(64, max_batch_size), max_batch_size=max_batch_size)
         for name, table in ((USER, A.USER_TABLE), (ITEM, A.ITEM_TABLE)):

@@ -271,13 +271,25 @@ def test_downstream_examples_see_the_upstream_as_of_before_each_row(first_run, w
 
 
 def test_the_scaling_stages_rerun_on_the_runs_artifacts(first_run, workdir, tmp_path):
-    """`benchmarks.scaling`'s `stages` part re-runs DownstreamExamples and the aggregator on a
-    pipeline root's artifacts (here in this process) and gets the pipeline's row counts."""
+    """`benchmarks.scaling`'s `stages` part re-runs the extractor, DownstreamExamples and the
+    aggregator on a pipeline root's artifacts (here in this process) and gets the pipeline's
+    row counts."""
     from benchmarks import scaling
     from pipelines.summary import latest_artifact, open_metadata
 
     root = str(workdir / "root")
     store = open_metadata(metadata_file(root))
+    reps = latest_artifact(store, A.Representations.TYPE_NAME)
+    out = scaling._stage("RepresentationExtractor", root, str(tmp_path / "ext"))
+    assert out["rows"] == {t: reps.custom_properties[f"{t}_rows"].int_value
+                           for t in (A.USER_TABLE, A.ITEM_TABLE)}
+    examples = latest_artifact(store, "Examples", "ExampleGen").uri
+    events = tf.data.TFRecordDataset(
+        [str(f) for f in sorted((tmp_path / "ext" / A.CROSS_EVENTS).glob("*"))], "GZIP")
+    n_events = sum(len(tables.decode_event_batch(r.numpy())["timestamp"]) for r in events)
+    n_examples = sum(1 for split in ("train", "eval") for _ in tf.data.TFRecordDataset(
+        [str(f) for f in sorted(Path(examples, f"Split-{split}").glob("*"))], "GZIP"))
+    assert n_events == n_examples > 0  # one CR event per example of both splits
     dex = latest_artifact(store, "Examples", "DownstreamExamples")
     out = scaling._stage("DownstreamExamples", root, str(tmp_path / "dex"))
     assert out["rows"] == {s: dex.custom_properties[f"{s}_rows"].int_value
