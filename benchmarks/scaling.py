@@ -3,6 +3,7 @@ training throughput of one against two localhost workers.
 
     python -m benchmarks.scaling [--examples 200000 1000000] [--part pipeline training]
         [--train_steps 150] [--work DIR] [--json]
+    python -m benchmarks.scaling --part stages --root DIR [--stages NAME ...] [--work DIR]
 
 `pipeline`, for each `--examples N`: the simulator writes N examples (seed 1), then the whole
 pipeline runs (`python -m pipelines.local_runner`: LocalDagRunner, SQLite ML Metadata, Beam
@@ -384,9 +385,9 @@ def _stage(name: str, root: str, out: str) -> dict:
             "after_trim_gb": round(psutil.Process().memory_info().rss / GB, 2)}
 
 
-def run_stages(root: str, work: str) -> list[dict]:
+def run_stages(root: str, work: str, names=STAGES) -> list[dict]:
     results = []
-    for name in STAGES:
+    for name in names:
         out = os.path.join(work, f"stage-{name}")
         if os.path.exists(out):
             import shutil
@@ -437,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                    default=["pipeline", "training"])
     p.add_argument("--root", default=None, help="stages: a pipeline root with the artifacts "
                    "(default: <work>/root-<first --examples>)")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                   help="stages: which components to run again (default: all)")
     p.add_argument("--train_steps", type=int, default=150)
     p.add_argument("--work", default=None, help="work directory to keep (default: a temporary "
                    "one, removed)")
@@ -472,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if "stages" in args.part:
         report["stages"] = run_stages(
-            args.root or os.path.join(work, f"root-{args.examples[0]}"), work)
+            args.root or os.path.join(work, f"root-{args.examples[0]}"), work, args.stages)
         save()
     print(f"\nScaling benchmark on {machine}\n")
     if report["pipeline"]:
