@@ -332,7 +332,7 @@ def _stage(name: str, root: str, out: str) -> dict:
 
         pushed = standard_artifacts.PushedModel()  # its push destination and version
         pushed.set_mlmd_artifact(latest_artifact(open_metadata(metadata_file(root)),
-                                                 "PushedModel"))
+                                                 "PushedModel", "Pusher"))  # the upstream's
         ex = standard_artifacts.Examples()
         ex.uri = examples
         ex.split_names = '["train", "eval"]'
