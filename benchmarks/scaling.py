@@ -313,6 +313,25 @@ def _artifact(root: str, component: str, name: str) -> str:
     return found[-1]
 
 
+def _examples(uri: str):
+    """An Examples artifact of ExampleGen's `train` and `eval` splits at `uri`."""
+    from tfx.types import standard_artifacts
+
+    examples = standard_artifacts.Examples()
+    examples.uri = uri
+    examples.split_names = '["train", "eval"]'
+    return examples
+
+
+def _run_executor(component, output, tables, **arguments) -> dict:
+    """Runs a function-based component's body in this process (Beam DirectRunner) and returns
+    the `<table>_rows` custom properties it set on `output`."""
+    import apache_beam as beam
+
+    component.EXECUTOR_SPEC.executor_class._FUNCTION(**arguments, beam_pipeline=beam.Pipeline())
+    return {t: int(output.get_int_custom_property(f"{t}_rows")) for t in tables}
+
+
 def _stage(name: str, root: str, out: str) -> dict:
     """One stage on `root`'s artifacts, in this process (a child of `run_stages`)."""
     import gc
@@ -323,7 +342,6 @@ def _stage(name: str, root: str, out: str) -> dict:
     started = time.perf_counter()
     examples = _artifact(root, "ExampleGen", "examples")
     if name == "RepresentationExtractor":
-        import apache_beam as beam
         from tfx.types import standard_artifacts
 
         from components import artifacts as A
@@ -333,16 +351,11 @@ def _stage(name: str, root: str, out: str) -> dict:
         pushed = standard_artifacts.PushedModel()  # its push destination and version
         pushed.set_mlmd_artifact(latest_artifact(open_metadata(metadata_file(root)),
                                                  "PushedModel", "Pusher"))  # the upstream's
-        ex = standard_artifacts.Examples()
-        ex.uri = examples
-        ex.split_names = '["train", "eval"]'
         representations = A.Representations()
         representations.uri = out
-        C.RepresentationExtractor.EXECUTOR_SPEC.executor_class._FUNCTION(
-            examples=ex, pushed_model=pushed, representations=representations,
-            beam_pipeline=beam.Pipeline())
-        rows = {t: int(representations.get_int_custom_property(f"{t}_rows"))
-                for t in (A.USER_TABLE, A.ITEM_TABLE)}
+        rows = _run_executor(C.RepresentationExtractor, representations,
+                             (A.USER_TABLE, A.ITEM_TABLE), examples=_examples(examples),
+                             pushed_model=pushed, representations=representations)
     elif name == "DownstreamExamples":
         from components.downstream_examples import component as C
 
@@ -352,26 +365,19 @@ def _stage(name: str, root: str, out: str) -> dict:
                        {s: os.path.join(out, f"Split-{s}") for s in C.SPLITS},
                        configs.DOWNSTREAM_TRAIN_DAYS, configs.CR_HALF_LIFE_SECONDS)
     elif name == "CrossRepresentationAggregator":
-        import apache_beam as beam
-        from tfx.types import standard_artifacts
-
         from components import artifacts as A
         from components.cr_aggregation import component as C
 
         representations = A.Representations()
         representations.uri = _artifact(root, "RepresentationExtractor", "representations")
         representations.set_int_custom_property("model_version", 1)
-        ex = standard_artifacts.Examples()
-        ex.uri = examples
-        ex.split_names = '["train", "eval"]'
         tables = A.CrossRepresentationTables()
         tables.uri = out
-        C.CrossRepresentationAggregator.EXECUTOR_SPEC.executor_class._FUNCTION(
-            representations=representations, cross_tables=tables, examples=ex,
+        rows = _run_executor(
+            C.CrossRepresentationAggregator, tables, (A.CROSS_USER_TABLE, A.CROSS_ITEM_TABLE),
+            representations=representations, cross_tables=tables, examples=_examples(examples),
             half_life_seconds=configs.CR_HALF_LIFE_SECONDS, num_buckets=64,
-            point_in_time_splits=configs.POINT_IN_TIME_SPLITS, beam_pipeline=beam.Pipeline())
-        rows = {t: int(tables.get_int_custom_property(f"{t}_rows"))
-                for t in (A.CROSS_USER_TABLE, A.CROSS_ITEM_TABLE)}
+            point_in_time_splits=configs.POINT_IN_TIME_SPLITS)
     else:
         raise ValueError(f"unknown stage {name!r}; known: {list(STAGES)}")
     seconds = time.perf_counter() - started
