@@ -34,7 +34,8 @@ SMALL: dict[str, dict] = {
 FIGURES: dict[str, tuple[str, ...]] = {
     "01_quickstart.ipynb": ("quickstart_feature_statistics", "quickstart_evaluation_slices"),
     "02_representations.ipynb": ("representations_tsne", "representations_cluster_ctr",
-                                 "representations_volatility", "representations_statistics"),
+                                 "representations_volatility", "representations_statistics",
+                                 "representations_spectrum"),
     "03_transfer.ipynb": ("transfer_ablation", "transfer_layers", "transfer_importance",
                           "transfer_domains"),
     "04_serving.ipynb": ("serving_latency", "serving_cr_ema"),

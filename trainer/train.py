@@ -36,6 +36,12 @@ from trainer.config import ModelConfig, TrainConfig, add_config_flags, configs_f
 from trainer.evaluation import auc, gauc
 from trainer.export import export_saved_model
 from trainer.model import LFM4AdsModel
+from trainer.representations.ema import (
+    DEFAULT_HALF_LIFE_SECONDS,
+    aggregate_sorted,
+    half_life_decay,
+)
+from trainer.representations.spectrum import spectrum
 from trainer.transform import SHARED_VOCABULARY, VOCABULARIES
 from trainer.vocabulary import VocabularyPreprocessor
 
@@ -44,20 +50,53 @@ VOCABULARY_INPUTS = tuple(VOCABULARIES) + tuple(SHARED_VOCABULARY)  # what the c
 DAY = F.DAY
 
 
+REPRESENTATIONS = (S.USER_REPRESENTATION, S.ITEM_REPRESENTATION, S.CROSS_REPRESENTATION)
+
+
 def _collect(model: LFM4AdsModel, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
     predict = tf.function(lambda raw: model(raw, training=False))
     parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("ad", "content", "label", "is_ad", "user", "item")
+        k: [] for k in ("ad", "content", "label", "is_ad", "user", "item", "timestamp",
+                        *REPRESENTATIONS)
     }
     for raw in dataset:
         out = predict(raw)
         parts["ad"].append(out[S.AD_PREDICTION].numpy()[:, 0])
         parts["content"].append(out[S.CONTENT_PREDICTION].numpy()[:, 0])
         parts["label"].append(raw[F.LABEL].numpy())
-        parts["is_ad"].append(raw[F.DOMAIN].numpy() == F.DOMAIN_AD)
+        is_ad = raw[F.DOMAIN].numpy() == F.DOMAIN_AD
+        parts["is_ad"].append(is_ad)
         parts["user"].append(raw[F.USER_ID].numpy())
         parts["item"].append(raw[F.ITEM_ID].numpy())
+        parts["timestamp"].append(raw[F.TIMESTAMP].numpy())
+        for name in REPRESENTATIONS:  # kept for the ad rows only (what is transferred)
+            parts[name].append(out[name].numpy()[is_ad])
     return {k: np.concatenate(v) if v else np.array([]) for k, v in parts.items()}
+
+
+def representation_statistics(ev: dict[str, np.ndarray],
+                              half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS) -> dict:
+    """What each representation holds on the eval window's ad rows
+    (`trainer.representations.spectrum`: width, dead units, top direction's share of the
+    variance, participation ratio, entropy effective rank).
+
+    UR, IR and CR(u,i) are read row by row on the ad rows; CR(u) and CR(i) are the tables the
+    time-aware EMA (Eq. 1-2) folds from those rows' CR(u,i), one vector per user and per item
+    as of the window's end (Sec. 4.3.1 folds a CR on ad requests only).
+    """
+    is_ad = ev["is_ad"].astype(bool)
+    cr = ev[S.CROSS_REPRESENTATION]
+    out = {"ur": spectrum(ev[S.USER_REPRESENTATION]).to_dict(),
+           "ir": spectrum(ev[S.ITEM_REPRESENTATION]).to_dict(),
+           "cr": spectrum(cr).to_dict()}
+    beta = half_life_decay(half_life_seconds)
+    for name, keys in (("cr_user", ev["user"][is_ad]), ("cr_item", ev["item"][is_ad])):
+        if len(keys):
+            _, table, _ = aggregate_sorted(keys.astype(object), ev["timestamp"][is_ad], cr, beta)
+        else:
+            table = np.zeros((0, cr.shape[1] if cr.ndim == 2 else 0), np.float32)
+        out[name] = spectrum(table).to_dict()
+    return out
 
 
 def _train_items(files: list[str], cut: int) -> tuple[set[bytes], int]:
@@ -180,6 +219,7 @@ def fit_and_evaluate(
                              for name in VOCABULARY_INPUTS},
     }
     results.update(oracle.metrics(data, cut, train_end, ev, end=hi + 1))
+    results["representations"] = representation_statistics(ev)
     results["model_config"] = dataclasses.asdict(model_config)
     results["train_window"] = [lo, train_end]  # [start, end) of the training rows
     warmup = [s.numpy() for s in data_input.records_in_window(files, start=cut, end=hi + 1).take(8)]
@@ -234,9 +274,32 @@ def format_table(results: dict) -> str:
                      f"{fmt(results.get('oracle_expected_auc_ad'))}), content "
                      f"{fmt(results.get('expected_auc_content'))} (oracle "
                      f"{fmt(results.get('oracle_expected_auc_content'))})")
+    if results.get("representations"):
+        lines.append(format_representations(results["representations"]))
     lines.append(f"GAUC ad: {fmt(results.get('gauc_ad'))}   training: "
                  f"{results['examples_per_second']:.0f} examples/s over {results['epochs']} epochs")
     lines.append(f"exported: {results['export_path']}")
+    return "\n".join(lines)
+
+
+REPRESENTATION_LABELS = {"ur": "UR", "ir": "IR", "cr": "CR(u,i)", "cr_user": "CR(u)",
+                         "cr_item": "CR(i)"}
+
+
+def format_representations(statistics: dict) -> str:
+    """The table of `representation_statistics`."""
+    def fmt(value, spec):
+        return "n/a" if value is None else format(value, spec)
+
+    lines = [f"{'representation (ad rows)':<26}{'rows':>8}{'width':>7}{'dead':>6}"
+             f"{'top share':>11}{'PR':>7}{'eff. rank':>11}"]
+    for key, label in REPRESENTATION_LABELS.items():
+        s = statistics.get(key)
+        if s is not None:
+            lines.append(f"{label:<26}{s['rows']:>8}{s['dim']:>7}{s['dead_units']:>6}"
+                         f"{fmt(s['top_share'], '.1%'):>11}"
+                         f"{fmt(s['participation_ratio'], '.2f'):>7}"
+                         f"{fmt(s['effective_rank'], '.2f'):>11}")
     return "\n".join(lines)
 
 

@@ -85,8 +85,19 @@ def test_a_normal_new_version_is_published(tmp_path, published):
     assert set(verdict["tables"]["user"]["rates"]) >= {"mean", "variance"}
 
 
+def _first_principal_component(m: np.ndarray) -> np.ndarray:
+    """`m` replaced by its projection on its first principal component, rescaled so that the
+    entries' variance is unchanged: a collapse that mean, variance, L1 and extremes pass."""
+    mean = m.mean(axis=0)
+    centred = m - mean
+    v = np.linalg.eigh(np.cov(centred, rowvar=False))[1][:, -1]  # [d], the top direction
+    projected = np.outer(centred @ v, v)  # [rows, d]
+    return (mean + projected * centred.std() / projected.std()).astype(np.float32)
+
+
 @pytest.mark.parametrize("corruption, table", [
-    ("nan", "user"), ("scaled_x100", "cross_item"), ("all_zeros", "item")])
+    ("nan", "user"), ("scaled_x100", "cross_item"), ("all_zeros", "item"),
+    ("first_principal_component", "cross_user")])
 def test_corrupted_tables_are_held(tmp_path, published, corruption, table):
     before = _tree_digest(str(published))
     matrices = _tables(2)
@@ -95,11 +106,16 @@ def test_corrupted_tables_are_held(tmp_path, published, corruption, table):
         m[::7, 3] = np.nan
     elif corruption == "scaled_x100":
         matrices[table] = m * 100
+    elif corruption == "first_principal_component":
+        matrices[table] = _first_principal_component(m)
     else:
         matrices[table] = np.zeros_like(m)
     verdict = _guard(tmp_path, "bad", matrices, 3, published)
     assert verdict["status"] == "held"
     assert verdict["reasons"] and all(r.startswith(f"{table}:") for r in verdict["reasons"])
+    if corruption == "first_principal_component":  # held for the collapse alone
+        assert len(verdict["reasons"]) == 1 and "collapse: effective_rank" in verdict["reasons"][0]
+        assert verdict["tables"][table]["statistics"]["effective_rank"] == pytest.approx(1.0)
     assert _tree_digest(str(published)) == before  # nothing written, nothing lost
     assert live_version(str(published)) == 1
     assert not (published / "3").exists()

@@ -152,7 +152,50 @@ def test_to_dict_from_dict_round_trip_is_json_safe():
         TableStatistics.from_dict({k: v for k, v in d.items() if k != "variance"})
 
 
+def test_spectrum_figures_are_in_the_statistics_and_merge():
+    rng = np.random.default_rng(5)
+    m = rng.normal(size=(300, 3)) @ rng.normal(size=(3, 6))  # rank 3 in 6 units
+    m[:, 0] = 0.0  # a dead unit
+    whole = table_statistics(m)
+    assert whole.dead_units == 1 and 1 < whole.effective_rank <= 3 + 1e-9
+    acc = StatisticsAccumulator(batch_size=7)
+    for row in m[:100]:
+        acc.add_row(row)
+    acc.merge(StatisticsAccumulator().add(m[100:]))
+    merged = acc.result()
+    assert merged.effective_rank == pytest.approx(whole.effective_rank, rel=1e-9)
+    assert merged.participation_ratio == pytest.approx(whole.participation_ratio, rel=1e-9)
+    assert merged.dead_units == 1
+
+
+def test_statistics_written_before_the_spectrum_figures_read_back_as_unknown():
+    d = table_statistics(_table(0)).to_dict()
+    old = {k: v for k, v in d.items() if k not in (
+        "dead_units", "top_share", "participation_ratio", "effective_rank")}
+    s = TableStatistics.from_dict(old)
+    assert s.dead_units == -1 and math.isnan(s.effective_rank)
+    # and the collapse check is skipped against such a live version
+    assert judge(table_statistics(_table(1)), s).publish
+
+
 # ---------------------------------------------------------------- judge
+
+
+def test_collapse_onto_one_direction_is_held_though_the_moments_pass():
+    rng = np.random.default_rng(7)
+    old = rng.normal(size=(2000, 8))
+    z = rng.normal(size=(2000, 1))
+    new = z * np.ones(8)  # every unit the same: one direction, unit variance, mean 0
+    verdict = judge(table_statistics(new), table_statistics(old))
+    assert not verdict.publish
+    assert [r.split(":")[0] for r in verdict.reasons] == ["collapse"], verdict.reasons
+    assert "effective_rank fell" in verdict.reasons[0] and "100.0% of the variance" in (
+        verdict.reasons[0])
+    # a threshold of 9 lets a drop from ~8 to 1 through
+    assert judge(table_statistics(new), table_statistics(old),
+                 GuardThresholds(effective_rank_drop=9.0)).publish
+    # a healthy retrain of the same width and rank passes
+    assert judge(table_statistics(rng.normal(size=(2000, 8))), table_statistics(old)).publish
 
 
 def test_rate_of_change_definition():

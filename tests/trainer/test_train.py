@@ -46,6 +46,19 @@ def test_cli_trains_evaluates_and_exports(small_data, tmp_path):
     assert "in expectation over the labels' draw" in proc.stdout
     assert result["examples_per_second"] > 0
     assert result["train_examples"] + result["eval_examples"] == result["examples"] == 3000
+    # What each representation holds, on the eval window's ad rows (CR(u), CR(i): one row per
+    # user / item seen there), and the same figures in the printed table.
+    reps = result["representations"]
+    ad_rows = result["eval_ad_examples"]
+    assert [reps[k]["rows"] for k in ("ur", "ir", "cr")] == [ad_rows] * 3
+    assert 0 < reps["cr_user"]["rows"] < ad_rows and 0 < reps["cr_item"]["rows"] < ad_rows
+    assert reps["cr_user"]["dim"] == reps["cr_item"]["dim"] == reps["cr"]["dim"]
+    for key, s in reps.items():
+        assert 0 <= s["dead_units"] <= s["dim"], key
+        live = s["dim"] - s["dead_units"]
+        assert 1.0 <= s["effective_rank"] <= live + 1e-6, key
+        assert 1.0 <= s["participation_ratio"] <= s["effective_rank"] + 1e-6, key
+    assert "eff. rank" in proc.stdout and "CR(u,i)" in proc.stdout
     loaded = tf.saved_model.load(result["export_path"])
     assert set(loaded.signatures) == set(S.OUTPUT_KEYS)
     assert os.path.dirname(result["export_path"]) == str(export_dir)

@@ -16,6 +16,9 @@ entries finite):
     min, max  = min / max over F;   max_abs = max(|min|, |max|)
     nan_count = #NaN entries;  inf_count = #(+-Inf) entries
     zero_rows = #rows whose d entries are all exactly 0
+    dead_units, top_share, participation_ratio, effective_rank
+              = what the table holds, from the covariance of its finite rows
+                (`trainer.representations.spectrum`)
 
 Statistics with no finite entry (or no finite row) to average are NaN.
 
@@ -36,7 +39,13 @@ Rate of change of statistic s (s in mean, variance, l1_norm, max_abs), old = las
 A decrease gives rate <= 1 (a collapse to 0 gives exactly 1), an increase by a factor k gives
 k - 1. The table is held when rate_s > threshold_s (NaN rates count as exceeded) or when a hard
 limit fails: any NaN/Inf entry, an empty table, zero_rows / rows > max_zero_row_share, a
-dimension change, or (old.rows - new.rows) / old.rows > max_row_shrink.
+dimension change, (old.rows - new.rows) / old.rows > max_row_shrink, or a collapse:
+
+    old.effective_rank / new.effective_rank > effective_rank_drop
+
+(the rates above pass a table whose vectors have fallen onto one direction with the same mean,
+variance and norms; the effective rank does not). Statistics written before the spectrum
+figures existed read back as NaN, and the collapse check is then skipped.
 """
 
 from __future__ import annotations
@@ -48,13 +57,17 @@ from typing import Any
 
 import numpy as np
 
+from trainer.representations.spectrum import SPECTRUM_FIELDS, SpectrumAccumulator
+
 STATUS_PUBLISHED = "published"
 STATUS_HELD = "held"
 # The guard passed the tables but leaves publishing to a later check (the embedding evaluator).
 STATUS_PASSED = "passed"
 RATE_STATISTICS = ("mean", "variance", "l1_norm", "max_abs")
-_FLOAT_FIELDS = ("mean", "variance", "l1_norm", "min", "max", "max_abs")
+_FLOAT_FIELDS = ("mean", "variance", "l1_norm", "min", "max", "max_abs", "top_share",
+                 "participation_ratio", "effective_rank")
 _INT_FIELDS = ("rows", "dim", "nan_count", "inf_count", "zero_rows")
+_OPTIONAL_FIELDS = SPECTRUM_FIELDS  # absent from statistics written before they existed
 
 
 @dataclass(frozen=True)
@@ -72,10 +85,14 @@ class TableStatistics:
     nan_count: int
     inf_count: int
     zero_rows: int
+    dead_units: int = -1  # -1: unknown (statistics written before the spectrum figures)
+    top_share: float = math.nan
+    participation_ratio: float = math.nan
+    effective_rank: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict: ints stay ints, non-finite floats (no finite entries) become None."""
-        out: dict[str, Any] = {k: int(getattr(self, k)) for k in _INT_FIELDS}
+        out: dict[str, Any] = {k: int(getattr(self, k)) for k in (*_INT_FIELDS, "dead_units")}
         for k in _FLOAT_FIELDS:
             v = float(getattr(self, k))
             out[k] = v if math.isfinite(v) else None
@@ -83,13 +100,16 @@ class TableStatistics:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TableStatistics:
-        """Inverse of ``to_dict`` (None -> NaN); raises KeyError naming a missing field."""
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d]
+        """Inverse of ``to_dict`` (None -> NaN); raises KeyError naming a missing field. The
+        spectrum figures may be absent (statistics written before them): unknown."""
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in d and f.name not in _OPTIONAL_FIELDS]
         if missing:
             raise KeyError(f"statistics dict is missing fields {missing}")
         kwargs: dict[str, Any] = {k: int(d[k]) for k in _INT_FIELDS}
+        kwargs["dead_units"] = int(d.get("dead_units", -1))
         for k in _FLOAT_FIELDS:
-            kwargs[k] = math.nan if d[k] is None else float(d[k])
+            kwargs[k] = math.nan if d.get(k) is None else float(d[k])
         return cls(**kwargs)
 
 
@@ -117,6 +137,7 @@ class StatisticsAccumulator:
         self.nan_count = 0
         self.inf_count = 0
         self.zero_rows = 0
+        self.spectrum = SpectrumAccumulator()  # covariance of the finite rows
         self._pending: list[np.ndarray] = []  # buffered rows, each [d]
 
     def _check_dim(self, d: int) -> None:
@@ -170,6 +191,7 @@ class StatisticsAccumulator:
         row_ok = finite.all(axis=1)  # [n]
         self.finite_rows += int(row_ok.sum())
         self.l1_sum += float(np.abs(m[row_ok]).sum())
+        self.spectrum.add(m[row_ok])
         vals = m[finite]  # [|F_chunk|]
         if vals.size:
             c_mean = float(vals.mean())
@@ -203,6 +225,7 @@ class StatisticsAccumulator:
         self.nan_count += other.nan_count
         self.inf_count += other.inf_count
         self.zero_rows += other.zero_rows
+        self.spectrum.merge(other.spectrum)
         return self
 
     def result(self) -> TableStatistics:
@@ -211,6 +234,7 @@ class StatisticsAccumulator:
         has_f = acc.count > 0
         lo = acc.min if has_f else math.nan
         hi = acc.max if has_f else math.nan
+        spectrum = acc.spectrum.result(rows=acc.rows)
         return TableStatistics(
             rows=acc.rows,
             dim=acc.dim or 0,
@@ -223,6 +247,10 @@ class StatisticsAccumulator:
             nan_count=acc.nan_count,
             inf_count=acc.inf_count,
             zero_rows=acc.zero_rows,
+            dead_units=spectrum.dead_units,
+            top_share=spectrum.top_share,
+            participation_ratio=spectrum.participation_ratio,
+            effective_rank=spectrum.effective_rank,
         )
 
 
@@ -240,7 +268,8 @@ class GuardThresholds:
     row L1 norm, tripling the largest |entry| are the first values held). Hard limits:
     ``allow_non_finite`` False holds any NaN/Inf; ``max_zero_row_share`` 0.01 of rows all zero;
     ``max_row_shrink`` 0.5 = the table may lose at most half its rows; ``eps`` is the floor of
-    the rate denominators.
+    the rate denominators. ``effective_rank_drop`` 2.0: a table whose effective rank falls to
+    less than half the live version's is held (a collapse onto fewer directions).
     """
 
     mean: float = 0.5
@@ -249,11 +278,13 @@ class GuardThresholds:
     max_abs: float = 2.0
     max_zero_row_share: float = 0.01
     max_row_shrink: float = 0.5
+    effective_rank_drop: float = 2.0
     allow_non_finite: bool = False
     eps: float = 1e-12
 
     def __post_init__(self) -> None:
-        for name in (*RATE_STATISTICS, "max_zero_row_share", "max_row_shrink", "eps"):
+        for name in (*RATE_STATISTICS, "max_zero_row_share", "max_row_shrink", "eps",
+                     "effective_rank_drop"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"GuardThresholds.{name} must be a finite number, got {v!r}")
@@ -265,6 +296,9 @@ class GuardThresholds:
                 raise ValueError(f"GuardThresholds.{name} must be in [0, 1], got {v!r}")
         if self.eps <= 0:
             raise ValueError(f"GuardThresholds.eps must be > 0, got {self.eps!r}")
+        if self.effective_rank_drop < 1:
+            raise ValueError("GuardThresholds.effective_rank_drop must be >= 1 (a factor), got "
+                             f"{self.effective_rank_drop!r}")
 
 
 @dataclass(frozen=True)
@@ -336,6 +370,14 @@ def judge(
                     f"rows shrank by {shrink:.4g} ({previous.rows} -> {new.rows}), "
                     f"max_row_shrink {t.max_row_shrink:.4g}"
                 )
+        old_rank, new_rank = previous.effective_rank, new.effective_rank
+        if (math.isfinite(old_rank) and math.isfinite(new_rank) and old_rank > 0
+                and old_rank > t.effective_rank_drop * new_rank):
+            reasons.append(
+                f"collapse: effective_rank fell {old_rank / max(new_rank, t.eps):.4g}x "
+                f"({old_rank:.4g} -> {new_rank:.4g}; top direction holds "
+                f"{new.top_share:.1%} of the variance, {new.dead_units} of {new.dim} units "
+                f"dead), effective_rank_drop {t.effective_rank_drop:.4g}")
         for name in RATE_STATISTICS:
             rate = rate_of_change(name, new, previous, t.eps)
             rates[name] = rate
