@@ -7,6 +7,9 @@ import re
 
 INTERACTIONS = ("cross", "cross_mix", "fm")
 BRANCHES = ("dual", "shared")
+MLP_NORMALIZATIONS = ("none", "layer")  # trainer.mlp.NORMALIZATIONS
+CR_ACTIVATIONS = ("post", "pre")
+CR_NORMALIZATIONS = ("none", "l2")
 STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")  # trainer.distribute
 _CR_LAYER = re.compile(r"^(embedding|cross_(\d+)|mlp_(\d+))$")
 
@@ -19,7 +22,13 @@ class ModelConfig:
     (paper Sec. 3.3 and 5.1.3): `embedding` (the branch input: [UR, IR, field embeddings]),
     `cross_<l>` (output of interaction layer l, 1-based) or `mlp_<l>` (output of hidden MLP
     layer l, 1-based). `None` means the paper's choice, the penultimate MLP layer, i.e. the
-    last hidden layer before the logit.
+    last hidden layer before the logit. How it is read:
+      * `cr_activation`: `post` (the layer's output) or `pre` (an MLP layer's input to its
+        ReLU, so no unit reads as a constant 0; MLP layers only);
+      * `cr_normalization`: `none` or `l2` (each CR(u,i) scaled to unit length);
+      * `mlp_normalization`: `none` or `layer` (a LayerNormalization before every ReLU of the
+        branches' MLPs: part of the model, not of the read; `trainer.mlp.MLP`).
+    The read CR is the `cr` output of `trainer.mix_tower.MixBranch`.
 
     Choices this implementation adds to the paper's Fig. 2, each measured in
     `docs/BENCHMARKS.md` (small ad data over-fits through ids):
@@ -82,6 +91,9 @@ class ModelConfig:
     mlp_hidden: tuple[int, ...] = (256, 128, 64)
     branches: str = "dual"
     cr_layer: str | None = None
+    cr_activation: str = "post"
+    cr_normalization: str = "none"
+    mlp_normalization: str = "none"
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -91,6 +103,11 @@ class ModelConfig:
             raise ValueError(f"branches must be one of {BRANCHES}, got {self.branches!r}")
         if not self.mlp_hidden:
             raise ValueError("mlp_hidden must have at least one layer, got ()")
+        for name, allowed in (("cr_activation", CR_ACTIVATIONS),
+                              ("cr_normalization", CR_NORMALIZATIONS),
+                              ("mlp_normalization", MLP_NORMALIZATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("embedding_dim", "representation_dim", "num_interaction_layers",
                      "feature_path_dim"):
             if getattr(self, name) < 1:
@@ -114,7 +131,11 @@ class ModelConfig:
                 "ad_tower_gradient_scale needs branches='dual' (one shared branch serves both "
                 f"domains), got {self.ad_tower_gradient_scale} with branches='shared'"
             )
-        self.resolved_cr_layer()  # validates cr_layer
+        layer = self.resolved_cr_layer()  # validates cr_layer
+        if self.cr_activation == "pre" and not layer.startswith("mlp_"):
+            raise ValueError(
+                f"cr_activation='pre' reads an MLP layer before its ReLU; cr_layer "
+                f"{layer!r} has no activation (use cr_activation='post')")
 
     @classmethod
     def from_dict(cls, config: dict) -> ModelConfig:
@@ -124,6 +145,12 @@ class ModelConfig:
     @property
     def num_cross_outputs(self) -> int:
         return 1 if self.interaction == "fm" else self.num_interaction_layers
+
+    def cr_output(self) -> str:
+        """The `MixBranch` output the CR is read from before `cr_normalization`:
+        `resolved_cr_layer()`, or `pre_mlp_<l>` with `cr_activation='pre'`."""
+        layer = self.resolved_cr_layer()
+        return f"pre_{layer}" if self.cr_activation == "pre" else layer
 
     def resolved_cr_layer(self) -> str:
         """The CR extraction point as `embedding`, `cross_<l>` or `mlp_<l>`."""
@@ -250,6 +277,9 @@ FLAG_HELP = {
     "branches": "dual (the paper) or shared (one branch for both domains)",
     "cr_layer": "where CR is read: embedding | cross_<l> | mlp_<l> "
                 "(default: the last hidden MLP layer)",
+    "cr_activation": "read an MLP layer's output (post) or its input to the ReLU (pre)",
+    "cr_normalization": "none, or l2: every CR(u,i) scaled to unit length",
+    "mlp_normalization": "none, or layer: LayerNormalization before every ReLU of the branches",
     "id_dropout": "probability of hiding user_id/item_id in training (1.0: features only)",
     "ad_tower_gradient_scale": "scale of the ad loss's gradient into the shared towers "
                                "(0: content alone trains them)",
@@ -265,7 +295,9 @@ FLAG_HELP = {
     "mlp_hidden": "hidden sizes of each branch's MLP, comma-separated",
     "tower_hidden": "hidden sizes of the user and item towers, comma-separated",
 }
-_CHOICES = {"interaction": INTERACTIONS, "branches": BRANCHES, "strategy": STRATEGIES}
+_CHOICES = {"interaction": INTERACTIONS, "branches": BRANCHES, "strategy": STRATEGIES,
+            "cr_activation": CR_ACTIVATIONS, "cr_normalization": CR_NORMALIZATIONS,
+            "mlp_normalization": MLP_NORMALIZATIONS}
 
 
 def _flag_type(annotation: str):

@@ -10,8 +10,9 @@ stack is one of
   * `fm`:        `x_1 = concat(x0, FM([P_u UR, P_i IR, e_1, ..., e_F]))` (Rendle 2010), with
                  UR and IR projected to the field embedding width.
 then a ReLU MLP and one logit per head. Every intermediate output is returned under the name
-that `ModelConfig.cr_layer` uses (`embedding`, `cross_<l>`, `mlp_<l>`), so any of them can be
-exported as CR(u,i).
+that `ModelConfig.cr_layer` uses (`embedding`, `cross_<l>`, `mlp_<l>`, and `pre_mlp_<l>` for an
+MLP layer's input to its ReLU), so any of them can be exported as CR(u,i); `cr` is the one the
+config reads (`ModelConfig.cr_output()`, then `cr_normalization`: `l2` scales it to unit length).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from trainer.layers.cross_mix import CrossNetMix
 from trainer.layers.fm import FactorizationMachine
 from trainer.mlp import MLP
 
+CR_OUTPUT = "cr"  # the output that `ModelConfig` reads as CR(u,i)
+
 
 class MixBranch(tf.keras.Model):
     """Interaction stack, MLP and `heads` logits of one branch (content, ad or shared).
@@ -34,8 +37,9 @@ class MixBranch(tf.keras.Model):
       representations: `(UR [batch, d_ur], IR [batch, d_ir])`.
       fields: list of field embeddings, each `[batch, embedding_dim]`.
     Returns:
-      dict with `embedding`, `cross_1..L`, `mlp_1..M` (`[batch, width]` each) and
-      `logit_<head>` (`[batch, 1]`) for each head.
+      dict with `embedding`, `cross_1..L`, `mlp_1..M`, `pre_mlp_1..M` (`[batch, width]`
+      each), `cr` (the configured CR read, `CR_OUTPUT`) and `logit_<head>` (`[batch, 1]`) for
+      each head.
     """
 
     def __init__(self, config: ModelConfig, heads: tuple[str, ...], **kwargs):
@@ -60,7 +64,8 @@ class MixBranch(tf.keras.Model):
             self.project_ur = tf.keras.layers.Dense(config.embedding_dim, use_bias=False)
             self.project_ir = tf.keras.layers.Dense(config.embedding_dim, use_bias=False)
             self.fm = FactorizationMachine(name="cross_1")
-        self.mlp = MLP(config.mlp_hidden, dropout=config.dropout, name="mlp")
+        self.mlp = MLP(config.mlp_hidden, dropout=config.dropout,
+                       normalization=config.mlp_normalization, name="mlp")
         self.logits = {head: tf.keras.layers.Dense(1, name=f"logit_{head}") for head in heads}
         self.affinity = {
             head: tf.keras.layers.Dense(1, use_bias=False, name=f"affinity_{head}")
@@ -85,8 +90,14 @@ class MixBranch(tf.keras.Model):
             for i, layer in enumerate(self.interactions):
                 x = layer(x0, x)  # [batch, d0]
                 outputs[f"cross_{i + 1}"] = x
-        for i, h in enumerate(self.mlp(x, training=training)):
+        hidden, pre = self.mlp(x, training=training, pre_activations=True)
+        for i, (h, z) in enumerate(zip(hidden, pre, strict=True)):
             outputs[f"mlp_{i + 1}"] = h
+            outputs[f"pre_mlp_{i + 1}"] = z
+        cr = outputs[self.config.cr_output()]
+        if self.config.cr_normalization == "l2":
+            cr = tf.math.l2_normalize(cr, axis=-1)  # [batch, d_cr], unit length
+        outputs[CR_OUTPUT] = cr
         for head, dense in self.logits.items():
             logit = dense(h)  # [batch, 1]
             if head in self.affinity:

@@ -22,7 +22,7 @@ from trainer import signatures as S
 from trainer.config import ModelConfig, TrainConfig
 from trainer.embeddings import SHARED_TABLES, FeatureEmbeddings
 from trainer.feature_path import FeatureAffinityPath
-from trainer.mix_tower import MixBranch
+from trainer.mix_tower import CR_OUTPUT, MixBranch
 from trainer.preprocessing import BUCKET_FIELDS, FeaturePreprocessor, HashingPreprocessor
 from trainer.towers import ItemTower, UserTower
 
@@ -190,8 +190,9 @@ class LFM4AdsModel(tfrs.models.Model):
 
         `embedding` is the branch input `x0 = concat(UR, IR, [UR * IR,] e_1..e_F)` `[batch, d0]`,
         `cross_<l>` the output of interaction layer l (`[batch, d0]`; `[batch, d0 + d]` for
-        `fm`), `mlp_<l>` that of hidden MLP layer l (`[batch, mlp_hidden[l - 1]]`), all float32:
-        each is a candidate CR(u,i) (paper Sec. 3.3, the layer study of Sec. 5.1.3). The
+        `fm`), `mlp_<l>` that of hidden MLP layer l (`[batch, mlp_hidden[l - 1]]`) and
+        `pre_mlp_<l>` its input to the ReLU, all float32: each is a candidate CR(u,i) (paper
+        Sec. 3.3, the layer study of Sec. 5.1.3); `cr` is the one the config reads. The
         logits are left out, and so are the content branch and the feature path.
         """
         _, ur, ir, fields = self._towers(raw, training)
@@ -200,8 +201,9 @@ class LFM4AdsModel(tfrs.models.Model):
                 if not name.startswith("logit_")}
 
     def cross_representation(self, raw: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """CR(u,i) `[batch, d_cr]` float32: output `cr_layer` of the ad branch."""
-        return self.ad_branch_outputs(raw, training)[self.cr_layer]
+        """CR(u,i) `[batch, d_cr]` float32: the ad branch's output as the config reads it
+        (`cr_layer`, `cr_activation`, `cr_normalization`)."""
+        return self.ad_branch_outputs(raw, training)[CR_OUTPUT]
 
     def call(self, raw: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         """All outputs: probabilities, logits, UR, IR and CR for a batch of raw features."""
@@ -222,7 +224,7 @@ class LFM4AdsModel(tfrs.models.Model):
             S.CONVERSION_PREDICTION: tf.sigmoid(logits["conversion"]),
             S.USER_REPRESENTATION: tf.cast(ur, tf.float32),
             S.ITEM_REPRESENTATION: tf.cast(ir, tf.float32),
-            S.CROSS_REPRESENTATION: tf.cast(ad[self.cr_layer], tf.float32),
+            S.CROSS_REPRESENTATION: tf.cast(ad[CR_OUTPUT], tf.float32),
         }
 
     # -- training ---------------------------------------------------------------------------

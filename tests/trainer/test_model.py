@@ -48,6 +48,44 @@ def test_cr_layer_selects_the_named_output(small_batch, interaction, cr_layer, w
         np.testing.assert_allclose(cr[:, 16:24], cr[:, :8] * ir, atol=1e-6)
 
 
+def test_cr_read_before_the_activation_and_normalised(small_batch):
+    base = LFM4AdsModel(ModelConfig(cr_layer="mlp_1", **SMALL))
+    base(small_batch)
+    outputs = base.ad_branch_outputs(small_batch)
+    # The ReLU of the pre-activation is the layer's output.
+    np.testing.assert_allclose(outputs["mlp_1"], tf.nn.relu(outputs["pre_mlp_1"]), atol=1e-6)
+    for kwargs, expected in (
+            ({"cr_activation": "pre"}, outputs["pre_mlp_1"]),
+            ({"cr_normalization": "l2"}, tf.math.l2_normalize(outputs["mlp_1"], axis=-1)),
+            ({"cr_activation": "pre", "cr_normalization": "l2"},
+             tf.math.l2_normalize(outputs["pre_mlp_1"], axis=-1))):
+        model = LFM4AdsModel(ModelConfig(cr_layer="mlp_1", **SMALL, **kwargs))
+        model(small_batch)
+        model.set_weights(base.get_weights())  # same weights, another read
+        np.testing.assert_allclose(model.cross_representation(small_batch), expected, atol=1e-5)
+        np.testing.assert_allclose(model(small_batch)["cross_representation"], expected,
+                                   atol=1e-5)
+
+
+def test_layer_normalised_mlp_keeps_every_unit_alive(small_batch):
+    model = LFM4AdsModel(ModelConfig(mlp_normalization="layer", cr_activation="pre", **SMALL))
+    pre = model.ad_branch_outputs(small_batch)["pre_mlp_2"].numpy()  # [batch, 16]
+    # LayerNorm (gamma 1, beta 0 at init): each row has mean 0 and unit variance over units.
+    np.testing.assert_allclose(pre.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(pre.std(axis=1), 1.0, atol=1e-2)
+    names = [v.name for v in model.ad_branch.trainable_variables]
+    assert any("mlp/norm_2/gamma" in n for n in names), names
+
+
+def test_bad_cr_read():
+    with pytest.raises(ValueError, match="cr_layer 'cross_1' has no activation"):
+        ModelConfig(cr_layer="cross_1", cr_activation="pre")
+    with pytest.raises(ValueError, match=r"cr_normalization must be one of .* got 'l1'"):
+        ModelConfig(cr_normalization="l1")
+    with pytest.raises(ValueError, match=r"mlp_normalization must be one of .* got 'batch'"):
+        ModelConfig(mlp_normalization="batch")
+
+
 def test_bad_cr_layer():
     with pytest.raises(ValueError, match=r"cr_layer 'mlp_3' is out of range: the MLP has 2"):
         ModelConfig(mlp_hidden=(8, 4), cr_layer="mlp_3")

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.config import ModelConfig
-from trainer.mix_tower import MixBranch
+from trainer.mix_tower import CR_OUTPUT, MixBranch
 
 AUX_HEAD = "label"  # the module's head has the upstream click head's name (and shape)
 _BRANCH = re.compile(r"(?:^|/)(?:ad|shared)_branch/(.*?)(?::\d+)?$")
@@ -94,7 +94,7 @@ class IsomorphicInteractionModule(tf.keras.layers.Layer):
     def call(self, inputs, training: bool = False) -> dict[str, tf.Tensor]:
         ur, ir = (tf.cast(x, tf.float32) for x in inputs)
         out = self.branch((ur, ir), [], training=training)
-        return {"representation": tf.cast(out[self.output_layer], tf.float32),
+        return {"representation": tf.cast(out[CR_OUTPUT], tf.float32),
                 "logit": tf.cast(out[f"logit_{AUX_HEAD}"], tf.float32)}
 
     def warm_start_from(self, variables: Sequence[tf.Variable]) -> list[str]:
@@ -149,7 +149,7 @@ class IsomorphicInteractionModule(tf.keras.layers.Layer):
         kind, _, number = self.output_layer.partition("_")
         if path.startswith("cross_"):
             return kind == "mlp" or int(path.split("/")[0][6:]) <= int(number)
-        match = re.match(r"mlp/dense_(\d+)/", path)
+        match = re.match(r"mlp/(?:dense|norm)_(\d+)/", path)
         return bool(match) and kind == "mlp" and int(match.group(1)) <= int(number)
 
     def get_config(self) -> dict[str, Any]:
