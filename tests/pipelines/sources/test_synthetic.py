@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -326,6 +327,256 @@ def test_user_activity_is_skewed(dataset):
     assert counts.max() >= 10 * np.median(counts)
 
 
+def digest(out_dir: Path, manifest: dict) -> str:
+    """sha256 of the shards' bytes and of every array of oracle.npz and users.npz."""
+    h = hashlib.sha256()
+    for name in manifest["shards"]:
+        h.update(name.encode())
+        h.update((out_dir / name).read_bytes())
+    for file in (synthetic.ORACLE, synthetic.USERS_FILE):
+        with np.load(out_dir / file) as arrays:
+            for key in sorted(arrays.files):
+                a = arrays[key]
+                h.update(f"{file}/{key}/{a.dtype.str}/{a.shape}".encode())
+                h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def test_two_tower_output_is_byte_identical_to_before_worlds_existed(dataset):
+    # Obtained by running `digest` on this module's fixture (12k examples, seed 4, 14 days, 2
+    # shards) with the generator as it was before `--world` and the dynamic effects were added
+    # (a single-interest, static world with no context cross). The default world must still
+    # give these bytes: every dynamic draw comes from its own random stream, only when on.
+    out, manifest, _, _ = dataset
+    assert manifest["world"] == "two_tower"
+    assert digest(out, manifest) == (
+        "89c98eb549d4ab0dad26e9e1aed7ada6bab5f904c92be2cd7c5ee51f50c3e783")
+
+
+def test_two_tower_static_auc_is_the_oracle_auc(dataset):
+    # One fixed interest, no context: the static single-vector score is the true probability.
+    _, manifest, _, _ = dataset
+    for domain in ("ad", "content"):
+        assert manifest[f"static_auc_{domain}"] == manifest[f"oracle_auc_{domain}"], domain
+
+
+# ----------------------------------------------------------------------------- worlds
+
+DYNAMIC_EXAMPLES = 20_000
+DYNAMIC = synthetic.WORLDS["dynamic"]
+# Each effect of the dynamic world alone, to see that each one is what the formula says.
+ONLY = {
+    "interests": synthetic.SimConfig(interests_per_user=DYNAMIC.interests_per_user,
+                                     interest_spread=DYNAMIC.interest_spread),
+    "drift": synthetic.SimConfig(interest_drift=DYNAMIC.interest_drift),
+    "context": synthetic.SimConfig(context_scale=DYNAMIC.context_scale),
+}
+
+
+@pytest.fixture(scope="module")
+def worlds():
+    """Simulations (no files) of the same seed in two_tower, dynamic and each effect alone."""
+    sims = {name: synthetic.simulate(DYNAMIC_EXAMPLES, seed=3, world=name)
+            for name in synthetic.WORLDS}
+    sims.update({name: synthetic.simulate(DYNAMIC_EXAMPLES, seed=3, config=config)
+                 for name, config in ONLY.items()})
+    return sims
+
+
+def naive_probability(sim: synthetic.Simulation, row: int) -> float:
+    """The module docstring's formula for one row, from the returned ground truth, in loops."""
+    truth, oracle = sim.truth, sim.oracle
+    day = (int(oracle["timestamp"][row]) - synthetic.START_TIMESTAMP) // 86400
+    day = min(day, len(truth["interests"]) - 1)  # one day of interests when nothing drifts
+    user, item, scenario = truth["user"][row], truth["item"][row], truth["scenario"][row]
+    assert oracle["user_id"][row] == f"u{user}"
+    v = truth["item_vec"][item]
+    best = max(sum(float(a) * float(b) for a, b in zip(u[user], v, strict=True))
+               for u in truth["interests"][day])  # max over the k interests
+    logit = (truth["domain_bias"][int(oracle["is_ad"][row])] + truth["scenario_bias"][scenario]
+             + truth["item_bias"][item] + sim.facts["ground_truth"]["alpha"] * best
+             + truth["context"][scenario, truth["item_category"][item]])
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+@pytest.mark.parametrize("name", ["two_tower", "dynamic", *ONLY])
+def test_oracle_is_the_documented_formula_and_the_labels_follow_it(worlds, name):
+    sim = worlds[name]
+    p, label, is_ad = sim.oracle["p_label"], sim.oracle["label"], sim.oracle["is_ad"]
+    rows = np.random.default_rng(0).choice(DYNAMIC_EXAMPLES, 60, replace=False)
+    for row in rows:
+        assert p[row] == pytest.approx(naive_probability(sim, row), rel=1e-6, abs=1e-9), row
+    # The labels are drawn from p: their rate is p's mean within 4 standard errors per domain.
+    for mask in (is_ad, ~is_ad):
+        se = np.sqrt(np.sum(p[mask] * (1 - p[mask]))) / mask.sum()
+        assert abs(label[mask].mean() - p[mask].mean()) < 4 * se
+    assert sim.facts["world"] == (name if name in synthetic.WORLDS else "custom")
+
+
+def test_effects_leave_users_items_and_exposures_untouched(worlds):
+    # Each effect draws from its own stream: same users, items, times, scenarios in every world.
+    base = worlds["two_tower"]
+    for name, sim in worlds.items():
+        for key in ("timestamp", "is_ad", "item_id", "user_id", "cold_start"):
+            assert np.array_equal(sim.oracle[key], base.oracle[key]), (name, key)
+        for key in ("user", "item", "scenario", "item_vec", "item_bias", "scenario_bias"):
+            assert np.array_equal(sim.truth[key], base.truth[key]), (name, key)
+    assert np.array_equal(base.truth["interests"][0, 0], worlds["context"].truth["interests"][0, 0])
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = p.astype(np.float64)
+    return np.log(p / (1 - p))
+
+
+def test_context_cross_adds_its_scenario_by_category_table(worlds):
+    # Context alone, same seed: the logit moves by X[scenario, category] plus a constant per
+    # domain (the recalibrated domain bias), nothing else.
+    base, sim = worlds["two_tower"], worlds["context"]
+    table = sim.truth["context"]  # [scenarios, categories]
+    assert table.shape == (5, 30) and np.all(base.truth["context"] == 0)
+    assert table.std() == pytest.approx(DYNAMIC.context_scale, rel=0.2)  # 150 draws: sd ~6%
+    is_ad = sim.oracle["is_ad"]
+    cell = table[sim.truth["scenario"], sim.truth["item_category"][sim.truth["item"]]]
+    shift = logit(sim.oracle["p_label"]) - logit(base.oracle["p_label"]) - cell
+    bias_shift = sim.truth["domain_bias"] - base.truth["domain_bias"]  # [content, ad]
+    np.testing.assert_allclose(shift, bias_shift[is_ad.astype(int)], atol=1e-4)
+
+
+def test_interests_drift_by_the_expected_amount(worlds):
+    interests = worlds["drift"].truth["interests"]  # [days, k, users, dim]
+    days, k, users, dim = interests.shape
+    assert (days, k) == (DAYS, 1)
+    np.testing.assert_allclose(np.linalg.norm(interests, axis=-1), 1.0, atol=1e-12)
+    # One step keeps the expected cosine q = E[(1 + r z_1) / |e_1 + r z|] (Monte Carlo here);
+    # d steps give q^d. 500 walks: the mean cosine's sd is under 0.025 at the last day.
+    r = DYNAMIC.interest_drift
+    z = np.random.default_rng(0).standard_normal((1_000_000, dim))
+    q = np.mean((1 + r * z[:, 0]) / np.linalg.norm(z * r + np.eye(dim)[0], axis=1))
+    assert q == pytest.approx(1 - (dim - 1) * r**2 / 2, abs=0.01)
+    for d in (1, 6, days - 1):
+        cosine = np.einsum("kud,kud->ku", interests[0], interests[d]).mean()
+        assert cosine == pytest.approx(q**d, abs=0.05), d
+    # Samples read the interests of their own day: on the last days, today's interests explain
+    # the labels better than the first day's (recent behaviour says more than old).
+    sim = worlds["drift"]
+    truth, label = sim.truth, sim.oracle["label"]
+    late = truth["day"] >= days - 3
+    assert np.all(truth["day"] == (sim.oracle["timestamp"] - synthetic.START_TIMESTAMP) // 86400)
+    v = truth["item_vec"][truth["item"]][late]
+    user = truth["user"][late]
+    today = np.einsum("ij,ij->i", interests[truth["day"][late], 0, user], v)
+    first = np.einsum("ij,ij->i", interests[0, 0, user], v)
+    assert synthetic.auc(label[late], today) > synthetic.auc(label[late], first) + 0.05
+
+
+def test_several_interests_click_on_the_best_match(worlds):
+    sim = worlds["interests"]
+    interests = sim.truth["interests"]  # [1, k, users, dim]: no drift
+    assert interests.shape[:2] == (1, DYNAMIC.interests_per_user)
+    # The interests differ (spread ~ the group effects) but share the user's group part.
+    u = interests[0]
+    cos01 = np.einsum("ud,ud->u", u[0], u[1])
+    assert 0.2 < cos01.mean() < 0.8
+    # The label follows the max over interests: the max explains it better than the mean or
+    # any single interest, and the static score (the mean interest) falls short of the oracle.
+    truth, label = sim.truth, sim.oracle["label"]
+    v = truth["item_vec"][truth["item"]]
+    dots = np.einsum("kij,ij->ki", interests[0][:, truth["user"]], v)  # [k, examples]
+    best = synthetic.auc(label, dots.max(axis=0))
+    assert best > synthetic.auc(label, dots.mean(axis=0)) + 0.01
+    assert all(best > synthetic.auc(label, d) + 0.02 for d in dots)
+    assert sim.facts["static_auc_content"] < sim.facts["oracle_auc_content"] - 0.01
+
+
+def test_dynamic_static_auc_is_clearly_below_the_oracle(worlds):
+    facts = worlds["dynamic"].facts
+    for domain in ("ad", "content"):
+        # measured at seed 3: ad 0.81 vs 0.71, content 0.77 vs 0.67
+        assert facts[f"static_auc_{domain}"] < facts[f"oracle_auc_{domain}"] - 0.05, domain
+    assert facts["label_rate"]["content"] == pytest.approx(0.2, abs=0.01)
+    assert facts["label_rate"]["ad"] == pytest.approx(0.04, abs=0.008)
+    truth = worlds["dynamic"].truth
+    assert truth["interests"].shape[:2] == (DAYS, DYNAMIC.interests_per_user)
+    np.testing.assert_array_equal(truth["mean_interest"], truth["interests"].mean(axis=(0, 1)))
+
+
+def test_dynamic_interest_group_still_shows_in_labels(worlds):
+    sim = worlds["dynamic"]
+    category = sim.truth["item_category"][sim.truth["item"]]
+    match = category == sim.users["interest"][sim.truth["user"]]
+    label = sim.oracle["label"].astype(bool)
+    assert match.sum() > 300 and label[match].mean() > 1.5 * label[~match].mean()
+
+
+def test_named_worlds_and_custom_configs():
+    assert synthetic.WORLDS["two_tower"] == synthetic.SimConfig()
+    assert synthetic.resolve_world() == ("two_tower", synthetic.SimConfig())
+    assert synthetic.resolve_world("dynamic") == ("dynamic", DYNAMIC)
+    assert synthetic.resolve_world(config=synthetic.SimConfig(
+        interests_per_user=3, interest_spread=1.0, interest_drift=0.15, context_scale=0.7)
+    )[0] == "dynamic"
+    assert synthetic.resolve_world(config=ONLY["drift"])[0] == "custom"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"interests_per_user": 0}, "SimConfig.interests_per_user must be a positive integer, got 0"),
+    ({"interests_per_user": 2.0}, "SimConfig.interests_per_user must be a positive integer, "
+                                  "got 2.0"),
+    ({"interests_per_user": 2}, r"SimConfig.interest_spread must be > 0 when "
+                                r"interests_per_user > 1 \(else the 2 interests coincide\), "
+                                r"got 0.0"),
+    ({"interest_spread": -1.0}, "SimConfig.interest_spread must be a finite number >= 0, "
+                                "got -1.0"),
+    ({"interest_drift": -0.1}, "SimConfig.interest_drift must be a finite number >= 0, got -0.1"),
+    ({"context_scale": float("nan")}, "SimConfig.context_scale must be a finite number >= 0, "
+                                      "got nan"),
+    ({"context_scale": "0.5"}, "SimConfig.context_scale must be a finite number >= 0, "
+                               "got '0.5'"),
+])
+def test_sim_config_rejects_bad_dynamic_values(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        synthetic.SimConfig(**kwargs)
+
+
+def test_generate_rejects_unknown_world_and_world_with_config(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown world 'static'; one of \['dynamic', "
+                                         r"'two_tower'\]"):
+        synthetic.generate(tmp_path / "out", 10, world="static")
+    with pytest.raises(ValueError, match="pass world or config, not both"):
+        synthetic.generate(tmp_path / "out", 10, world="dynamic", config=DYNAMIC)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_world_dynamic(tmp_path, capsys):
+    assert synthetic.main(["--out", str(tmp_path / "o"), "--examples", "1500", "--seed", "2",
+                           "--world", "dynamic", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    manifest = json.loads(lines[-1])
+    assert manifest["world"] == "dynamic"
+    assert manifest["ground_truth"]["interests_per_user"] == DYNAMIC.interests_per_user
+    assert "of world dynamic" in lines[0]
+    assert (f"static single-vector AUC content {manifest['static_auc_content']:.4f}, "
+            f"ad {manifest['static_auc_ad']:.4f}") in lines[1]
+    with pytest.raises(SystemExit) as exit_info:
+        synthetic.main(["--out", str(tmp_path / "x"), "--examples", "10", "--world", "static"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'static'" in capsys.readouterr().err
+
+
+def test_benchmark_datasets_keep_one_directory_per_world(tmp_path):
+    from benchmarks import datasets
+
+    data = datasets.prepare("synthetic", str(tmp_path), examples=600, seed=2, world="dynamic")
+    assert Path(data).name == "synthetic-dynamic-600-seed2"
+    assert json.loads((Path(data) / common.MANIFEST).read_text())["world"] == "dynamic"
+    data = datasets.prepare("synthetic", str(tmp_path), examples=600, seed=2)
+    assert Path(data).name == "synthetic-600-seed2"  # the name it had before worlds
+    assert json.loads((Path(data) / common.MANIFEST).read_text())["world"] == "two_tower"
+    with pytest.raises(ValueError, match="unknown world 'static'"):
+        datasets.prepare("synthetic", str(tmp_path), world="static")
+
+
 # ----------------------------------------------------------------------------- errors and CLI
 
 
@@ -366,8 +617,8 @@ def test_cli_json_last_line(tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     last = json.loads(done.stdout.strip().splitlines()[-1])
-    assert last["examples"] == 1500 and last["seed"] == 2
+    assert last["examples"] == 1500 and last["seed"] == 2 and last["world"] == "two_tower"
     for key in ("seconds", "examples_per_second", "oracle_auc_ad", "oracle_auc_content",
-                "oracle_auc_cold_start"):
+                "oracle_auc_cold_start", "static_auc_ad", "static_auc_content"):
         assert key in last, key
     assert last == json.loads((tmp_path / "o" / common.MANIFEST).read_text())
