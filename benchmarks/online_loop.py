@@ -1,7 +1,7 @@
 """Latency of the whole online loop of Fig. 4 with a downstream model served: per request and
 per step, against the steps measured alone.
 
-    python -m benchmarks.online_loop [--seconds 5] [--callers 1 32] [--json]
+    python -m benchmarks.online_loop [--seconds 5] [--callers 1 32] [--cr_domains ad|all] [--json]
 
 Set-up: 20k synthetic examples; the upstream model (the default architecture) and a downstream
 ranker in `lfm4ads` mode, both with untrained weights (the cost does not depend on them), served
@@ -16,7 +16,8 @@ the data, in time order:
 * `loop`: `OnlineLoop.process`: the request's latency, and each step's time inside it
   (`store_read`: UR, IR, CR(u), CR(i); `downstream_predict`: the ranker with those as features;
   `upstream_infer`: the three representation signatures; `store_write`: the new UR, IR and the
-  EMA update of CR(u), CR(i));
+  EMA update of CR(u), CR(i), which only the requests `--cr_domains` selects make: ad requests
+  by default, paper Sec. 4.3.1, or all of them);
 * each step alone, the same way, on inputs prepared beforehand (the writes with fresh
   timestamps, so none is late).
 
@@ -60,6 +61,7 @@ from trainer.downstream.requests import example_with_representations
 from trainer.downstream.train import make_preprocessor
 from trainer.export import export_saved_model
 from trainer.model import LFM4AdsModel
+from trainer.representations import cr_domains as CD
 
 RANKER = "ranker"
 HALF_LIFE = 86_400.0
@@ -154,8 +156,10 @@ def _ms(values) -> dict:
             "p99_ms": round(float(np.percentile(a, 99)), 3), "n": int(a.size)}
 
 
-def measure(url: str, target: str, records: list[bytes], callers: int, seconds: float) -> dict:
-    """One backend at one concurrency: the loop, then each step alone."""
+def measure(url: str, target: str, records: list[bytes], callers: int, seconds: float,
+            cr_domains: str = CD.DEFAULT) -> dict:
+    """One backend at one concurrency: the loop, then each step alone (the CR fold alone only
+    for the requests `cr_domains` selects, as in the loop)."""
     fill, rest = records[:10_000], records[10_000:]
     t0 = max(_timestamp(r) for r in records) + 86_400
     with EmbeddingClient(target, MODEL, timeout=30) as client, \
@@ -164,7 +168,7 @@ def measure(url: str, target: str, records: list[bytes], callers: int, seconds: 
         store = open_store(url, half_life_seconds=HALF_LIFE)
         for table in (UR, IR, CR_USER, CR_ITEM):
             store.clear(table)
-        filler = OnlineLoop(client, store)
+        filler = OnlineLoop(client, store, cr_domains=cr_domains)
         for batch in batches(fill, 64):
             filler.process(batch)
         store.close()
@@ -175,7 +179,8 @@ def measure(url: str, target: str, records: list[bytes], callers: int, seconds: 
         def loop_worker(i):
             store = open_store(url, half_life_seconds=HALF_LIFE)
             stores.append(store)
-            loop, mine, k = OnlineLoop(client, store, ranker=ranker), requests[i::callers], [0]
+            loop, mine, k = (OnlineLoop(client, store, ranker=ranker, cr_domains=cr_domains),
+                             requests[i::callers], [0])
 
             def one():
                 example = mine[k[0] % len(mine)]
@@ -190,10 +195,11 @@ def measure(url: str, target: str, records: list[bytes], callers: int, seconds: 
         prepared = requests[:256]
         store = open_store(url, half_life_seconds=HALF_LIFE)
         stores.append(store)
-        helper = OnlineLoop(client, store, ranker=ranker)
+        helper = OnlineLoop(client, store, ranker=ranker, cr_domains=cr_domains)
         features = [example_pb2.Example.FromString(r).features.feature for r in prepared]
         ids = [(f[F.USER_ID].bytes_list.value[0], f[F.ITEM_ID].bytes_list.value[0])
                for f in features]
+        folds = CD.fold_mask([f[F.DOMAIN].bytes_list.value[0] for f in features], cr_domains)
         fetched = [helper.fetch([u], [i]) for u, i in ids]
         vectors = [(client.user_representations([r]), client.item_representations([r]),
                     client.cross_representations([r])) for r in prepared]
@@ -203,7 +209,7 @@ def measure(url: str, target: str, records: list[bytes], callers: int, seconds: 
             def make(i):
                 store = open_store(url, half_life_seconds=HALF_LIFE)
                 stores.append(store)
-                loop, k = OnlineLoop(client, store, ranker=ranker), [i]
+                loop, k = OnlineLoop(client, store, ranker=ranker, cr_domains=cr_domains), [i]
 
                 def one():
                     j = k[0] % len(prepared)
@@ -224,7 +230,8 @@ def measure(url: str, target: str, records: list[bytes], callers: int, seconds: 
                         t = np.array([clock[0]], np.int64)
                         store.put(UR, [user], ur, t, 1, only_newer=True)
                         store.put(IR, [item], ir, t, 1, only_newer=True)
-                        store.update_cross([user], [item], cr, t, model_version=1)
+                        if folds[j]:
+                            store.update_cross([user], [item], cr, t, model_version=1)
                     return time.perf_counter() - started
                 return one
             return make
@@ -235,7 +242,7 @@ def measure(url: str, target: str, records: list[bytes], callers: int, seconds: 
     loop = {"total": _ms([r["total"] for r in loop_rows]),
             **{step: _ms([r[step] for r in loop_rows]) for step in STEPS}}
     steps_sum = sum(alone[step]["p50_ms"] for step in STEPS)
-    return {"callers": callers, "loop": loop, "alone": alone,
+    return {"callers": callers, "cr_domains": cr_domains, "loop": loop, "alone": alone,
             "steps_alone_p50_sum_ms": round(steps_sum, 3),
             "overhead_p50_ms": round(loop["total"]["p50_ms"] - steps_sum, 3),
             "requests_per_second": round(len(loop_rows) / seconds, 1)}
@@ -262,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--callers", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--cr_domains", choices=CD.CHOICES, default=CD.DEFAULT,
+                   help="the requests whose CR(u,i) the loop folds into CR(u), CR(i)")
     p.add_argument("--json", action="store_true")
     console.add_verbose_flag(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -280,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                     if url is None:
                         continue
                     for callers in args.callers:
-                        row = measure(url, target, records, callers, args.seconds)
+                        row = measure(url, target, records, callers, args.seconds,
+                                      args.cr_domains)
                         rows.append({"backend": backend, **row})
                         print(json.dumps(rows[-1]), flush=True)
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from trainer.representations import cr_domains
 from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 
 PIPELINE_NAME = "lfm4ads"
@@ -41,6 +42,10 @@ AUC_MAX_DROP = 0.01
 
 # CR aggregation (Eq. 1-2): b(dt) = 0.5 ** (dt / half_life).
 CR_HALF_LIFE_SECONDS = DEFAULT_HALF_LIFE_SECONDS  # one day, shared with serving.store
+# The requests whose CR(u,i) folds into CR(u), CR(i): "ad" (paper Sec. 4.3.1: when a user
+# meets an ad) or "all" (content requests too); the aggregator, DownstreamExamples and the
+# online check read the same value.
+CR_DOMAINS = cr_domains.DEFAULT
 # Splits whose examples get CR(u), CR(i) as of strictly before each row: the downstream
 # models' training window (the latest data). All splits cost about as much as the rest of the
 # pipeline at 1M examples (docs/BENCHMARKS.md), hence only eval by default.

@@ -27,6 +27,7 @@ import trainer  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from pipelines import configs
 from trainer import console
 from trainer.config import STRATEGIES
+from trainer.representations.cr_domains import CHOICES as CR_DOMAIN_CHOICES
 
 DEFAULT_IMAGE = "gcr.io/tfx-oss-public/tfx:1.16.0"
 
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam_runner", default="DataflowRunner")
     p.add_argument("--beam_arg", action="append", default=[],
                    help="extra Beam pipeline argument (repeatable)")
+    p.add_argument("--cr_domains", choices=CR_DOMAIN_CHOICES, default=configs.CR_DOMAINS,
+                   help="the requests whose CR(u,i) folds into CR(u), CR(i): ad (paper Sec. "
+                        "4.3.1) or all (content too)")
     g = p.add_argument_group("the Trainer as a Vertex AI custom job (a cluster of its own)")
     g.add_argument("--vertex_project", help="run the Trainer on Vertex AI in this project")
     g.add_argument("--vertex_region", default="us-central1")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     console.add_verbose_flag(p)
     args = p.parse_args(argv)
     console.setup(args.verbose)
-    kwargs = {}
+    kwargs = {"cr_domains": args.cr_domains}
     if args.strategy != "default":
         kwargs["train_overrides"] = {**configs.TRAIN_OVERRIDES, "strategy": args.strategy}
     if args.vertex_project:

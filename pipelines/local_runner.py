@@ -30,6 +30,7 @@ import trainer  # noqa: E402,F401  (selects tf-keras before TensorFlow loads)
 from pipelines import configs, memory  # noqa: E402
 from pipelines.summary import format_summary, metadata_file, run_summary  # noqa: E402
 from trainer import console  # noqa: E402
+from trainer.representations.cr_domains import CHOICES as CR_DOMAIN_CHOICES  # noqa: E402
 
 
 def build(
@@ -63,7 +64,7 @@ def run(data_root: str, pipeline_root: str, serving_root: str, online_requests: 
     """Runs the whole pipeline once; returns `pipelines.summary.run_summary` + `seconds`.
 
     With `online_requests`, then serves the pushed model in-process and runs the online loop
-    over that many of the latest examples (`online_check`)."""
+    over that many of the latest examples (`online_check`, with the pipeline's `cr_domains`)."""
     from tfx import v1 as tfx
 
     from trainer import input as data_input
@@ -87,7 +88,8 @@ def run(data_root: str, pipeline_root: str, serving_root: str, online_requests: 
     # Only when this run's tables went live: the store then holds this model's representations
     # (a held run leaves the previous version's tables, which the new model must not update).
     if online_requests and summary["published"] and summary.get("store_url"):
-        summary.update(online_check(data_root, summary, online_requests))
+        summary.update(online_check(data_root, summary, online_requests,
+                                    cr_domains=kwargs.get("cr_domains", configs.CR_DOMAINS)))
     return summary
 
 
@@ -100,14 +102,16 @@ def _next_day(record: bytes, shift: int) -> bytes:
     return example.SerializeToString()
 
 
-def online_check(data_root: str, summary: dict, requests: int, shift: int = 86_400) -> dict:
+def online_check(data_root: str, summary: dict, requests: int, shift: int = 86_400,
+                 cr_domains: str = configs.CR_DOMAINS) -> dict:
     """The online loop of Fig. 4 on the pushed model: the in-process server answers the last
     `requests` examples of the data, replayed in time order `shift` seconds later (as the next
     day's traffic: the published tables already hold the data's own events), and the store's
-    UR, IR, CR(u), CR(i) are updated from them. When the pipeline pushed a downstream ranker,
-    the server hosts it too, the loop scores every request with it from the stored
-    representations, and the AUC of those scores on the ad requests is returned beside the
-    `none` baseline's on the same requests (`online_downstream_auc`, `online_baseline_auc`)."""
+    UR, IR, CR(u), CR(i) are updated from them (CR from the requests `cr_domains` selects).
+    When the pipeline pushed a downstream ranker, the server hosts it too, the loop scores
+    every request with it from the stored representations, and the AUC of those scores on the
+    ad requests is returned beside the `none` baseline's on the same requests
+    (`online_downstream_auc`, `online_baseline_auc`)."""
     from serving.online import serve_and_replay
     from trainer import input as data_input
 
@@ -122,7 +126,8 @@ def online_check(data_root: str, summary: dict, requests: int, shift: int = 86_4
                   os.path.dirname(summary["downstream_pushed_path"]))
     out = serve_and_replay(configs.MODEL_NAME, os.path.dirname(summary["pushed_path"]),
                            summary["store_url"], records,
-                           half_life_seconds=configs.CR_HALF_LIFE_SECONDS, ranker=ranker)
+                           half_life_seconds=configs.CR_HALF_LIFE_SECONDS, ranker=ranker,
+                           cr_domains=cr_domains)
     scores = out.pop("scores", None)
     if scores is not None:
         out.update(_online_downstream(records, scores, summary["downstream_baseline_model"]))
@@ -191,6 +196,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2)")
     p.add_argument("--beam_workers", type=int, default=None,
                    help="DirectRunner workers (1: in-process; more: multi-processing)")
+    p.add_argument("--cr_domains", choices=CR_DOMAIN_CHOICES, default=configs.CR_DOMAINS,
+                   help="the requests whose CR(u,i) folds into CR(u), CR(i): ad (paper Sec. "
+                        "4.3.1) or all (content too); the aggregator, DownstreamExamples and "
+                        "the online check alike")
     p.add_argument("--online_requests", type=int, default=20_000,
                    help="after the run, serve the pushed model (and the downstream ranker) "
                         "in-process and run the online loop (Fig. 4) over this many of the "
@@ -203,7 +212,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     console.setup(args.verbose)
-    kwargs = {}
+    kwargs = {"cr_domains": args.cr_domains}
     if args.epochs is not None:
         kwargs["train_overrides"] = {**configs.TRAIN_OVERRIDES, "epochs": args.epochs}
     summary = run(args.data, args.pipeline_root, args.serving_root,

@@ -32,6 +32,7 @@ from pipelines import configs
 from pipelines.example_gen import time_split_example_gen
 from pipelines.validation_gate import ValidationGate
 from trainer import signatures as S
+from trainer.representations import cr_domains as CD
 from trainer.transform import ITEM_COLD_START
 
 
@@ -108,7 +109,7 @@ def downstream_eval_config(max_drop: float) -> tfma.EvalConfig:
 
 def downstream_components(example_gen, pusher, lee, serving_root: str, mode: str,
                           model_name: str, train_days: float, train_overrides: dict,
-                          max_drop: float) -> list:
+                          max_drop: float, cr_domains: str = CD.DEFAULT) -> list:
     """The downstream ranker in `mode`, trained with the `none` baseline, evaluated against it
     and against the last blessed ranker (one TFMA Evaluator each, `BlessingGate` joining
     them), pushed to `<serving_root>/<model_name>/`; run only when the new tables went live."""
@@ -116,15 +117,15 @@ def downstream_components(example_gen, pusher, lee, serving_root: str, mode: str
     published = lee.outputs["evaluation"].future()[0].custom_property("published") == 1
     with tfx.dsl.Cond(published):
         return _downstream_nodes(example_gen, pusher, serving_root, mode, model_name,
-                                 train_days, train_overrides, max_drop)
+                                 train_days, train_overrides, max_drop, cr_domains)
 
 
 def _downstream_nodes(example_gen, upstream_pusher, serving_root: str, mode: str,
                       model_name: str, train_days: float, train_overrides: dict,
-                      max_drop: float) -> list:
+                      max_drop: float, cr_domains: str) -> list:
     examples = DownstreamExamples(examples=example_gen.outputs["examples"],
                                   pushed_model=upstream_pusher.outputs["pushed_model"],
-                                  train_days=float(train_days))
+                                  train_days=float(train_days), cr_domains=cr_domains)
     trainers = {
         name: tfx.components.Trainer(
             run_fn=configs.DOWNSTREAM_RUN_FN,
@@ -224,6 +225,7 @@ def create_pipeline(
     auc_threshold: float = configs.AUC_AD_THRESHOLD,
     auc_max_drop: float = configs.AUC_MAX_DROP,
     cr_half_life_seconds: float = configs.CR_HALF_LIFE_SECONDS,
+    cr_domains: str = configs.CR_DOMAINS,
     point_in_time_splits: str = configs.POINT_IN_TIME_SPLITS,
     guard_thresholds: dict | None = None,
     lee_tolerance: float | None = configs.LEE_TOLERANCE,
@@ -250,7 +252,11 @@ def create_pipeline(
     `downstream_train_days` before the eval split with point-in-time representations, evaluated
     on the eval split against the `none` baseline (blessed when at most `downstream_max_drop`
     AUC below it) and pushed to `<serving_root>/<downstream_model_name>/<version>`.
+    CR(u), CR(i) fold the CR(u,i) of the requests `cr_domains` selects (`"ad"`, paper Sec.
+    4.3.1, or `"all"`; `trainer.representations.cr_domains`), in the aggregator and in
+    DownstreamExamples alike.
     """
+    CD.check(cr_domains)
     example_gen = time_split_example_gen(data_root, eval_days)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(
@@ -307,6 +313,7 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         half_life_seconds=float(cr_half_life_seconds),
         point_in_time_splits=point_in_time_splits,
+        cr_domains=cr_domains,
     )
     publish_root = publish_root or os.path.join(serving_root, "representations")
     guard = RepresentationGuard(
@@ -336,7 +343,7 @@ def create_pipeline(
                 example_gen, pusher, lee, serving_root, downstream_mode, downstream_model_name,
                 downstream_train_days,
                 configs.DOWNSTREAM_TRAIN_OVERRIDES if downstream_train_overrides is None
-                else downstream_train_overrides, downstream_max_drop)
+                else downstream_train_overrides, downstream_max_drop, cr_domains)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

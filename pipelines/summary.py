@@ -156,6 +156,7 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
         "ir_rows": _prop(representations, "item_rows"),
         "cr_users": _prop(cross, "cross_user_rows"),
         "cr_items": _prop(cross, "cross_item_rows"),
+        "cr_domains": _prop(cross, "cr_domains"),  # the requests whose CR(u,i) folded
         "guard": _prop(guard, "verdict"),
         "guard_reasons": json.loads(_prop(guard, "reasons", "[]")),
         "lee_verdict": _prop(lee, "verdict"),  # None when the pipeline has no evaluator
@@ -231,7 +232,8 @@ def format_summary(summary: dict) -> str:
         ("blessed / pushed", f"{summary['blessed']} / {summary['pushed']}"),
         ("pushed model", f"{summary['pushed_path']} (version {summary['pushed_version']})"),
         ("UR / IR rows", f"{summary['ur_rows']} / {summary['ir_rows']}"),
-        ("CR(u) / CR(i) rows", f"{summary['cr_users']} / {summary['cr_items']}"),
+        ("CR(u) / CR(i) rows", f"{summary['cr_users']} / {summary['cr_items']} (CR(u,i) of "
+         f"{summary.get('cr_domains')} requests)"),
         ("guard", summary["guard"]),
     ]
     rows += [("  reason", r) for r in summary["guard_reasons"]]

@@ -13,10 +13,13 @@ For a batch of requests (serialized tf.Examples of (user, item) pairs with their
    extractor: largest (timestamp, BLAKE2b digest of the example); a stored row with a later
    `updated_at` is kept, atomically: `put(..., only_newer=True)`) and fold CR(u,i) into
    CR(u), CR(i) with the store's atomic time-aware EMA (Eq. 1-2, the offline aggregator's
-   tie rule).
+   tie rule) for the requests `cr_domains` selects (`trainer.representations.cr_domains`:
+   `"ad"`, the default, folds ad requests only, paper Sec. 4.3.1; `"all"` every request).
+   The store's `update_cross` knows no domains: the loop filters the events before it.
 
 Replaying a time-ordered stream through `OnlineLoop.replay` leaves the same four tables as the
-offline RepresentationExtractor + CrossRepresentationAggregator on that stream.
+offline RepresentationExtractor + CrossRepresentationAggregator on that stream, with the same
+`cr_domains`.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ import numpy as np
 
 from serving.client import EmbeddingClient, batches
 from serving.store import CR_ITEM, CR_USER, IR, UR, RepresentationStore, Rows
+from trainer import features as F
 from trainer import signatures as S
 from trainer.downstream.requests import with_representations
+from trainer.representations import cr_domains as CD
 from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 from trainer.representations.tables import sample_digest
 
@@ -68,16 +73,21 @@ class Processed:
     # wall seconds of each step: "store_read", "downstream_predict" (with a ranker),
     # "upstream_infer" (the three signatures), "store_write"
     seconds: dict[str, float] = field(default_factory=dict)
+    cr_folded: int = 0  # the requests whose CR(u,i) was folded (`cr_domains`)
 
 
-def _ids(examples: Sequence[bytes]) -> tuple[list[bytes], list[bytes], np.ndarray]:
-    """user_id, item_id, timestamp of each serialized example (a clear error if one lacks one)."""
+def _ids(examples: Sequence[bytes], with_domain: bool = False
+         ) -> tuple[list[bytes], list[bytes], np.ndarray, list[bytes]]:
+    """user_id, item_id, timestamp and (`with_domain`; else an empty list) domain of each
+    serialized example (a clear error if one lacks one)."""
     from tensorflow.core.example import example_pb2
 
-    users, items, ts = [], [], np.empty(len(examples), dtype=np.int64)
+    names = (F.USER_ID, F.ITEM_ID) + ((F.DOMAIN,) if with_domain else ())
+    users, items, domains = [], [], []
+    ts = np.empty(len(examples), dtype=np.int64)
     for row, serialized in enumerate(examples):
         feature = example_pb2.Example.FromString(serialized).features.feature
-        for name, out in (("user_id", users), ("item_id", items)):
+        for name, out in zip(names, (users, items, domains)[:len(names)], strict=True):
             values = feature[name].bytes_list.value if name in feature else []
             if len(values) != 1:
                 raise ValueError(f"example {row}: feature {name!r} must hold one bytes value")
@@ -86,7 +96,7 @@ def _ids(examples: Sequence[bytes]) -> tuple[list[bytes], list[bytes], np.ndarra
         if len(values) != 1:
             raise ValueError(f"example {row}: feature 'timestamp' must hold one int64 value")
         ts[row] = values[0]
-    return users, items, ts
+    return users, items, ts, domains
 
 
 def _latest_rows(keys: list[bytes], ts: np.ndarray, examples: Sequence[bytes]) -> list[int]:
@@ -102,13 +112,16 @@ def _latest_rows(keys: list[bytes], ts: np.ndarray, examples: Sequence[bytes]) -
 class OnlineLoop:
     """Fig. 4's online path over an `EmbeddingClient` of the upstream model and a
     `RepresentationStore`; with `ranker` (an `EmbeddingClient` of a downstream model), each
-    request is also scored by it from the stored representations."""
+    request is also scored by it from the stored representations. `cr_domains`: the requests
+    whose CR(u,i) folds into CR(u), CR(i) (module doc); under `"ad"` each request must carry
+    its `domain`."""
 
     def __init__(self, client: EmbeddingClient, store: RepresentationStore,
-                 ranker: EmbeddingClient | None = None):
+                 ranker: EmbeddingClient | None = None, cr_domains: str = CD.DEFAULT):
         self.client = client
         self.store = store
         self.ranker = ranker
+        self.cr_domains = CD.check(cr_domains)
 
     def rank(self, examples: Sequence[bytes], fetched: Fetched) -> np.ndarray:
         """The ranker's click probability `[n]` of each request, given the representations
@@ -137,7 +150,9 @@ class OnlineLoop:
         examples = [bytes(e) for e in examples]
         if not examples:
             raise ValueError("examples is empty")
-        users, items, ts = _ids(examples)
+        users, items, ts, domains = _ids(examples, CD.needs_domains(self.cr_domains))
+        fold = (CD.fold_mask(domains, self.cr_domains) if domains
+                else np.ones(len(examples), dtype=bool))  # [n] the CR events that fold
         seconds: dict[str, float] = {}
         last = time.perf_counter()
 
@@ -159,22 +174,27 @@ class OnlineLoop:
         lap("upstream_infer")
         ur_written = self._write_latest(UR, users, ts, examples, ur, version)
         ir_written = self._write_latest(IR, items, ts, examples, ir, version)
-        update = self.store.update_cross(users, items, cr, ts, model_version=version)
+        late_user = late_item = 0
+        if fold.any():  # the store's fold has no domains: only the selected events reach it
+            rows = np.flatnonzero(fold)
+            update = self.store.update_cross([users[r] for r in rows], [items[r] for r in rows],
+                                             cr[rows], ts[rows], model_version=version)
+            late_user, late_item = update.late_user, update.late_item
         lap("store_write")
-        return Processed(fetched, version, ur_written, ir_written,
-                         update.late_user, update.late_item, scores,
+        return Processed(fetched, version, ur_written, ir_written, late_user, late_item, scores,
                          self.ranker.last_model_version if self.ranker is not None else None,
-                         seconds)
+                         seconds, int(fold.sum()))
 
     def replay(self, records: Iterable[bytes], batch_size: int = 64) -> dict[str, int]:
         """Processes a time-ordered stream in batches; returns counts."""
-        totals = {"requests": 0, "batches": 0, "late_user": 0, "late_item": 0}
+        totals = {"requests": 0, "batches": 0, "late_user": 0, "late_item": 0, "cr_folded": 0}
         for batch in batches(records, batch_size):
             out = self.process(batch)
             totals["requests"] += len(batch)
             totals["batches"] += 1
             totals["late_user"] += out.late_user
             totals["late_item"] += out.late_item
+            totals["cr_folded"] += out.cr_folded
         return totals
 
 
@@ -194,9 +214,11 @@ def model_config(models: dict[str, str]):
 def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
                      records: Sequence[bytes], batch_size: int = 32,
                      half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS,
-                     ranker: tuple[str, str] | None = None) -> dict:
+                     ranker: tuple[str, str] | None = None,
+                     cr_domains: str = CD.DEFAULT) -> dict:
     """Starts the server in-process on a free port, replays `records` through the online loop
-    into the store at `store_url`, stops the server; returns counts and per-batch latency.
+    (folding the CR(u,i) of the requests `cr_domains` selects) into the store at `store_url`,
+    stops the server; returns counts and per-batch latency.
 
     With `ranker` (`(model name, base path)` of a downstream model), the server hosts both
     models and each request is also scored by the ranker from the stored representations;
@@ -204,8 +226,9 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
     from serving.model_server import ModelServer
     from serving.store import open_store
 
+    CD.check(cr_domains)
     latencies, scores = [], []
-    late = [0, 0]
+    late, folded = [0, 0], 0
     models = {model_name: model_base_path}
     if ranker is not None:
         models[ranker[0]] = ranker[1]
@@ -217,13 +240,14 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
                 ranker_client = (EmbeddingClient(server.grpc_target, ranker[0], timeout=30)
                                  if ranker is not None else None)
                 try:
-                    loop = OnlineLoop(client, store, ranker_client)
+                    loop = OnlineLoop(client, store, ranker_client, cr_domains)
                     for batch in batches(records, batch_size):
                         started = time.perf_counter()
                         out = loop.process(batch)
                         latencies.append(time.perf_counter() - started)
                         late[0] += out.late_user
                         late[1] += out.late_item
+                        folded += out.cr_folded
                         if out.scores is not None:
                             scores.append(out.scores)
                 finally:
@@ -238,6 +262,8 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
         "online_batches": len(latencies),
         "online_model_version": version,
         "online_late_events": late[0] + late[1],
+        "online_cr_domains": cr_domains,
+        "online_cr_folded": folded,
         "online_batch_p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
         "online_batch_p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
     }

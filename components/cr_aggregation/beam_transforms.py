@@ -4,10 +4,13 @@
     CR(i) <- beta(t(i)) * CR(i) + (1 - beta(t(i))) * CR(u,i)        (Eq. 2)
 
 Semantics (initialisation, tie rule, strictly-before as-of) are those of
-``trainer.representations.ema``. The transforms work on batches, not one Python object per
-event (several times slower in Beam): each input batch is split into sub-batches by key bucket
-``zlib.crc32(key) % num_buckets`` (stable across processes, unlike ``hash()``), the sub-batches
-of one bucket are grouped, concatenated and aggregated with numpy.
+``trainer.representations.ema``. Which events fold is ``cr_domains``
+(``trainer.representations.cr_domains``): by default only those of ad requests (paper
+Sec. 4.3.1: a CR(u,i) is folded when a user meets an ad), ``"all"`` folds every event; the
+other events are dropped before the key buckets. The transforms work on batches, not one
+Python object per event (several times slower in Beam): each input batch is split into
+sub-batches by key bucket ``zlib.crc32(key) % num_buckets`` (stable across processes, unlike
+``hash()``), the sub-batches of one bucket are grouped, concatenated and aggregated with numpy.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import apache_beam as beam
 import numpy as np
 
 from trainer import signatures as S
+from trainer.representations import cr_domains as CD
 from trainer.representations.ema import (
     Beta,
     _validate_events,
@@ -72,8 +76,9 @@ def _split_by_bucket(
 
 
 def _split_events(
-    batch: dict, key_field: str, num_buckets: int
+    batch: dict, key_field: str, num_buckets: int, cr_domains: str = CD.DEFAULT
 ) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    batch = CD.select_events(batch, cr_domains)  # the events that fold (module doc)
     keys = _bytes_keys(_field(batch, key_field, EVENT_FIELDS))
     ts = _field(batch, "timestamp", EVENT_FIELDS)
     crs = _field(batch, "cross_representation", EVENT_FIELDS)
@@ -114,7 +119,9 @@ class AggregateCrossRepresentations(beam.PTransform):
     """Final CR(u) and CR(i) after all events (Eq. 1-2), from batches of CR(u,i) events.
 
     Input: PCollection of batches ``{"user_id": bytes/str [n], "item_id": bytes/str [n],
-    "timestamp": int [n] (seconds), "cross_representation": float [n, d]}``.
+    "timestamp": int [n] (seconds), "domain": bytes [n], "cross_representation": float
+    [n, d]}``; ``cr_domains`` picks the events that fold (``"ad"``: ``domain == b"ad"``;
+    ``"all"``: every event, and "domain" may be absent).
 
     Output: ``{"user": PCollection, "item": PCollection}`` of ``(key: bytes, cr: float32 [d],
     updated_at: int)``, one element per distinct key.
@@ -132,9 +139,11 @@ class AggregateCrossRepresentations(beam.PTransform):
         num_buckets: int = 64,
         beta: Beta | None = None,
         label: str | None = None,
+        cr_domains: str = CD.DEFAULT,
     ) -> None:
         super().__init__(label)
         self._beta, self._num_buckets = _decay_and_buckets(half_life_seconds, beta, num_buckets)
+        self._cr_domains = CD.check(cr_domains)
 
     def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
         out = {}
@@ -142,7 +151,7 @@ class AggregateCrossRepresentations(beam.PTransform):
             out[side] = (
                 batches
                 | f"{side}/SplitByBucket"
-                >> beam.FlatMap(_split_events, key_field, self._num_buckets)
+                >> beam.FlatMap(_split_events, key_field, self._num_buckets, self._cr_domains)
                 | f"{side}/GroupByBucket" >> beam.GroupByKey()
                 | f"{side}/Aggregate" >> beam.FlatMap(_aggregate_bucket, self._beta)
             )
@@ -186,7 +195,8 @@ class PointInTimeCrossRepresentations(beam.PTransform):
 
     Input: ``{"events": PCollection of event batches (as AggregateCrossRepresentations),
     "queries": PCollection of batches {"key": bytes/str [q], "timestamp": int [q],
-    "row_id": [q]}}``; ``key_field`` ("user_id" or "item_id") picks the events' key column.
+    "row_id": [q]}}``; ``key_field`` ("user_id" or "item_id") picks the events' key column,
+    ``cr_domains`` the events that fold (as AggregateCrossRepresentations).
 
     Output: PCollection of ``(row_id, cr: float32 [cr_dim], updated_at: int)``: the state after
     all of the key's events with timestamp < the row's timestamp; NaN vector and -1 when none.
@@ -202,6 +212,7 @@ class PointInTimeCrossRepresentations(beam.PTransform):
         num_buckets: int = 64,
         beta: Beta | None = None,
         label: str | None = None,
+        cr_domains: str = CD.DEFAULT,
     ) -> None:
         super().__init__(label)
         if key_field not in SIDES.values():
@@ -211,10 +222,11 @@ class PointInTimeCrossRepresentations(beam.PTransform):
         self._key_field = key_field
         self._cr_dim = int(cr_dim)
         self._beta, self._num_buckets = _decay_and_buckets(half_life_seconds, beta, num_buckets)
+        self._cr_domains = CD.check(cr_domains)
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
         events = inputs["events"] | "SplitEvents" >> beam.FlatMap(
-            _split_events, self._key_field, self._num_buckets
+            _split_events, self._key_field, self._num_buckets, self._cr_domains
         )
         queries = inputs["queries"] | "SplitQueries" >> beam.FlatMap(
             _split_queries, self._num_buckets
@@ -287,15 +299,19 @@ class AttachPointInTimeCrossRepresentations(beam.PTransform):
     ``cr_user`` / ``cr_item`` (float [cr_dim]; zeros when the key has no earlier event) and
     ``cr_user_updated_at`` / ``cr_item_updated_at`` (int; -1 when none): downstream training
     features without look-ahead leakage. Rows are matched by a BLAKE2b digest of their bytes.
+    ``cr_domains``: the events that fold (as AggregateCrossRepresentations); every example
+    gets its answer, whatever its own domain.
     """
 
     def __init__(self, cr_dim: int, half_life_seconds: float, num_buckets: int = 64,
-                 batch_size: int = 1024, label: str | None = None) -> None:
+                 batch_size: int = 1024, label: str | None = None,
+                 cr_domains: str = CD.DEFAULT) -> None:
         super().__init__(label)
         self._cr_dim = int(cr_dim)
         self._half_life = half_life_seconds
         self._num_buckets = num_buckets
         self._batch_size = batch_size
+        self._cr_domains = CD.check(cr_domains)
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
         examples = inputs["examples"]
@@ -307,7 +323,8 @@ class AttachPointInTimeCrossRepresentations(beam.PTransform):
             grouped[side] = (
                 {"events": inputs["events"], "queries": queries}
                 | f"AsOf[{side}]" >> PointInTimeCrossRepresentations(
-                    key_field, self._cr_dim, self._half_life, self._num_buckets)
+                    key_field, self._cr_dim, self._half_life, self._num_buckets,
+                    cr_domains=self._cr_domains)
                 | f"Key[{side}]" >> beam.Map(lambda r: (r[0], (r[1], r[2])))
             )
         return (
@@ -353,15 +370,18 @@ class AggregateWithPointInTime(beam.PTransform):
     examples with cr_user, cr_item and their updated_at}`` as
     `AttachPointInTimeCrossRepresentations`, under "point_in_time". The examples' queries
     (key, time and digest per row, not the rows) reach each bucket as a side input; the rows
-    meet their two answers in one CoGroupByKey per split.
+    meet their two answers in one CoGroupByKey per split. ``cr_domains``: the events that fold
+    (as AggregateCrossRepresentations).
     """
 
     def __init__(self, cr_dim: int, half_life_seconds: float, num_buckets: int = 64,
-                 batch_size: int = 1024, label: str | None = None) -> None:
+                 batch_size: int = 1024, label: str | None = None,
+                 cr_domains: str = CD.DEFAULT) -> None:
         super().__init__(label)
         self._cr_dim = int(cr_dim)
         self._beta, self._num_buckets = _decay_and_buckets(half_life_seconds, None, num_buckets)
         self._batch_size = batch_size
+        self._cr_domains = CD.check(cr_domains)
 
     def expand(self, inputs: dict) -> dict:
         examples = inputs["examples"]
@@ -379,7 +399,7 @@ class AggregateWithPointInTime(beam.PTransform):
             result = (
                 inputs["events"]
                 | f"{side}/SplitByBucket" >> beam.FlatMap(_split_events, key_field,
-                                                          self._num_buckets)
+                                                          self._num_buckets, self._cr_domains)
                 | f"{side}/GroupByBucket" >> beam.GroupByKey()
                 | f"{side}/Aggregate" >> beam.FlatMap(
                     _aggregate_and_answer, self._beta, beam.pvalue.AsMultiMap(queries))

@@ -4,6 +4,12 @@ Reads the extractor's CR(u,i) event stream and writes the time-aware EMA tables 
 CR(i) with `AggregateCrossRepresentations` (per-key state in key buckets, nothing collected to
 the driver; tie rule and memory per key in `components.cr_aggregation.beam_transforms`).
 
+`cr_domains` (`trainer.representations.cr_domains`) picks the events that fold: `ad` (the
+default; paper Sec. 4.3.1: only when a user meets an ad) or `all` (content requests too); it
+is recorded on the output as the custom property `cr_domains`, beside `half_life_seconds`. An
+event stream written before the extractor recorded each event's domain is refused under `ad`,
+by name.
+
 With `point_in_time_splits` (names of `examples` splits), it also writes those splits'
 examples with CR(u) and CR(i) as of strictly before each row's timestamp
 (`AggregateWithPointInTime`: the same rows as `AttachPointInTimeCrossRepresentations`, from
@@ -25,6 +31,7 @@ from components.cr_aggregation.beam_transforms import (
     AggregateWithPointInTime,
 )
 from components.representation_extractor.component import split_patterns
+from trainer.representations import cr_domains as CD
 from trainer.representations import tables as tables
 from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 
@@ -35,13 +42,18 @@ POINT_IN_TIME = "point_in_time"
 
 
 
-def _cr_dim(events_pattern: str) -> int:
-    """Width of CR(u,i), from the first event batch."""
+def _first_batch(events_pattern: str) -> dict:
+    """The first event batch of the stream."""
     import tensorflow as tf
 
     for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(events_pattern)), "GZIP"):
-        return int(tables.decode_event_batch(record.numpy())["cross_representation"].shape[1])
+        return tables.decode_event_batch(record.numpy())
     raise ValueError(f"no CR events in {events_pattern}")
+
+
+def _cr_dim(events_pattern: str) -> int:
+    """Width of CR(u,i), from the first event batch."""
+    return int(_first_batch(events_pattern)["cross_representation"].shape[1])
 
 
 @tfx.dsl.components.component(use_beam=True)
@@ -52,9 +64,12 @@ def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
     half_life_seconds: _Parameter[float] = DEFAULT_HALF_LIFE_SECONDS,
     num_buckets: _Parameter[int] = 64,
     point_in_time_splits: _Parameter[str] = "",
+    cr_domains: _Parameter[str] = CD.DEFAULT,
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
-    """CR(u), CR(i) tables from the CR(u,i) events of `representations`."""
+    """CR(u), CR(i) tables from the CR(u,i) events of `representations` (those of
+    `cr_domains`)."""
+    CD.check(cr_domains)
     if int(representations.get_int_custom_property("skipped") or 0):
         cross_tables.set_int_custom_property("skipped", 1)
         return
@@ -62,8 +77,11 @@ def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
     cross_tables.set_int_custom_property("skipped", 0)
     cross_tables.set_int_custom_property("model_version", version)
     cross_tables.set_float_custom_property("half_life_seconds", float(half_life_seconds))
+    cross_tables.set_string_custom_property("cr_domains", cr_domains)
     events = os.path.join(representations.uri, A.CROSS_EVENTS, "*" + tables.FILE_SUFFIX)
     splits = [s.strip() for s in point_in_time_splits.split(",") if s.strip()]
+    if CD.needs_domains(cr_domains):  # a stream without domains is refused before Beam runs
+        CD.select_events(_first_batch(events), cr_domains)
     with beam_pipeline as p:
         batches = (
             p
@@ -75,7 +93,8 @@ def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
                 pattern, compression_type="gzip") for split, pattern in
                 zip(splits, split_patterns(examples, ",".join(splits)), strict=True)}
             out = {"events": batches, "examples": examples_in} | "Aggregate" >> (
-                AggregateWithPointInTime(_cr_dim(events), half_life_seconds, num_buckets))
+                AggregateWithPointInTime(_cr_dim(events), half_life_seconds, num_buckets,
+                                         cr_domains=cr_domains))
             for split, rows in out["point_in_time"].items():
                 _ = rows | f"WritePointInTime[{split}]" >> beam.io.WriteToTFRecord(
                     os.path.join(cross_tables.uri, POINT_IN_TIME, f"Split-{split}",
@@ -83,7 +102,7 @@ def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
                     file_name_suffix=tables.FILE_SUFFIX, compression_type="gzip")
         else:
             out = batches | "Aggregate" >> AggregateCrossRepresentations(
-                half_life_seconds, num_buckets)
+                half_life_seconds, num_buckets, cr_domains=cr_domains)
         for side, table in (("user", A.CROSS_USER_TABLE), ("item", A.CROSS_ITEM_TABLE)):
             _ = out[side] | f"Write[{table}]" >> beam_tables.WriteRepresentationTable(
                 os.path.join(cross_tables.uri, table, A.TABLE_PREFIX), version)

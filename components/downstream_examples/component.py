@@ -11,6 +11,11 @@ window) for the evaluation's cold-start slice. Output: an `Examples` artifact wi
     Split-train/   the ad rows of the last `train_days` before the eval split
     Split-eval/    the ad rows of the eval split (which the upstream did not train on)
 
+CR(u) and CR(i) fold the CR(u,i) of the requests `cr_domains` selects
+(`trainer.representations.cr_domains`: `ad`, the default, as paper Sec. 4.3.1, or `all`), as
+the aggregator and the online loop do; UR and IR take every request. The setting is recorded
+on the output as the custom property `cr_domains`.
+
 The representations of the training rows come from an upstream that trained on those rows, so
 a ranker may trust them more than it should; the eval split, which neither model saw, is the
 honest test. Nothing runs when no upstream was pushed (`skipped` = 1).
@@ -35,6 +40,7 @@ from trainer import signatures as S
 from trainer.downstream import point_in_time as P
 from trainer.downstream import replay as R
 from trainer.downstream.requests import with_representations
+from trainer.representations import cr_domains as CD
 from trainer.representations import tables as T
 from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 
@@ -93,7 +99,8 @@ SIDES = {
 
 class _Spill:
     """Each side's upstream events in `num_buckets` files by `crc32(key) % num_buckets`, in
-    arrival order (so a key's events keep their order, which the tie rules rely on)."""
+    arrival order (so a key's events keep their order, which the tie rules rely on), with
+    whether each one's CR(u,i) folds (`cr_domains`)."""
 
     def __init__(self, directory: str, num_buckets: int):
         self.num_buckets = num_buckets
@@ -102,11 +109,11 @@ class _Spill:
         self.files = {side: [open(path, "wb") for path in paths]
                       for side, paths in self.paths.items()}
 
-    def write(self, side: str, keys, timestamps, digests, outputs: dict) -> None:
+    def write(self, side: str, keys, timestamps, digests, fold, outputs: dict) -> None:
         bucket = _buckets(keys, self.num_buckets)
         for b in np.unique(bucket):
             rows = bucket == b
-            pickle.dump((keys[rows], timestamps[rows], digests[rows],
+            pickle.dump((keys[rows], timestamps[rows], digests[rows], fold[rows],
                          {name: v[rows] for name, v in outputs.items()}),
                         self.files[side][b], protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -116,7 +123,8 @@ class _Spill:
                 f.close()
 
     def read(self, side: str, bucket: int):
-        """(keys, timestamps, digests, {output: [n, d]}) of one bucket, in arrival order."""
+        """(keys, timestamps, digests, fold bool [n], {output: [n, d]}) of one bucket, in
+        arrival order."""
         parts = []
         with open(self.paths[side][bucket], "rb") as f:
             while True:
@@ -126,30 +134,34 @@ class _Spill:
                     break
         if not parts:
             return None
-        keys, t, digests, outputs = zip(*parts, strict=True)
+        keys, t, digests, fold, outputs = zip(*parts, strict=True)
         return (np.concatenate(keys), np.concatenate(t), np.concatenate(digests),
+                np.concatenate(fold),
                 {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]})
 
 
 def build(split_files: dict[str, list[str]], model_dir: str, out_dirs: dict[str, str],
-          train_days: float, half_life_seconds: float) -> dict[str, int]:
+          train_days: float, half_life_seconds: float,
+          cr_domains: str = CD.DEFAULT) -> dict[str, int]:
     """Writes the downstream splits (module doc) from the upstream's `train` and `eval` split
     files; returns the rows written per split."""
     return build_from(R.saved_model_fn(model_dir), split_files, out_dirs, train_days,
-                      half_life_seconds)
+                      half_life_seconds, cr_domains=cr_domains)
 
 
 def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
                out_dirs: dict[str, str], train_days: float, half_life_seconds: float,
-               num_buckets: int = NUM_BUCKETS, batch_size: int = 4096) -> dict[str, int]:
+               num_buckets: int = NUM_BUCKETS, batch_size: int = 4096,
+               cr_domains: str = CD.DEFAULT) -> dict[str, int]:
     """`build` with the upstream as a `replay.RepresentationFn`, in bounded memory.
 
     1. The upstream runs over every example (`train` then `eval`, in batches); each side's
-       events (key, time, digest, the latest-table output and CR(u,i)) are spilled to local
-       files by key bucket, and the ad rows of the two windows are noted (keys and time only).
+       events (key, time, digest, whether its CR(u,i) folds under `cr_domains`, the
+       latest-table output and CR(u,i)) are spilled to local files by key bucket, and the ad
+       rows of the two windows are noted (keys and time only).
     2. Per side and bucket: the bucket's UR/IR and CR histories (`replay.histories`' rules,
-       key by key, so the same states as over all events at once) answer the window rows
-       whose key falls in it.
+       key by key, so the same states as over all events at once; CR from the events that
+       fold only) answer the window rows whose key falls in it.
     3. Each split is read again; its window rows are written in time order with their
        representations.
 
@@ -159,6 +171,7 @@ def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
     """
     import tensorflow as tf
 
+    CD.check(cr_domains)
     eval_start = _eval_start(split_files["eval"], batch_size)
     window = {"train": (eval_start - int(round(train_days * F.DAY)), eval_start),
               "eval": (eval_start, np.iinfo(np.int64).max)}
@@ -180,9 +193,10 @@ def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
                 t = ids[F.TIMESTAMP].astype(np.int64)
                 digests = np.array([T.sample_digest(r) for r in batch.numpy()], dtype=object)
                 outputs = {k: np.asarray(v, np.float32) for k, v in fn(batch).items()}
+                fold = CD.fold_mask(ids[F.DOMAIN].astype(object), cr_domains)  # [n]
                 for side, (_, tables) in SIDES.items():
                     keys = users if side == P.USER_SIDE else items
-                    spill.write(side, keys, t, digests,
+                    spill.write(side, keys, t, digests, fold,
                                 {out: outputs[out] for _, out, _ in tables})
                 codes = codes.numpy()
                 for code, split in enumerate(SPLITS):
@@ -260,15 +274,15 @@ def _lookup(spill: _Spill, rows: dict, half_life_seconds: float) -> dict:
             events = spill.read(side, b)
             if events is None:
                 continue
-            keys, t, digests, outputs = events
+            keys, t, digests, fold, outputs = events
             histories = {}
             for name, output, kind in tables:
                 if kind == "latest":
                     histories[name] = P.RepresentationHistory.latest(keys, t, outputs[output],
                                                                      digests)
-                else:
+                else:  # CR: the events that fold only (`cr_domains`)
                     histories[name] = P.RepresentationHistory.aggregated(
-                        keys, t, outputs[output], half_life_seconds)
+                        keys[fold], t[fold], outputs[output][fold], half_life_seconds)
             del events, outputs
             for split, part in rows.items():
                 mine = np.flatnonzero(buckets[split] == b)
@@ -290,8 +304,10 @@ def DownstreamExamples(  # noqa: N802 (TFX component naming)
     downstream_examples: _OutputArtifact[standard_artifacts.Examples],
     train_days: _Parameter[float] = 3.0,
     half_life_seconds: _Parameter[float] = DEFAULT_HALF_LIFE_SECONDS,
+    cr_domains: _Parameter[str] = CD.DEFAULT,
 ) -> None:
     """The downstream window's ad rows with point-in-time representations (module doc)."""
+    CD.check(cr_domains)
     downstream_examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
     pushed = pushed_model_dir(pushed_model)
     if pushed is None:
@@ -302,8 +318,9 @@ def DownstreamExamples(  # noqa: N802 (TFX component naming)
                    zip(SPLITS, split_patterns(examples, ",".join(SPLITS)), strict=True)}
     out_dirs = {split: artifact_utils.get_split_uri([downstream_examples], split)
                 for split in SPLITS}
-    counts = build(split_files, model_dir, out_dirs, train_days, half_life_seconds)
+    counts = build(split_files, model_dir, out_dirs, train_days, half_life_seconds, cr_domains)
     downstream_examples.set_int_custom_property("skipped", 0)
+    downstream_examples.set_string_custom_property("cr_domains", cr_domains)
     downstream_examples.set_int_custom_property("upstream_version", int(version))
     for split, n in counts.items():
         downstream_examples.set_int_custom_property(f"{split}_rows", n)

@@ -14,7 +14,9 @@ with all raw features) in batches; one call per batch of each of the ``user_repr
   sample's timestamp.
 * ``"cross_events"``: one batch per model batch, in ``components.cr_aggregation``'s input
   format ``{"user_id": object [n] bytes, "item_id": object [n] bytes, "timestamp": int64 [n],
-  "cross_representation": float32 [n, d_cr]}``.
+  "domain": object [n] bytes, "cross_representation": float32 [n, d_cr]}``: one event per
+  sample, content and ad alike; the domain lets the aggregator fold only the ad requests'
+  events (``cr_domains``, paper Sec. 4.3.1) or all of them.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class _RunModelFn(beam.DoFn):
         if missing:
             raise ValueError(f"SavedModel {self._saved_model_dir!r} lacks signatures {missing}; "
                              f"it has {sorted(self._model.signatures)}")
-        self._spec = F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP))
+        self._spec = F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP, F.DOMAIN))
 
     def _call(self, name: str, examples) -> np.ndarray:
         out = self._model.signatures[name](**{S.INPUT_KEY: examples})
@@ -102,6 +104,7 @@ class _RunModelFn(beam.DoFn):
         user_id = ids[F.USER_ID].numpy().astype(object)  # [n] bytes
         item_id = ids[F.ITEM_ID].numpy().astype(object)  # [n] bytes
         timestamp = ids[F.TIMESTAMP].numpy().astype(np.int64)  # [n]
+        domain = ids[F.DOMAIN].numpy().astype(object)  # [n] bytes
         ur = self._call(S.USER_REPRESENTATION, examples)  # [n, d_ur]
         ir = self._call(S.ITEM_REPRESENTATION, examples)  # [n, d_ir]
         cr = self._call(S.CROSS_REPRESENTATION, examples)  # [n, d_cr]
@@ -116,6 +119,7 @@ class _RunModelFn(beam.DoFn):
             "user_id": user_id,
             "item_id": item_id,
             "timestamp": timestamp,
+            "domain": domain,
             "cross_representation": cr,
         })
 

@@ -14,6 +14,8 @@ from components.cr_aggregation import (
     as_of,
     half_life_decay,
 )
+from trainer.representations import cr_domains as CD
+from trainer.representations.tables import TableError
 
 BETA10 = half_life_decay(10.0)
 
@@ -229,19 +231,26 @@ def test_as_of_is_strict():
 # ---------------------------------------------------------------- Beam
 
 
-def _batches(seed: int, n_batches: int = 5):
+def _batches(seed: int, n_batches: int = 5, cr_domains: str = CD.ALL):
+    """Event batches with a domain each (about 30% ad), and the events that fold under
+    `cr_domains` (the reference's input)."""
     users, items, ts, crs = _random_events(seed, n=500, t_range=25)
+    domains = np.where(np.random.default_rng(seed + 100).random(len(users)) < 0.3,
+                       b"ad", b"content").astype(object)
     parts = np.array_split(np.arange(len(users)), n_batches)
     batches = [
         {
             "user_id": users[p],
             "item_id": items[p],
             "timestamp": ts[p],
+            "domain": domains[p],
             "cross_representation": crs[p],
         }
         for p in parts
     ]
-    return batches, (users, items, ts, crs)
+    fold = np.ones(len(users), bool) if cr_domains == CD.ALL else domains == b"ad"
+    assert 0 < fold.sum() <= len(users)
+    return batches, (users[fold], items[fold], ts[fold], crs[fold])
 
 
 def _matches(ref):
@@ -260,22 +269,27 @@ def _matches(ref):
     return check
 
 
-def test_beam_aggregate_matches_sequential():
-    batches, (users, items, ts, crs) = _batches(0)
+@pytest.mark.parametrize("cr_domains", CD.CHOICES)
+def test_beam_aggregate_matches_sequential(cr_domains):
+    """Under "ad" the tables are those of the ad events alone (content events leave CR(u),
+    CR(i) untouched; keys met only by content are absent); under "all", of every event."""
+    batches, (users, items, ts, crs) = _batches(0, cr_domains=cr_domains)
     ref_user = aggregate_sequential(users, ts, crs, BETA10)
     ref_item = aggregate_sequential(items, ts, crs, BETA10)
     with BeamTestPipeline() as p:
         out = (
             p
             | "Create" >> beam.Create(batches)
-            | AggregateCrossRepresentations(half_life_seconds=10.0, num_buckets=3)
+            | AggregateCrossRepresentations(half_life_seconds=10.0, num_buckets=3,
+                                            cr_domains=cr_domains)
         )
         assert_that(out["user"], _matches(ref_user), label="CheckUser")
         assert_that(out["item"], _matches(ref_item), label="CheckItem")
 
 
-def test_beam_point_in_time_matches_reference():
-    batches, (users, items, ts, crs) = _batches(1)
+@pytest.mark.parametrize("cr_domains", CD.CHOICES)
+def test_beam_point_in_time_matches_reference(cr_domains):
+    batches, (users, items, ts, crs) = _batches(1, cr_domains=cr_domains)
     rng = np.random.default_rng(5)
     nq = 80
     qk = np.array(items[rng.integers(0, len(items), nq)].tolist() + [b"nobody"], object)
@@ -301,9 +315,44 @@ def test_beam_point_in_time_matches_reference():
         events = p | "Events" >> beam.Create(batches)
         queries = p | "Queries" >> beam.Create(qbatches)
         out = {"events": events, "queries": queries} | PointInTimeCrossRepresentations(
-            key_field="item_id", cr_dim=crs.shape[1], half_life_seconds=10.0, num_buckets=3
-        )
+            key_field="item_id", cr_dim=crs.shape[1], half_life_seconds=10.0, num_buckets=3,
+            cr_domains=cr_domains)
         assert_that(out, check)
+
+
+def test_beam_events_without_domains_are_refused_under_ad_only():
+    """A stream written before the extractor recorded domains: "all" folds it, "ad" names the
+    missing field."""
+    batches, (users, _, ts, crs) = _batches(2)
+    for b in batches:
+        del b["domain"]
+    with BeamTestPipeline() as p:
+        out = p | beam.Create(batches) | AggregateCrossRepresentations(
+            half_life_seconds=10.0, num_buckets=2, cr_domains=CD.ALL)
+        assert_that(out["user"], _matches(aggregate_sequential(users, ts, crs, BETA10)))
+    with pytest.raises(Exception, match=r"no 'domain' field"):
+        with BeamTestPipeline() as p:
+            _ = p | beam.Create(batches) | AggregateCrossRepresentations(
+                half_life_seconds=10.0, num_buckets=2)
+
+
+@pytest.mark.parametrize("bad", ["ads", "", None, "AD"])
+def test_bad_cr_domains_is_named(bad):
+    with pytest.raises(ValueError, match="cr_domains must be one of"):
+        AggregateCrossRepresentations(half_life_seconds=10.0, cr_domains=bad)
+    with pytest.raises(ValueError, match="cr_domains must be one of"):
+        CD.fold_mask(np.array([b"ad"], object), bad)
+
+
+def test_fold_mask_reads_bytes_and_str():
+    domains = np.array([b"ad", b"content", "ad", "content"], object)
+    assert CD.fold_mask(domains, CD.AD).tolist() == [True, False, True, False]
+    assert CD.fold_mask(np.array(["ad", "content"]), CD.AD).tolist() == [True, False]
+    assert CD.fold_mask(domains, CD.ALL).all()
+    with pytest.raises(TypeError, match="bytes or str"):
+        CD.fold_mask(np.array([1, 2]), CD.AD)
+    with pytest.raises(TableError, match="no 'domain' field"):
+        CD.select_events({"user_id": np.array([b"u"], object)}, CD.AD)
 
 
 def test_beam_missing_field_is_named():
@@ -316,6 +365,7 @@ def test_beam_missing_field_is_named():
                         {
                             "user_id": np.array([b"a"], object),
                             "timestamp": np.array([1]),
+                            "domain": np.array([b"ad"], object),
                             "cross_representation": np.zeros((1, 2), np.float32),
                         }
                     ]

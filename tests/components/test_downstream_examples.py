@@ -16,6 +16,7 @@ from trainer import signatures as S
 from trainer.downstream import point_in_time as P
 from trainer.downstream import replay as R
 from trainer.downstream.requests import with_representations
+from trainer.representations import cr_domains as CD
 
 HALF_LIFE = 3600.0
 
@@ -57,12 +58,12 @@ def splits(tmp_path_factory):
     return out, split_files
 
 
-def in_memory(split_files, train_days):
+def in_memory(split_files, train_days, cr_domains=CD.DEFAULT):
     """The replay as one in-memory pass (the reference)."""
     records = {s: [r.numpy() for r in tf.data.TFRecordDataset(f, "GZIP")]
                for s, f in split_files.items()}
     source = R.histories(R.run_upstream(fake_upstream, records["train"] + records["eval"], 256),
-                         HALF_LIFE)
+                         HALF_LIFE, cr_domains=cr_domains)
     spec = F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP, F.DOMAIN))
 
     def keys(rs):
@@ -98,13 +99,13 @@ def written(out_dirs):
         os.path.join(d, C.FILE_NAME), "GZIP")] for s, d in out_dirs.items()}
 
 
-@pytest.mark.parametrize("num_buckets", [1, 7])
-def test_bucketed_build_writes_the_in_memory_rows(splits, num_buckets):
+@pytest.mark.parametrize(("num_buckets", "cr_domains"), [(1, CD.AD), (7, CD.AD), (7, CD.ALL)])
+def test_bucketed_build_writes_the_in_memory_rows(splits, num_buckets, cr_domains):
     out, split_files = splits
-    out_dirs = {s: str(out / f"b{num_buckets}" / s) for s in C.SPLITS}
+    out_dirs = {s: str(out / f"b{num_buckets}{cr_domains}" / s) for s in C.SPLITS}
     counts = C.build_from(fake_upstream, split_files, out_dirs, 2.0, HALF_LIFE,
-                          num_buckets=num_buckets, batch_size=256)
-    expected = in_memory(split_files, 2.0)
+                          num_buckets=num_buckets, batch_size=256, cr_domains=cr_domains)
+    expected = in_memory(split_files, 2.0, cr_domains)
     got = written(out_dirs)
     assert counts == {s: len(expected[s]) for s in C.SPLITS}
     assert counts["train"] > 300 and counts["eval"] > 100
@@ -115,6 +116,18 @@ def test_bucketed_build_writes_the_in_memory_rows(splits, num_buckets):
     found = [r.features.feature[S.found_feature(S.CR_ITEM_FEATURE)].int64_list.value[0]
              for r in rows]
     assert 0 < sum(found) < len(found)  # both warm and cold rows are checked
+
+
+def test_content_requests_change_the_rows_only_under_all(splits):
+    """The setting matters: CR(u) of the rows differs between "ad" and "all" (the users'
+    content requests fold only under "all"); UR, IR are the same, and so is CR(i), since every
+    simulated item belongs to one domain (an ad item only ever meets ad requests)."""
+    _, split_files = splits
+    rows = {c: parsed(in_memory(split_files, 2.0, c)["eval"]) for c in CD.CHOICES}
+    for name in (S.UR_FEATURE, S.IR_FEATURE, S.CR_ITEM_FEATURE, S.CR_USER_FEATURE):
+        a, b = ([list(r.features.feature[name].float_list.value) for r in rows[c]]
+                for c in CD.CHOICES)
+        assert (a == b) == (name != S.CR_USER_FEATURE), name
 
 
 def test_an_empty_window_is_refused_by_name(splits):

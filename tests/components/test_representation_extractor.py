@@ -69,11 +69,12 @@ def setup(tmp_path_factory):
     return path, records, tf.saved_model.load(path)
 
 
-def _ids(records):
+def _ids(records, with_domain=False):
     parsed = tf.io.parse_example(
-        tf.constant(records), F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP)))
-    return (parsed[F.USER_ID].numpy().tolist(), parsed[F.ITEM_ID].numpy().tolist(),
-            parsed[F.TIMESTAMP].numpy().tolist())
+        tf.constant(records), F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP, F.DOMAIN)))
+    ids = (parsed[F.USER_ID].numpy().tolist(), parsed[F.ITEM_ID].numpy().tolist(),
+           parsed[F.TIMESTAMP].numpy().tolist())
+    return ids + (parsed[F.DOMAIN].numpy().tolist(),) if with_domain else ids
 
 
 def _naive_latest(records, keys, timestamps, loaded, signature):
@@ -110,11 +111,11 @@ def _matches_latest(expected):
 
 
 def _matches_cross(expected_rows, d_cr, max_batch):
-    """expected_rows: list of (user, item, t, CR [d]); compared as multisets."""
+    """expected_rows: list of (user, item, t, domain, CR [d]); compared as multisets."""
     def check(batches):
         rows = []
         for b in batches:
-            if set(b) != {"user_id", "item_id", "timestamp", "cross_representation"}:
+            if set(b) != {"user_id", "item_id", "timestamp", "domain", "cross_representation"}:
                 raise BeamAssertException(f"batch fields {sorted(b)}")
             n = len(b["user_id"])
             if not 1 <= n <= max_batch or b["cross_representation"].shape != (n, d_cr):
@@ -122,14 +123,19 @@ def _matches_cross(expected_rows, d_cr, max_batch):
             if b["timestamp"].dtype != np.int64 or b["cross_representation"].dtype != np.float32:
                 raise BeamAssertException("wrong dtypes")
             rows += zip(b["user_id"].tolist(), b["item_id"].tolist(), b["timestamp"].tolist(),
-                        b["cross_representation"], strict=True)
-        key = lambda r: (r[0], r[1], r[2], r[3].round(4).tolist())  # noqa: E731
+                        b["domain"].tolist(), b["cross_representation"], strict=True)
+            # The stream survives its file format, the domain included.
+            decoded = T.decode_event_batch(T.encode_event_batch(b))
+            if set(decoded) != set(b) or any(
+                    not np.array_equal(decoded[k], b[k]) for k in b):
+                raise BeamAssertException("the event batch changed in its file format")
+        key = lambda r: (r[0], r[1], r[2], r[3], r[4].round(4).tolist())  # noqa: E731
         got, want = sorted(rows, key=key), sorted(expected_rows, key=key)
         if len(got) != len(want):
             raise BeamAssertException(f"{len(got)} events, expected {len(want)}")
         for g, w in zip(got, want, strict=True):
-            if g[:3] != w[:3] or not np.allclose(g[3], w[3], **TOL):
-                raise BeamAssertException(f"event {g[:3]} != {w[:3]}")
+            if g[:4] != w[:4] or not np.allclose(g[4], w[4], **TOL):
+                raise BeamAssertException(f"event {g[:4]} != {w[:4]}")
     return check
 
 
@@ -142,7 +148,9 @@ def test_extract_matches_signatures(setup, shuffle_seed):
     assert len(exp_user) < len(records)  # some users have several samples: "latest" matters
     cr = loaded.signatures[S.CROSS_REPRESENTATION](examples=tf.constant(records))
     cr = cr[S.CROSS_REPRESENTATION].numpy()  # [n, d_cr]
-    exp_cross = list(zip(users, items, ts, cr, strict=True))
+    domains = _ids(records, with_domain=True)[3]
+    assert set(domains) == {F.DOMAIN_AD, F.DOMAIN_CONTENT}  # every request has an event
+    exp_cross = list(zip(users, items, ts, domains, cr, strict=True))
     inputs = list(records)
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(inputs)

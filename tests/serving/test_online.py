@@ -16,6 +16,8 @@ from serving.model_server import ModelServer
 from serving.online import OnlineLoop
 from serving.store import CR_ITEM, CR_USER, IR, UR, open_store
 from tests.serving.conftest import MODEL, synthetic_records
+from trainer import features as F
+from trainer.representations import cr_domains as CD
 
 HALF_LIFE = 3600.0
 
@@ -30,11 +32,12 @@ def stream(tmp_path_factory) -> list[bytes]:
     return [records[i] for i in order]
 
 
-def _offline(model_dir: str, stream: list[bytes], tmp_path) -> dict:
+def _offline(model_dir: str, stream: list[bytes], tmp_path, cr_domains: str) -> dict:
     out_dir = str(tmp_path)
     with TestPipeline() as p:
         reps = p | beam.Create(stream) | ExtractRepresentations(model_dir, 8, 64)
-        crs = reps["cross_events"] | AggregateCrossRepresentations(HALF_LIFE, num_buckets=4)
+        crs = reps["cross_events"] | AggregateCrossRepresentations(
+            HALF_LIFE, num_buckets=4, cr_domains=cr_domains)
         for name, pcoll in (("ur", reps["user"]), ("ir", reps["item"]),
                             ("cru", crs["user"]), ("cri", crs["item"])):
             _ = (pcoll | f"Np[{name}]" >> beam.Map(
@@ -49,22 +52,36 @@ def _offline(model_dir: str, stream: list[bytes], tmp_path) -> dict:
             for name in ("ur", "ir", "cru", "cri")}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_replay_equals_the_offline_pipeline(exported, stream, tmp_path, backend, request):
+def _domain(example: bytes) -> bytes:
+    return tf.train.Example.FromString(example).features.feature[F.DOMAIN].bytes_list.value[0]
+
+
+@pytest.mark.parametrize(("backend", "cr_domains"),
+                         [("sqlite", CD.AD), ("sqlite", CD.ALL), ("redis", CD.AD)])
+def test_replay_equals_the_offline_pipeline(exported, stream, tmp_path, backend, cr_domains,
+                                            request):
+    """Row for row, under either `cr_domains`: the store after the loop holds the offline
+    extractor + aggregator's tables (under "ad", CR(u), CR(i) only for keys met by an ad)."""
     url = (f"sqlite:///{tmp_path / 'store.db'}" if backend == "sqlite"
            else request.getfixturevalue("redis_url"))
-    offline = _offline(exported["a"], stream, tmp_path)
+    offline = _offline(exported["a"], stream, tmp_path, cr_domains)
+    ads = sum(_domain(r) == F.DOMAIN_AD for r in stream)
+    assert 0 < ads < len(stream)
     base = os.path.dirname(exported["a"])
     with ModelServer(model_name=MODEL, model_base_path=base, port=0, rest_api_port=None) as srv:
         store = open_store(url, half_life_seconds=HALF_LIFE)
         for table in (UR, IR, CR_USER, CR_ITEM):
             store.clear(table)
         with EmbeddingClient(srv.grpc_target, MODEL, timeout=30) as client:
-            loop = OnlineLoop(client, store)
+            loop = OnlineLoop(client, store, cr_domains=cr_domains)
             first = loop.process(stream[:1])
             assert not first.fetched.user.found.any()  # nothing stored before the first request
             totals = loop.replay(stream[1:], batch_size=37)
         assert totals["requests"] == len(stream) - 1
+        assert first.cr_folded + totals["cr_folded"] == (ads if cr_domains == CD.AD
+                                                         else len(stream))
+        if cr_domains == CD.AD:
+            assert len(offline["cru"]) < len(offline["ur"])  # some users met no ad
         assert totals["late_user"] == totals["late_item"] == 0
         for table, name in ((UR, "ur"), (IR, "ir"), (CR_USER, "cru"), (CR_ITEM, "cri")):
             expected = offline[name]
@@ -80,6 +97,62 @@ def test_replay_equals_the_offline_pipeline(exported, stream, tmp_path, backend,
         # The downstream model sees the state before its own request.
         fetched = loop.fetch([b"unknown-user"], [b"unknown-item"])
         assert not fetched.user.found[0] and not fetched.cross_item.found[0]
+        store.close()
+
+
+def _as(example: bytes, domain: bytes, timestamp: int) -> bytes:
+    out = tf.train.Example.FromString(example)
+    out.features.feature[F.DOMAIN].bytes_list.value[:] = [domain]
+    out.features.feature[F.TIMESTAMP].int64_list.value[:] = [timestamp]
+    return out.SerializeToString()
+
+
+def _pair(example: bytes) -> tuple[list[bytes], list[bytes]]:
+    feature = tf.train.Example.FromString(example).features.feature
+    return [feature[F.USER_ID].bytes_list.value[0]], [feature[F.ITEM_ID].bytes_list.value[0]]
+
+
+@pytest.mark.parametrize("cr_domains", CD.CHOICES)
+def test_a_content_request_folds_only_under_all(exported, stream, tmp_path, cr_domains):
+    """An ad request, then a content request of the same user and item a minute later: UR and
+    IR move to the content request either way; CR(u), CR(i) move only under "all"."""
+    base = os.path.dirname(exported["a"])
+    t0 = 2_000_000_000
+    ad, content = _as(stream[0], F.DOMAIN_AD, t0), _as(stream[0], F.DOMAIN_CONTENT, t0 + 60)
+    with ModelServer(model_name=MODEL, model_base_path=base, port=0, rest_api_port=None) as srv:
+        store = open_store(f"sqlite:///{tmp_path / 'store.db'}", half_life_seconds=HALF_LIFE)
+        with EmbeddingClient(srv.grpc_target, MODEL, timeout=30) as client:
+            loop = OnlineLoop(client, store, cr_domains=cr_domains)
+            assert loop.process([ad]).cr_folded == 1
+            fetched = loop.fetch(*_pair(ad))
+            before = {t: getattr(fetched, t) for t in ("cross_user", "cross_item")}
+            out = loop.process([content])
+            after = loop.fetch(*_pair(ad))
+        assert after.user.updated_at[0] == after.item.updated_at[0] == t0 + 60
+        for side in ("cross_user", "cross_item"):
+            old, new = before[side], getattr(after, side)
+            assert old.found[0] and old.updated_at[0] == t0
+            if cr_domains == CD.AD:
+                assert out.cr_folded == 0
+                assert new.updated_at[0] == t0
+                np.testing.assert_array_equal(new.representations, old.representations)
+            else:
+                assert out.cr_folded == 1 and new.updated_at[0] == t0 + 60
+        store.close()
+
+
+def test_ad_only_needs_each_requests_domain(exported, stream, tmp_path):
+    base = os.path.dirname(exported["a"])
+    bad = tf.train.Example.FromString(stream[0])
+    del bad.features.feature[F.DOMAIN]
+    with ModelServer(model_name=MODEL, model_base_path=base, port=0, rest_api_port=None) as srv:
+        store = open_store(f"sqlite:///{tmp_path / 'store.db'}", half_life_seconds=HALF_LIFE)
+        with EmbeddingClient(srv.grpc_target, MODEL, timeout=30) as client:
+            with pytest.raises(ValueError, match="'domain'"):
+                OnlineLoop(client, store).process([stream[1], bad.SerializeToString()])
+            assert all(store.count(t) == 0 for t in (UR, IR, CR_USER, CR_ITEM))
+            with pytest.raises(ValueError, match="cr_domains must be one of"):
+                OnlineLoop(client, store, cr_domains="content")
         store.close()
 
 

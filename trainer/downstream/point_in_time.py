@@ -12,7 +12,8 @@ Two kinds of source answer the same question, `lookup(table, keys, timestamps) -
   loop of Fig. 4 continues the store: the frozen upstream model is replayed over the requests
   (`trainer.downstream.replay`); each request writes the new UR(u), IR(i) (the latest request
   per key wins, same-second ties by the sample digest, as the extractor and the online loop)
-  and folds CR(u,i) into CR(u), CR(i) with the time-aware EMA of Eq. 1-2.
+  and folds CR(u,i) into CR(u), CR(i) with the time-aware EMA of Eq. 1-2 when the request's
+  domain is selected (`cr_domains`: ad requests by default, Sec. 4.3.1).
 * `StoreSource`: the representation store (`serving.store`, or anything with its `get`), a
   snapshot of one moment: a row sees a stored value only if its `updated_at` is before the row.
 

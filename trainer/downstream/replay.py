@@ -1,7 +1,9 @@
 """Replay of the frozen upstream model over traffic: the offline twin of the online loop.
 
 In production (paper Fig. 4) every request runs the upstream model; the online loop stores
-the new UR(u), IR(i) and folds CR(u,i) into CR(u), CR(i). To build downstream training rows
+the new UR(u), IR(i) and folds CR(u,i) into CR(u), CR(i) when the request is an ad (Sec.
+4.3.1; `cr_domains`, `trainer.representations.cr_domains`: `"ad"` by default, `"all"` folds
+content requests too). To build downstream training rows
 that see exactly what production would have stored before each of them, `run_upstream` runs
 the upstream's `user_representation`, `item_representation` and `cross_representation`
 signatures over the serialized requests in batches (vectorised: one call per batch), and
@@ -20,6 +22,8 @@ import tensorflow as tf
 from trainer import features as F
 from trainer import signatures as S
 from trainer.downstream import point_in_time as P
+from trainer.mix_tower import CR_OUTPUT
+from trainer.representations import cr_domains as CD
 from trainer.representations import tables as T
 from trainer.serving_layout import resolve_export_dir, version_of
 
@@ -65,7 +69,7 @@ def keras_model_fn(model, cr_layers: Iterable[str] = ()) -> RepresentationFn:
         raw = F.parse_examples(examples)
         out = {UR: model.user_representation(raw), IR: model.item_representation(raw)}
         layers = model.ad_branch_outputs(raw)
-        out[CR] = layers[model.cr_layer]
+        out[CR] = layers[CR_OUTPUT]
         for name in cr_layers:
             out[f"{CR}:{name}"] = layers[name]
         return {k: tf.cast(v, tf.float32) for k, v in out.items()}
@@ -78,7 +82,9 @@ class UpstreamEvents:
     """The upstream's outputs on each request, in input order.
 
     user_id, item_id, digest: object [n] bytes; timestamp: int64 [n];
-    outputs: name -> float32 [n, d] (at least UR, IR, CR).
+    outputs: name -> float32 [n, d] (at least UR, IR, CR);
+    domain: object [n] bytes, each request's `domain` (None: not read; then only
+    `cr_domains="all"` can fold its CR events).
     """
 
     user_id: np.ndarray
@@ -86,6 +92,7 @@ class UpstreamEvents:
     timestamp: np.ndarray
     digest: np.ndarray
     outputs: dict[str, np.ndarray]
+    domain: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.timestamp.shape[0])
@@ -93,7 +100,19 @@ class UpstreamEvents:
     def select(self, rows: np.ndarray) -> UpstreamEvents:
         """The events of `rows` (a boolean mask or indices)."""
         return UpstreamEvents(self.user_id[rows], self.item_id[rows], self.timestamp[rows],
-                              self.digest[rows], {k: v[rows] for k, v in self.outputs.items()})
+                              self.digest[rows], {k: v[rows] for k, v in self.outputs.items()},
+                              None if self.domain is None else self.domain[rows])
+
+    def fold_mask(self, cr_domains: str) -> np.ndarray:
+        """bool [n]: the events whose CR(u,i) folds under `cr_domains` (`cr_domains.fold_mask`).
+        Raises ValueError under a setting that reads domains when these events have none."""
+        if not CD.needs_domains(cr_domains):
+            return np.ones(len(self), dtype=bool)
+        if self.domain is None:
+            raise ValueError(f"cr_domains={cr_domains!r} needs each request's domain; these "
+                             f"events have none (run_upstream reads it): fold with "
+                             f"cr_domains={CD.ALL!r} or give UpstreamEvents.domain")
+        return CD.fold_mask(self.domain, cr_domains)
 
 
 def run_upstream(fn: RepresentationFn, records: Iterable[bytes] | tf.data.Dataset,
@@ -104,15 +123,16 @@ def run_upstream(fn: RepresentationFn, records: Iterable[bytes] | tf.data.Datase
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not isinstance(records, tf.data.Dataset):
         records = tf.data.Dataset.from_tensor_slices(tf.constant(list(records), tf.string))
-    spec = F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP))
+    spec = F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP, F.DOMAIN))
     parts: dict[str, list[np.ndarray]] = {"user_id": [], "item_id": [], "timestamp": [],
-                                          "digest": []}
+                                          "digest": [], "domain": []}
     outputs: dict[str, list[np.ndarray]] = {}
     for batch in records.batch(batch_size).prefetch(2):
         ids = tf.io.parse_example(batch, spec)
         parts["user_id"].append(ids[F.USER_ID].numpy().astype(object))
         parts["item_id"].append(ids[F.ITEM_ID].numpy().astype(object))
         parts["timestamp"].append(ids[F.TIMESTAMP].numpy().astype(np.int64))
+        parts["domain"].append(ids[F.DOMAIN].numpy().astype(object))
         parts["digest"].append(np.array([T.sample_digest(r) for r in batch.numpy()],
                                         dtype=object))
         for name, value in fn(batch).items():
@@ -121,29 +141,37 @@ def run_upstream(fn: RepresentationFn, records: Iterable[bytes] | tf.data.Datase
         raise ValueError("run_upstream got no records")
     joined = {k: np.concatenate(v) for k, v in parts.items()}
     return UpstreamEvents(joined["user_id"], joined["item_id"], joined["timestamp"],
-                          joined["digest"], {k: np.concatenate(v) for k, v in outputs.items()})
+                          joined["digest"], {k: np.concatenate(v) for k, v in outputs.items()},
+                          joined["domain"])
 
 
 def histories(events: UpstreamEvents, half_life_seconds: float,
-              base: P.HistorySource | None = None, cr_output: str = CR) -> P.HistorySource:
+              base: P.HistorySource | None = None, cr_output: str = CR,
+              cr_domains: str = CD.DEFAULT) -> P.HistorySource:
     """The tables the online loop would hold after each of `events` (module doc).
 
-    UR, IR: the latest request per key (same-second ties by the sample digest); CR(u), CR(i):
-    the time-aware EMA of `cr_output` (Eq. 1-2); the latest CR(u,i) per user and per item
-    (no aggregation; `cr_latest`). `base`: a published version the replay continues.
+    UR, IR: the latest request per key (same-second ties by the sample digest), every request;
+    CR(u), CR(i): the time-aware EMA of `cr_output` (Eq. 1-2) over the requests `cr_domains`
+    selects (`"ad"`: ad requests only, paper Sec. 4.3.1; `"all"`: every request); the latest
+    CR(u,i) per user and per item over the same requests (no aggregation; `cr_latest`).
+    `base`: a published version the replay continues.
     """
     if cr_output not in events.outputs:
         raise KeyError(f"events have no output {cr_output!r}; they have {sorted(events.outputs)}")
+    fold = events.fold_mask(cr_domains)  # [n] the CR(u,i) events that fold
     old = base.histories if base is not None else {}
-    cr = events.outputs[cr_output]
     u, i, t, digest = events.user_id, events.item_id, events.timestamp, events.digest
+    cr = events.outputs[cr_output][fold]  # [m, d_cr]
+    cu, ci, ct, cdigest = u[fold], i[fold], t[fold], digest[fold]
     latest = P.RepresentationHistory.latest
     aggregated = P.RepresentationHistory.aggregated
     return P.HistorySource({
         T.USER_TABLE: latest(u, t, events.outputs[UR], digest, old.get(T.USER_TABLE)),
         T.ITEM_TABLE: latest(i, t, events.outputs[IR], digest, old.get(T.ITEM_TABLE)),
-        T.CROSS_USER_TABLE: aggregated(u, t, cr, half_life_seconds, old.get(T.CROSS_USER_TABLE)),
-        T.CROSS_ITEM_TABLE: aggregated(i, t, cr, half_life_seconds, old.get(T.CROSS_ITEM_TABLE)),
-        P.LATEST_CROSS_USER_TABLE: latest(u, t, cr, digest),
-        P.LATEST_CROSS_ITEM_TABLE: latest(i, t, cr, digest),
+        T.CROSS_USER_TABLE: aggregated(cu, ct, cr, half_life_seconds,
+                                       old.get(T.CROSS_USER_TABLE)),
+        T.CROSS_ITEM_TABLE: aggregated(ci, ct, cr, half_life_seconds,
+                                       old.get(T.CROSS_ITEM_TABLE)),
+        P.LATEST_CROSS_USER_TABLE: latest(cu, ct, cr, cdigest),
+        P.LATEST_CROSS_ITEM_TABLE: latest(ci, ct, cr, cdigest),
     })

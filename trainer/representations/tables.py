@@ -157,17 +157,24 @@ def read_table(pattern: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 # The extractor's CR(u,i) event stream, one record per batch of events (per-event records are
 # ~3x slower to read in Beam): a tf.Example with
 #     user_id bytes_list [n], item_id bytes_list [n], timestamp int64_list [n],
+#     domain bytes_list [n] (each request's `domain`: which events fold, `cr_domains`),
 #     dim int64_list [1], cross_representation bytes_list [1] (n * dim float32, little-endian)
+# Batches written before the domain was recorded decode without a "domain" entry; the folds
+# that need it (`cr_domains="ad"`) refuse them by name (`cr_domains.select_events`).
 EVENT_DIM = "dim"
+EVENT_DOMAIN = "domain"
 
 
 def encode_event_batch(batch: dict) -> bytes:
-    """A batch `{"user_id", "item_id", "timestamp", "cross_representation" [n, d]}` -> bytes."""
+    """A batch `{"user_id", "item_id", "timestamp", "domain", "cross_representation" [n, d]}`
+    -> bytes. Raises TableError naming the field that is missing or of the wrong length."""
     example = _example_cls()()
     feature = example.features.feature
     cr = np.asarray(batch["cross_representation"], dtype="<f4")
     n = cr.shape[0]
-    for name in ("user_id", "item_id"):
+    for name in ("user_id", "item_id", EVENT_DOMAIN):
+        if name not in batch:
+            raise TableError(f"event batch is missing field {name!r}")
         keys = [k.encode() if isinstance(k, str) else bytes(k) for k in batch[name]]
         if len(keys) != n:
             raise TableError(f"event batch: {name} has {len(keys)} rows, cross_representation {n}")
@@ -181,21 +188,32 @@ def encode_event_batch(batch: dict) -> bytes:
     return example.SerializeToString()
 
 
+def _objects(values) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
 def decode_event_batch(record: bytes) -> dict:
-    """Inverse of `encode_event_batch` (keys as an object array of bytes)."""
+    """Inverse of `encode_event_batch` (ids and domains as object arrays of bytes). A batch
+    written before domains were recorded has no "domain" entry (module comment above)."""
     example = _example_cls().FromString(record)
     feature = example.features.feature
     users = list(feature["user_id"].bytes_list.value)
     dim = int(feature[EVENT_DIM].int64_list.value[0])
     cr = np.frombuffer(feature["cross_representation"].bytes_list.value[0], dtype="<f4")
     cr = cr.reshape(len(users), dim).astype(np.float32)
-    keys = np.empty(len(users), dtype=object)
-    keys[:] = users
-    items = np.empty(len(users), dtype=object)
-    items[:] = list(feature["item_id"].bytes_list.value)
-    return {
-        "user_id": keys,
-        "item_id": items,
+    out = {
+        "user_id": _objects(users),
+        "item_id": _objects(feature["item_id"].bytes_list.value),
         "timestamp": np.asarray(feature["timestamp"].int64_list.value, dtype=np.int64),
         "cross_representation": cr,
     }
+    if EVENT_DOMAIN in feature:
+        domains = feature[EVENT_DOMAIN].bytes_list.value
+        if len(domains) != len(users):
+            raise TableError(f"event batch: domain has {len(domains)} rows, user_id "
+                             f"{len(users)}")
+        out[EVENT_DOMAIN] = _objects(domains)
+    return out
+
