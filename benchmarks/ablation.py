@@ -1,12 +1,20 @@
 """Does transfer help? The paper's downstream ablations on one production-like time split.
 
     python -m benchmarks.ablation (--dataset synthetic|movielens | --data DIR) [--seeds 3]
-        [--quick] [--json]
+        [--world two_tower|dynamic] [--sim_seed 1] [--quick] [--cr_domains ad|all] [--cr_study]
+        [--upstream_model JSON] [--json]
 
 LFM4Ads (arXiv 2508.14948) Table 1 (the six rows: baseline, SUM dual / same branch, linear
 fusion, no aggregation, LFM4Ads) plus `iim`, `lfm4ads_iim`, `finetune` and `retrieval`;
 the layer study of Fig. 5 (Sec. 5.1.3); importance by masking (Sec. 5.3.1); upstreams trained
-on content only, ads only and both (Sec. 5.3.6).
+on content only, ads only and both (Sec. 5.3.6). `--cr_study` trains only the rows that say
+whether CR carries weight (`CR_STUDY_ROWS`, with the masking table); `--upstream_model` gives
+the upstream's `ModelConfig` fields (JSON), e.g. another CR reading.
+
+Beside the mean ± std tables: what UR, IR, CR(u,i), CR(u), CR(i) hold on the test window's ad
+rows (`representation_spectra`: dead units, top direction's share, participation ratio,
+effective rank), and 95% intervals (`benchmarks.intervals`: the seeds' spread plus a paired
+bootstrap over test users) of the masking drops and of `INTERVAL_PAIRS`.
 
 Split, the same for every row, as in production: the upstream trains only on data before the
 downstream window (all domains; `--split_days U,T,V` = U upstream days, then T days that train
@@ -15,9 +23,10 @@ default 10,2,1 on the 14-day synthetic data; on other data `--split 0.6,0.8,0.9`
 the rows by time snapped to whole days, so the test window holds at least 10% of the rows).
 Every downstream row sees UR(u), IR(i), CR(u), CR(i) as of strictly before its timestamp, from
 the frozen upstream replayed over the traffic as the online loop would (`trainer.downstream.
-replay`). Downstream settings are the `DownstreamConfig` / `DownstreamTrainConfig` defaults,
-shared by every mode; each run stops early on the validation window's AUC; the test window is
-only read for the figures.
+replay`; CR(u), CR(i) fold the CR(u,i) of the requests `--cr_domains` selects: ad requests
+by default, paper Sec. 4.3.1, or all of them). Downstream settings are the `DownstreamConfig` /
+`DownstreamTrainConfig` defaults, shared by every mode; each run stops early on the validation
+window's AUC; the test window is only read for the figures.
 
 Metrics per row: AUC (mean ± std over seeds), the AUC in expectation over the labels' draw
 where the synthetic oracle exists (far less noisy; the metric for orderings on synthetic data),
@@ -41,6 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import datasets
+from benchmarks import intervals as I
 from trainer import console
 from trainer import features as F
 from trainer import input as data_input
@@ -53,8 +63,10 @@ from trainer.downstream import replay as R
 from trainer.downstream import train as DT
 from trainer.downstream.ranker import FIELD_GROUPS
 from trainer.export import export_saved_model
+from trainer.representations import cr_domains as CD
 from trainer.representations import tables as T
 from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
+from trainer.representations.spectrum import spectrum
 from trainer.train import fit_and_evaluate
 
 DAY = F.DAY
@@ -62,12 +74,51 @@ IIM_WARM = "iim (warm start)"
 TABLE_ROWS = (C.NONE, C.UR, C.UR_SAME_BRANCH, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM,
               IIM_WARM, C.LFM4ADS_IIM, C.FINETUNE, C.RETRIEVAL)
 METRICS = ("auc", "expected_auc", "gauc", "logloss", "auc_cold_start")
+CR_GROUP = (S.CR_USER_FEATURE, S.CR_ITEM_FEATURE)
 REPRESENTATION_GROUPS = {
     "UR": (S.UR_FEATURE,), "IR": (S.IR_FEATURE,), "CR(u)": (S.CR_USER_FEATURE,),
-    "CR(i)": (S.CR_ITEM_FEATURE,),
+    "CR(i)": (S.CR_ITEM_FEATURE,), "CR(u)+CR(i)": CR_GROUP,
     "all representations": (S.UR_FEATURE, S.IR_FEATURE, S.CR_USER_FEATURE, S.CR_ITEM_FEATURE),
 }
 ALL_FEATURES = tuple(P.FEATURE_TABLES)  # every representation feature a mode may read
+# `--cr_study`: the rows that say whether CR carries weight (Sec. 5.3.1 masking on lfm4ads;
+# lfm4ads against cr_latest, the aggregation, and cr_linear, the adapter).
+CR_STUDY_ROWS = (C.NONE, C.UR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS)
+# Differences reported with a 95% interval (`benchmarks.intervals`): (a, b) for a - b.
+INTERVAL_PAIRS = ((C.LFM4ADS, C.NONE), (C.LFM4ADS, C.UR), (C.LFM4ADS, C.CR_LATEST),
+                  (C.LFM4ADS, C.CR_LINEAR), (C.UR, C.NONE))
+# What each representation holds (`representation_spectra`): name -> feature (None: CR(u,i)).
+SPECTRA = {"ur": S.UR_FEATURE, "ir": S.IR_FEATURE, "cr": None, "cr_user": S.CR_USER_FEATURE,
+           "cr_item": S.CR_ITEM_FEATURE}
+
+
+def representation_spectra(rows: D.Rows, events: R.UpstreamEvents,
+                           window: tuple[int, int]) -> dict:
+    """What UR, IR, CR(u,i), CR(u) and CR(i) hold on a window's ad rows
+    (`trainer.representations.spectrum`): UR, IR and CR(u,i) as the upstream computed them on
+    those rows; CR(u) and CR(i) one vector per user / item, the point-in-time value its first
+    row in the window sees (keys with no earlier folded event left out)."""
+    out = {}
+    lo, hi = window
+    ad = (events.timestamp >= lo) & (events.timestamp < hi)
+    # the replay's events are every request; the window's ad rows are the downstream's rows
+    keys = set(zip(rows[F.USER_ID].tolist(), rows[F.ITEM_ID].tolist(),
+                   rows[F.TIMESTAMP].tolist(), strict=True))
+    ad &= np.array([(u, i, t) in keys for u, i, t in zip(
+        events.user_id.tolist(), events.item_id.tolist(), events.timestamp.tolist(),
+        strict=True)])
+    for name, feature in SPECTRA.items():
+        if feature is None:
+            matrix = events.outputs[R.CR][ad]
+        elif feature in CR_GROUP:
+            key = F.USER_ID if feature == S.CR_USER_FEATURE else F.ITEM_ID
+            found = rows[S.found_feature(feature)].astype(bool)
+            first = np.unique(rows[key][found], return_index=True)[1]
+            matrix = rows[feature][found][first]
+        else:
+            matrix = events.outputs[R.UR if feature == S.UR_FEATURE else R.IR][ad]
+        out[name] = spectrum(matrix).to_dict()
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +185,14 @@ class Ablation:
     def __init__(self, data: str, split: Split, seeds: list[int], work: str,
                  upstream_epochs: int, train_config: C.DownstreamTrainConfig,
                  config: C.DownstreamConfig, layers: tuple[str, ...] | None,
-                 half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS, log=print):
+                 half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS, log=print,
+                 cr_domains: str = CD.DEFAULT, upstream_model: dict | None = None,
+                 cr_study: bool = False):
         self.data, self.split, self.seeds, self.work = data, split, seeds, work
+        self.cr_domains = CD.check(cr_domains)
+        self.upstream_model = dict(upstream_model or {})
+        self.base_config = ModelConfig.from_dict(self.upstream_model)  # fails on a bad field
+        self.cr_study = cr_study
         self.files = data_input.list_files(data)
         self.upstream_epochs = upstream_epochs
         self.train_config, self.config = train_config, config
@@ -177,6 +234,11 @@ class Ablation:
     def attach(self, source) -> dict[str, D.Rows]:
         return {k: D.with_representations(v, source, ALL_FEATURES) for k, v in self.rows.items()}
 
+    def histories(self, events: R.UpstreamEvents, **kwargs):
+        """The replayed tables (`replay.histories`) with this run's half-life and
+        `cr_domains`."""
+        return R.histories(events, self.half_life, cr_domains=self.cr_domains, **kwargs)
+
     # -- downstream -------------------------------------------------------------------------
     def ranker(self, rows, mode: str, seed: int, upstream_config=None, upstream_export=None,
                **overrides):
@@ -187,9 +249,20 @@ class Ablation:
                                      upstream_export=upstream_export)
         return model, fit
 
-    def score(self, model, rows, masked=()) -> dict:
+    def score(self, model, rows, masked=(), keep: list | None = None) -> dict:
+        """The test window's metrics; `keep` gets the scores `[n]` appended."""
         scores = DT.predict(model, rows["test"], masked)
+        if keep is not None:
+            keep.append(scores)
         return DT.evaluate(rows["test"], scores, self.train_items, self.probabilities)
+
+    def paired(self, a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, float]:
+        """metric(a) - metric(b) on the test rows, and its bootstrap variance over users."""
+        test = self.rows["test"]
+        diff = I.metric(test, a, self.probabilities) - I.metric(test, b, self.probabilities)
+        draws = I.paired_bootstrap(test[F.USER_ID], (test, a, self.probabilities),
+                                   (test, b, self.probabilities), seed)
+        return float(diff), float(np.var(draws, ddof=1))
 
     def retrieval(self, rows, source, seed: int) -> dict:
         """Eq. 6 as the whole model: AUC of its score on the test rows, recall@k against the
@@ -214,31 +287,52 @@ class Ablation:
         domain_runs = {"content only": [], "ads only": [], "both": []}
         importance: dict[str, list[dict]] = {}
         reference: list[dict] = []
+        spectra: list[dict] = []
+        paired: dict[str, list[tuple[float, float]]] = {}  # name -> (difference, boot var)
         for seed in self.seeds:
             self.log(f"seed {seed}")
-            base = ModelConfig()
+            base = self.base_config
             dual, warmup = self.upstream("dual", seed, base)
             export = export_saved_model(dual, os.path.join(self.work, f"upstream-dual-{seed}"),
                                         warmup)
             reference.append(self.upstream_reference(dual))
-            layers = self.layers if self.layers is not None else _all_layers(base)
+            layers = () if self.cr_study else (
+                self.layers if self.layers is not None else _all_layers(base))
             events = R.run_upstream(R.keras_model_fn(dual, layers), self.records)
-            source = R.histories(events, self.half_life)
+            source = self.histories(events)
             rows = self.attach(source)
-            for mode in (C.NONE, C.UR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM,
-                         C.LFM4ADS_IIM, C.FINETUNE):
+            spectra.append(representation_spectra(rows["test"], events, self.split.test))
+            scores: dict[str, np.ndarray] = {}
+            modes = CR_STUDY_ROWS if self.cr_study else (
+                C.NONE, C.UR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM, C.LFM4ADS_IIM,
+                C.FINETUNE)
+            for mode in modes:
                 model, fit = self.ranker(rows, mode, seed, upstream_config=base,
                                          upstream_export=export)
-                runs[mode].append({**self.score(model, rows), **fit})
+                keep: list = []
+                runs[mode].append({**self.score(model, rows, keep=keep), **fit})
+                scores[mode] = keep[0]
                 self._log_run(mode, runs[mode][-1])
                 if mode == C.LFM4ADS:
                     domain_runs["both"].append(runs[mode][-1])
                     base_scores = runs[mode][-1]
                     for group, names in {**FIELD_GROUPS, **REPRESENTATION_GROUPS}.items():
-                        masked = self.score(model, rows, names)
+                        keep = []
+                        masked = self.score(model, rows, names, keep=keep)
                         importance.setdefault(group, []).append(
                             {k: _drop(base_scores.get(k), masked.get(k))
                              for k in ("auc", "expected_auc")})
+                        if group in REPRESENTATION_GROUPS:
+                            paired.setdefault(f"masked {group}", []).append(
+                                self.paired(scores[C.LFM4ADS], keep[0], seed))
+            for a, b in INTERVAL_PAIRS:
+                paired.setdefault(f"{a} - {b}", []).append(self.paired(scores[a], scores[b],
+                                                                       seed))
+            del scores
+            if self.cr_study:
+                del events, rows, source
+                tf.keras.backend.clear_session()
+                continue
             # The module warm-started from the upstream's ad branch (an option; the paper
             # re-initialises it, the `iim` row).
             model, fit = self.ranker(rows, C.IIM, seed, upstream_config=base,
@@ -248,15 +342,14 @@ class Ablation:
             runs[C.RETRIEVAL].append(self.retrieval(rows, source, seed))
             self._log_run(C.RETRIEVAL, runs[C.RETRIEVAL][-1])
             for layer in layers:  # Fig. 5: CR of one layer, linearly fused, on the baseline
-                layer_rows = self.attach(R.histories(events, self.half_life,
-                                                     cr_output=f"{R.CR}:{layer}"))
+                layer_rows = self.attach(self.histories(events, cr_output=f"{R.CR}:{layer}"))
                 model, fit = self.ranker(layer_rows, C.CR_LINEAR, seed, use_ur_ir=False)
                 layer_runs.setdefault(layer, []).append({**self.score(model, layer_rows), **fit})
                 self._log_run(f"layer {layer}", layer_runs[layer][-1])
             del events, rows, source
             shared, _ = self.upstream("shared", seed, dataclasses.replace(base, branches="shared"))
-            rows = self.attach(R.histories(
-                R.run_upstream(R.keras_model_fn(shared), self.records), self.half_life))
+            rows = self.attach(self.histories(
+                R.run_upstream(R.keras_model_fn(shared), self.records)))
             model, fit = self.ranker(rows, C.UR_SAME_BRANCH, seed)
             runs[C.UR_SAME_BRANCH].append({**self.score(model, rows), **fit})
             self._log_run(C.UR_SAME_BRANCH, runs[C.UR_SAME_BRANCH][-1])
@@ -269,22 +362,26 @@ class Ablation:
                 directory = domain_copy(self.files, domain,
                                         os.path.join(self.work, f"data-{domain.decode()}"))
                 model, _ = self.upstream(name, seed, config, data=directory)
-                rows = self.attach(R.histories(
-                    R.run_upstream(R.keras_model_fn(model), self.records), self.half_life))
+                rows = self.attach(self.histories(
+                    R.run_upstream(R.keras_model_fn(model), self.records)))
                 ranker, fit = self.ranker(rows, C.LFM4ADS, seed)
                 domain_runs[name].append({**self.score(ranker, rows), **fit})
                 self._log_run(f"lfm4ads, upstream on {name}", domain_runs[name][-1])
             tf.keras.backend.clear_session()
         return {
-            "rows": {mode: summarize(r) for mode, r in runs.items()},
+            "rows": {mode: summarize(r) for mode, r in runs.items() if r},
             "layers": {layer: summarize(r) for layer, r in layer_runs.items()},
-            "domains": {name: summarize(r) for name, r in domain_runs.items()},
+            "domains": {name: summarize(r) for name, r in domain_runs.items() if r},
             "importance": {group: summarize(r, ("auc", "expected_auc"))
                            for group, r in importance.items()},
             "upstream": {name: summarize(r, ("auc_ad", "auc_content", "expected_auc_ad"))
                          for name, r in self.upstream_metrics.items()},
             "reference": {"upstream ad head": summarize(reference)},
             "orderings": orderings(runs),
+            "intervals": {name: I.interval([d for d, _ in v], [b for _, b in v])
+                          for name, v in paired.items()},
+            "interval_metric": "expected_auc" if self.probabilities is not None else "auc",
+            "representations": summarize_spectra(spectra),
             "per_seed": {mode: [{k: r.get(k) for k in METRICS} for r in rs]
                          for mode, rs in runs.items()},
             "split": dataclasses.asdict(self.split),
@@ -299,6 +396,20 @@ class Ablation:
     def _log_run(self, name: str, result: dict) -> None:
         parts = [f"{k} {result[k]:.4f}" for k in METRICS if result.get(k) is not None]
         self.log(f"  {name}: " + ", ".join(parts))
+
+
+def summarize_spectra(spectra: list[dict]) -> dict:
+    """Per representation, the median over seeds of each `representation_spectra` figure,
+    and whether CR(u,i) meets issue 25's target (no dead unit, participation ratio at least
+    half of UR's)."""
+    out = {}
+    for name in SPECTRA:
+        out[name] = {k: float(np.median([s[name][k] or 0.0 for s in spectra]))
+                     for k in ("rows", "dim", "dead_units", "top_share", "participation_ratio",
+                               "effective_rank")}
+    out["cr_meets_target"] = bool(out["cr"]["dead_units"] == 0 and out["cr"][
+        "participation_ratio"] >= 0.5 * out["ur"]["participation_ratio"])
+    return out
 
 
 def _all_layers(config: ModelConfig) -> tuple[str, ...]:
@@ -364,6 +475,8 @@ def format_tables(result: dict) -> str:
     lines = [f"test window: {result['test_rows']} ad rows, {result['test_clicks']} clicks; "
              f"training {result['train_rows']}, validation {result['validation_rows']}; seeds "
              f"{result['seeds']}; {result['seconds']:.0f} s"]
+    if result.get("settings", {}).get("cr_domains"):
+        lines[0] += f"; CR(u,i) folded from: {result['settings']['cr_domains']} requests"
     header = (f"{'row':<28}{'AUC':>18}{'expected AUC':>18}{'GAUC':>9}{'logloss':>9}"
               f"{'cold AUC':>10}")
 
@@ -392,6 +505,24 @@ def format_tables(result: dict) -> str:
     for o in result.get("orderings", []):
         lines.append(f"{o['better'] + ' > ' + o['worse']:<36}{o['metric']:<16}"
                      f"{fmt(o['difference'], o['std']):>18}{o['seeds_holding']:>4}/{o['seeds']}")
+    if result.get("intervals"):
+        lines.extend(["", f"95% intervals of paired differences on {result['interval_metric']} "
+                      "(benchmarks.intervals: seeds' spread and a bootstrap over test users)",
+                      f"{'difference':<36}{'mean [95% interval]':<48}"])
+        for name, i in result["intervals"].items():
+            lines.append(f"{name:<36}{I.describe(i)}")
+    if result.get("representations"):
+        lines.extend(["", "What each representation holds on the test window's ad rows "
+                      "(median over seeds)",
+                      f"{'table':<10}{'rows':>8}{'width':>7}{'dead':>6}{'top share':>11}"
+                      f"{'PR':>8}{'eff. rank':>11}"])
+        for name in SPECTRA:
+            r = result["representations"][name]
+            lines.append(f"{name:<10}{r['rows']:>8.0f}{r['dim']:>7.0f}{r['dead_units']:>6.0f}"
+                         f"{r['top_share']:>11.1%}{r['participation_ratio']:>8.2f}"
+                         f"{r['effective_rank']:>11.2f}")
+        lines.append("CR(u,i) meets the target (no dead unit, PR >= UR's / 2): "
+                     f"{result['representations']['cr_meets_target']}")
     lines.extend(["", "Sec. 5.3.1: AUC drop of the lfm4ads ranker when a group is masked",
                   f"{'group':<28}{'AUC drop':>18}{'expected AUC drop':>20}"])
     for group, r in sorted(result["importance"].items(), key=lambda kv: -(kv[1]["auc"] or 0)):
@@ -401,7 +532,9 @@ def format_tables(result: dict) -> str:
 
 
 def _prepare(args) -> tuple[str, Split]:
-    data = args.data or datasets.prepare(args.dataset, args.cache, args.examples)
+    data = args.data or datasets.prepare(args.dataset, args.cache, args.examples,
+                                         seed=getattr(args, "sim_seed", 1),
+                                         world=getattr(args, "world", "two_tower"))
     files = data_input.list_files(data)
     if args.split_days or (args.dataset == "synthetic" and not args.data and not args.split):
         days = [float(x) for x in (args.split_days or "10,2,1").split(",")]
@@ -413,15 +546,20 @@ def _prepare(args) -> tuple[str, Split]:
 def ablate(dataset: str | None = None, data: str | None = None, seeds: int = 3,
            quick: bool = False, examples: int = 200_000, split_days: str | None = None,
            split: str | None = None, upstream_epochs: int = TrainConfig().epochs,
-           cache: str = os.path.join("build", "ablation"), log=None) -> dict:
+           cache: str = os.path.join("build", "ablation"), log=None,
+           cr_domains: str = CD.DEFAULT, world: str = "two_tower",
+           upstream_model: dict | None = None, cr_study: bool = False,
+           sim_seed: int = 1) -> dict:
     """Runs the ablation (the arguments are the command line's); returns the `--json` object.
 
     `log` gets one line per trained model (default: printed)."""
     if (dataset is None) == (data is None):
         raise ValueError("give one of dataset ('synthetic' or 'movielens') and data (a "
                          "directory in the project's schema)")
+    CD.check(cr_domains)
     args = argparse.Namespace(dataset=dataset, data=data, examples=examples,
-                              split_days=split_days, split=split, cache=cache)
+                              split_days=split_days, split=split, cache=cache, world=world,
+                              sim_seed=sim_seed)
     data, split = _prepare(args)
     train_config = C.DownstreamTrainConfig(epochs=3) if quick else C.DownstreamTrainConfig()
     config = C.DownstreamConfig()
@@ -431,12 +569,17 @@ def ablate(dataset: str | None = None, data: str | None = None, seeds: int = 3,
             upstream_epochs=1 if quick else upstream_epochs,
             train_config=train_config, config=config,
             layers=("embedding", f"mlp_{len(ModelConfig().mlp_hidden)}") if quick else None,
-            log=log or (lambda line: print(line, flush=True)))
+            log=log or (lambda line: print(line, flush=True)), cr_domains=cr_domains,
+            upstream_model=upstream_model, cr_study=cr_study)
         result = ablation.run()
     result["data"] = data
     result["settings"] = {"downstream": dataclasses.asdict(config),
                           "training": dataclasses.asdict(train_config),
-                          "upstream_epochs": ablation.upstream_epochs}
+                          "upstream_epochs": ablation.upstream_epochs,
+                          "cr_domains": cr_domains, "world": world if dataset == "synthetic"
+                          else None, "upstream_model": dataclasses.asdict(ablation.base_config),
+                          "cr_study": cr_study,
+                          "sim_seed": sim_seed if dataset == "synthetic" else None}
     return result
 
 
@@ -457,12 +600,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upstream_epochs", type=int, default=TrainConfig().epochs)
     p.add_argument("--cache", default=os.path.join("build", "ablation"),
                    help="where generated data sets are kept")
+    p.add_argument("--cr_domains", choices=CD.CHOICES, default=CD.DEFAULT,
+                   help="the requests whose CR(u,i) folds into CR(u), CR(i): ad (paper Sec. "
+                        "4.3.1) or all (content too)")
+    p.add_argument("--world", default="two_tower",
+                   help="the simulator's world (--dataset synthetic): two_tower | dynamic")
+    p.add_argument("--sim_seed", type=int, default=1,
+                   help="the simulator's seed (--dataset synthetic; 1 is the development "
+                        "world, reported studies use seeds no development choice read)")
+    p.add_argument("--upstream_model", type=json.loads, default=None,
+                   help='ModelConfig fields of the upstream, as JSON (e.g. \'{"cr_layer": null, '
+                        '"cr_activation": "post"}\': the paper\'s CR reading)')
+    p.add_argument("--cr_study", action="store_true",
+                   help="only the rows that say whether CR carries weight (none, ur, "
+                        "cr_linear, cr_latest, lfm4ads with the masking table)")
     p.add_argument("--json", action="store_true")
     console.add_verbose_flag(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     console.setup(args.verbose)
     result = ablate(args.dataset, args.data, args.seeds, args.quick, args.examples,
-                    args.split_days, args.split, args.upstream_epochs, args.cache)
+                    args.split_days, args.split, args.upstream_epochs, args.cache,
+                    cr_domains=args.cr_domains, world=args.world,
+                    upstream_model=args.upstream_model, cr_study=args.cr_study,
+                    sim_seed=args.sim_seed)
     print(format_tables(result))
     if args.json:
         print(json.dumps(result))

@@ -24,11 +24,19 @@ class ModelConfig:
     layer l, 1-based). `None` means the paper's choice, the penultimate MLP layer, i.e. the
     last hidden layer before the logit. How it is read:
       * `cr_activation`: `post` (the layer's output) or `pre` (an MLP layer's input to its
-        ReLU, so no unit reads as a constant 0; MLP layers only);
+        ReLU, so no unit reads as a constant 0; the embedding and the interaction layers have
+        no activation and read the same either way);
       * `cr_normalization`: `none` or `l2` (each CR(u,i) scaled to unit length);
       * `mlp_normalization`: `none` or `layer` (a LayerNormalization before every ReLU of the
         branches' MLPs: part of the model, not of the read; `trainer.mlp.MLP`).
-    The read CR is the `cr` output of `trainer.mix_tower.MixBranch`.
+    The read CR is the `cr` output of `trainer.mix_tower.MixBranch`. The default reads the
+    FIRST hidden MLP layer before its ReLU (`cr_layer="mlp_1"`, `cr_activation="pre"`): the
+    paper's reading (the `paper` preset: the last hidden layer after its ReLU) collapses here,
+    with half its units dead and one direction holding 90-99% of the variance, and the default
+    is the one reading of those measured that has no dead unit and a participation ratio at
+    least half of UR's on the simulator's two worlds and MovieLens-100K; the downstream
+    validation windows did not tell the readings apart (docs/BENCHMARKS.md, "Where CR is
+    read").
 
     Choices this implementation adds to the paper's Fig. 2, each measured in
     `docs/BENCHMARKS.md` (small ad data over-fits through ids):
@@ -90,8 +98,8 @@ class ModelConfig:
     low_rank: int = 32
     mlp_hidden: tuple[int, ...] = (256, 128, 64)
     branches: str = "dual"
-    cr_layer: str | None = None
-    cr_activation: str = "post"
+    cr_layer: str | None = "mlp_1"
+    cr_activation: str = "pre"
     cr_normalization: str = "none"
     mlp_normalization: str = "none"
     dropout: float = 0.0
@@ -131,11 +139,7 @@ class ModelConfig:
                 "ad_tower_gradient_scale needs branches='dual' (one shared branch serves both "
                 f"domains), got {self.ad_tower_gradient_scale} with branches='shared'"
             )
-        layer = self.resolved_cr_layer()  # validates cr_layer
-        if self.cr_activation == "pre" and not layer.startswith("mlp_"):
-            raise ValueError(
-                f"cr_activation='pre' reads an MLP layer before its ReLU; cr_layer "
-                f"{layer!r} has no activation (use cr_activation='post')")
+        self.resolved_cr_layer()  # validates cr_layer
 
     @classmethod
     def from_dict(cls, config: dict) -> ModelConfig:
@@ -148,9 +152,11 @@ class ModelConfig:
 
     def cr_output(self) -> str:
         """The `MixBranch` output the CR is read from before `cr_normalization`:
-        `resolved_cr_layer()`, or `pre_mlp_<l>` with `cr_activation='pre'`."""
+        `resolved_cr_layer()`, or `pre_mlp_<l>` with `cr_activation='pre'` (the embedding and
+        the interaction layers have no activation: `pre` reads them as they are)."""
         layer = self.resolved_cr_layer()
-        return f"pre_{layer}" if self.cr_activation == "pre" else layer
+        return f"pre_{layer}" if self.cr_activation == "pre" and layer.startswith("mlp_") else (
+            layer)
 
     def resolved_cr_layer(self) -> str:
         """The CR extraction point as `embedding`, `cross_<l>` or `mlp_<l>`."""
@@ -241,9 +247,11 @@ PRESETS: dict[str, dict[str, dict]] = {
     # dropout). Second of the three on both data sets.
     "default": {"model": {}, "train": {}},
     # Fig. 2 as published: the branches take [UR, IR, every field embedding, ids included], no
-    # id dropout, both domains train the shared towers, no additions. Best on MovieLens-100K,
-    # last on the simulator.
+    # id dropout, both domains train the shared towers, no additions, and CR read where the
+    # paper reads it (the last hidden MLP layer, after its ReLU). Best on MovieLens-100K, last
+    # on the simulator.
     "paper": {"model": {"ur_ir_product": False, "affinity_logit": False, "mix_id_fields": True,
+                        "cr_layer": None, "cr_activation": "post",
                         "id_dropout": 0.0}, "train": {}},
     # Tuned to the simulator, whose clicks are drawn from exactly these feature fields: the
     # shallow cos(U, V) path trained first, and the ad loss kept out of the shared towers. Best
@@ -275,8 +283,8 @@ FLAG_HELP = {
     "validation_days": "days before the eval window held out for early stopping (0: none)",
     "interaction": "the mix tower's interaction layers",
     "branches": "dual (the paper) or shared (one branch for both domains)",
-    "cr_layer": "where CR is read: embedding | cross_<l> | mlp_<l> "
-                "(default: the last hidden MLP layer)",
+    "cr_layer": "where CR is read: embedding | cross_<l> | mlp_<l> | none (none: the last "
+                "hidden MLP layer, the paper's)",
     "cr_activation": "read an MLP layer's output (post) or its input to the ReLU (pre)",
     "cr_normalization": "none, or l2: every CR(u,i) scaled to unit length",
     "mlp_normalization": "none, or layer: LayerNormalization before every ReLU of the branches",

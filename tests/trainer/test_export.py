@@ -170,7 +170,8 @@ def test_ad_branch_outputs_every_layer(exported):
     raw = F.parse_examples(tf.constant(exported[1]))
     model = LFM4AdsModel(ModelConfig(cr_layer="cross_2", **SMALL))
     out = model.ad_branch_outputs(raw)
-    assert sorted(out) == ["cross_1", "cross_2", "embedding", "mlp_1", "mlp_2"]
+    assert sorted(out) == ["cr", "cross_1", "cross_2", "embedding", "mlp_1", "mlp_2",
+                           "pre_mlp_1", "pre_mlp_2"]
     assert all(value.dtype == tf.float32 for value in out.values())
     np.testing.assert_array_equal(model.cross_representation(raw), out["cross_2"])
     np.testing.assert_allclose(model(raw)[S.CROSS_REPRESENTATION], out["cross_2"], rtol=1e-6)
@@ -182,7 +183,9 @@ def test_ad_branch_outputs_every_layer(exported):
         x = x0 * (x @ cross.kernel.numpy() + cross.bias.numpy()) + x
         np.testing.assert_allclose(out[f"cross_{layer}"], x, rtol=1e-4, atol=1e-6)
     for layer, dense in enumerate(model.ad_branch.mlp.dense_layers, 1):
-        x = np.maximum(x @ dense.kernel.numpy() + dense.bias.numpy(), 0.0)
+        pre = x @ dense.kernel.numpy() + dense.bias.numpy()
+        np.testing.assert_allclose(out[f"pre_mlp_{layer}"], pre, rtol=1e-4, atol=1e-5)
+        x = np.maximum(pre, 0.0)
         np.testing.assert_allclose(out[f"mlp_{layer}"], x, rtol=1e-4, atol=1e-6)
 
 

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import features as F
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import ModelConfig, TrainConfig, from_preset
 from trainer.model import LFM4AdsModel
 
 SMALL = dict(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(32, 16), tower_hidden=(16,),
@@ -24,7 +24,7 @@ def test_outputs_and_shapes(small_batch, interaction, branches):
     assert out["ad_prediction"].shape == (batch, 1)
     assert out["user_representation"].shape == (batch, 8)
     assert out["item_representation"].shape == (batch, 8)
-    assert out["cross_representation"].shape == (batch, 16)  # default: last hidden MLP layer
+    assert out["cross_representation"].shape == (batch, 32)  # default: mlp_1, before its ReLU
     p = out["ad_prediction"].numpy()
     assert np.all((p > 0) & (p < 1))
     same = np.allclose(out["ad_prediction"], out["content_prediction"])
@@ -49,7 +49,7 @@ def test_cr_layer_selects_the_named_output(small_batch, interaction, cr_layer, w
 
 
 def test_cr_read_before_the_activation_and_normalised(small_batch):
-    base = LFM4AdsModel(ModelConfig(cr_layer="mlp_1", **SMALL))
+    base = LFM4AdsModel(ModelConfig(cr_layer="mlp_1", cr_activation="post", **SMALL))
     base(small_batch)
     outputs = base.ad_branch_outputs(small_batch)
     # The ReLU of the pre-activation is the layer's output.
@@ -59,7 +59,8 @@ def test_cr_read_before_the_activation_and_normalised(small_batch):
             ({"cr_normalization": "l2"}, tf.math.l2_normalize(outputs["mlp_1"], axis=-1)),
             ({"cr_activation": "pre", "cr_normalization": "l2"},
              tf.math.l2_normalize(outputs["pre_mlp_1"], axis=-1))):
-        model = LFM4AdsModel(ModelConfig(cr_layer="mlp_1", **SMALL, **kwargs))
+        model = LFM4AdsModel(ModelConfig(**{"cr_layer": "mlp_1", "cr_activation": "post",
+                                            **SMALL, **kwargs}))
         model(small_batch)
         model.set_weights(base.get_weights())  # same weights, another read
         np.testing.assert_allclose(model.cross_representation(small_batch), expected, atol=1e-5)
@@ -77,9 +78,15 @@ def test_layer_normalised_mlp_keeps_every_unit_alive(small_batch):
     assert any("mlp/norm_2/gamma" in n for n in names), names
 
 
+def test_default_and_paper_readings():
+    assert (ModelConfig().cr_output(), ModelConfig().cr_normalization) == ("pre_mlp_1", "none")
+    paper, _ = from_preset("paper")
+    assert paper.cr_output() == "mlp_3"  # the last hidden layer, after its ReLU
+
+
 def test_bad_cr_read():
-    with pytest.raises(ValueError, match="cr_layer 'cross_1' has no activation"):
-        ModelConfig(cr_layer="cross_1", cr_activation="pre")
+    # layers without an activation read the same before and after it
+    assert ModelConfig(cr_layer="cross_1", cr_activation="pre").cr_output() == "cross_1"
     with pytest.raises(ValueError, match=r"cr_normalization must be one of .* got 'l1'"):
         ModelConfig(cr_normalization="l1")
     with pytest.raises(ValueError, match=r"mlp_normalization must be one of .* got 'batch'"):

@@ -47,3 +47,31 @@ def test_ablate_takes_exactly_one_data_source():
         ablation.ablate()
     with pytest.raises(ValueError, match="give one of dataset"):
         ablation.ablate(dataset="synthetic", data="some/dir")
+
+
+def test_cr_study_reports_masking_intervals_and_spectra(downstream_data, capsys):
+    """`--cr_study` trains only the CR rows, with the paper's CR reading given as JSON; the
+    result has the masking and ordering intervals and what each representation holds."""
+    assert ablation.main(["--data", downstream_data, "--split_days", "3,1,1", "--seeds", "2",
+                          "--quick", "--cr_study", "--cr_domains", "all", "--upstream_model",
+                          '{"cr_layer": null, "cr_activation": "post"}', "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result["rows"]) == set(ablation.CR_STUDY_ROWS)
+    assert result["layers"] == {} and set(result["domains"]) == {"both"}
+    assert result["settings"]["upstream_model"]["cr_layer"] is None
+    assert result["settings"]["cr_domains"] == "all"
+    assert {"masked CR(u)+CR(i)", "lfm4ads - cr_latest", "lfm4ads - cr_linear"} <= set(
+        result["intervals"])
+    for name, i in result["intervals"].items():
+        assert i["low"] <= i["mean"] <= i["high"] and i["seeds"] == 2, name
+        assert i["holds"] == (i["low"] > 0 or i["high"] < 0), name
+    reps = result["representations"]
+    assert reps["cr"]["dim"] == 64 and reps["ur"]["rows"] == reps["cr"]["rows"] > 0
+    assert "95% intervals" in out and "What each representation holds" in out
+
+
+def test_a_bad_upstream_field_is_named(downstream_data):
+    with pytest.raises(TypeError, match="cr_layers"):
+        ablation.ablate(data=downstream_data, split_days="3,1,1", seeds=1, quick=True,
+                        upstream_model={"cr_layers": "mlp_1"})

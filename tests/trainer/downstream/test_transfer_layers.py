@@ -14,8 +14,10 @@ from trainer.downstream.linear_fusion import LinearFusion
 from trainer.mix_tower import MixBranch
 
 BATCH, FIELDS, WIDTH, D_CR = 4, 3, 5, 6
+# The paper's CR reading (the last hidden MLP layer, after its ReLU), which the IIM's output
+# follows (Eq. 5's f_DNN).
 IIM_CONFIG = ModelConfig(representation_dim=4, mlp_hidden=(8, 6), num_interaction_layers=2,
-                         embedding_dim=3)
+                         embedding_dim=3, cr_layer=None, cr_activation="post")
 
 
 def _sigmoid(x):
