@@ -29,7 +29,7 @@ with a 95% interval
 `mean +- t_{k-1, 0.975} * SE`, `SE^2 = (s^2_seeds + mean_s var_boot_s) / k` (s^2: the
 per-seed differences' variance, ddof 1; var_boot_s: a paired bootstrap over the validation
 window's users within seed s, 200 draws), and the smallest difference such a run could detect
-(`2.8 * SE`: 80% power at 5%). A difference holds when its interval excludes 0.
+(`benchmarks.intervals`: 80% power at 5%). A difference holds when its interval excludes 0.
 `--json` ends with one JSON object.
 """
 

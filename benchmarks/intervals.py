@@ -9,7 +9,8 @@ row of a drawn user taken), its test-sampling variance `v_s`. Over k seeds:
 
 (`s^2`: the per-seed differences' variance, ddof 1: the training seeds' spread). The
 difference *holds* when the interval excludes 0; the smallest difference such a run could
-detect (80% power at the 5% level) is `2.8 * SE`. The metric is the AUC in expectation over the
+detect (80% power at the 5% level) is `(t_{k-1, 0.975} + t_{k-1, 0.80}) * SE` (5.4 SE at 3
+seeds, 2.8 SE as k grows). The metric is the AUC in expectation over the
 labels' draw where the simulator's oracle gives each row's click probability (then `v_s` is
 small: only the rows are resampled), else the drawn-label AUC.
 
@@ -30,7 +31,14 @@ from trainer import features as F
 from trainer.evaluation import auc, expected_auc
 
 BOOTSTRAP = 200
-DETECTABLE_FACTOR = 2.8  # z_{0.975} + z_{0.80}
+
+
+def detectable_factor(k: int) -> float:
+    """`t_{k-1, 0.975} + t_{k-1, 0.80}` (normal quantiles when k = 1): the smallest detectable
+    difference in units of SE, at 5% two-sided and 80% power."""
+    if k > 1:
+        return float(scipy_stats.t.ppf(0.975, k - 1) + scipy_stats.t.ppf(0.80, k - 1))
+    return float(scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.80))
 
 
 def metric(rows, scores, probabilities) -> float | None:
@@ -68,7 +76,7 @@ def paired_bootstrap(users, a, b, seed: int, draws: int = BOOTSTRAP) -> np.ndarr
 
 def interval(differences: list[float], boot_variances: list[float]) -> dict:
     """The module doc's interval of a mean paired difference over seeds: mean, low, high, se,
-    detectable (2.8 SE), holds, seeds."""
+    detectable (`detectable_factor(k) * se`), holds, seeds."""
     k = len(differences)
     if k == 0:
         raise ValueError("interval needs at least one difference")
@@ -79,7 +87,7 @@ def interval(differences: list[float], boot_variances: list[float]) -> dict:
     mean = float(d.mean())
     low, high = mean - t * se, mean + t * se
     return {"mean": mean, "low": low, "high": high, "se": se,
-            "detectable": DETECTABLE_FACTOR * se, "holds": bool(low > 0 or high < 0),
+            "detectable": detectable_factor(k) * se, "holds": bool(low > 0 or high < 0),
             "seeds": k}
 
 

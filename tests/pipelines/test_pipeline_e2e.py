@@ -161,8 +161,18 @@ def test_published_tables_match_the_artifacts(first_run, workdir):
         assert np.isfinite(matrix).all()
         assert set(versions.tolist()) == {first_run["pushed_version"]}
         sizes[table] = len(keys)
-    assert sizes[A.CROSS_USER_TABLE] == first_run["cr_users"] == first_run["ur_rows"]
-    assert sizes[A.CROSS_ITEM_TABLE] == first_run["cr_items"] == first_run["ir_rows"]
+    # CR(u), CR(i) fold ad requests only (cr_domains "ad", Sec. 4.3.1): a row per user and
+    # item met by an ad; UR, IR a row per user and item of every request.
+    files = data_input.list_files(str(workdir / "data1"))
+    ds = data_input.make_dataset(files, 4096, names=(F.USER_ID, F.ITEM_ID, F.DOMAIN))
+    batches = list(ds)
+    ids = {k: np.concatenate([b[k].numpy() for b in batches]) for k in (F.USER_ID, F.ITEM_ID,
+                                                                         F.DOMAIN)}
+    ad = ids[F.DOMAIN] == F.DOMAIN_AD
+    assert first_run["cr_domains"] == "ad"
+    assert sizes[A.CROSS_USER_TABLE] == first_run["cr_users"] == len(set(ids[F.USER_ID][ad]))
+    assert sizes[A.CROSS_ITEM_TABLE] == first_run["cr_items"] == len(set(ids[F.ITEM_ID][ad]))
+    assert first_run["cr_users"] < first_run["ur_rows"]  # some users met no ad
     # The guard loaded the published version into the serving store (SQLite by default).
     store = open_store(first_run["store_url"])
     try:
@@ -176,15 +186,14 @@ def test_published_tables_match_the_artifacts(first_run, workdir):
     finally:
         store.close()
     # Every user and item of the data has a row (the extractor reads both splits).
-    files = data_input.list_files(str(workdir / "data1"))
-    ds = data_input.make_dataset(files, 4096, names=(F.USER_ID, F.ITEM_ID))
-    users = set(np.concatenate([b[F.USER_ID].numpy() for b in ds]).tolist())
-    assert sizes[A.USER_TABLE] == len(users)
+    assert sizes[A.USER_TABLE] == len(set(ids[F.USER_ID]))
+    assert sizes[A.ITEM_TABLE] == len(set(ids[F.ITEM_ID]))
 
 
 def test_online_loop_serves_the_pushed_model_and_updates_the_store(first_run, workdir):
     """The next day's requests (the last 64 examples, a day later) go through the in-process
-    server and update UR and CR(u) of their users in the store."""
+    server and update UR of their users in the store, and CR(u) of the users among them who
+    met an ad (a content request leaves CR(u) as it was)."""
     data = str(workdir / "data1")
     out = local_runner.online_check(data, first_run, 64)
     assert out["online_requests"] == 64 and out["online_batches"] == 2
@@ -197,18 +206,27 @@ def test_online_loop_serves_the_pushed_model_and_updates_the_store(first_run, wo
     _, hi = data_input.time_range(files)
     latest = [r.numpy() for r in data_input.records_in_window(files, start=hi + 1 - 86_400)]
     last_seen: dict[bytes, int] = {}
+    last_ad: dict[bytes, int] = {}
     for record in latest[-64:]:
         f = tf.train.Example.FromString(record).features.feature
-        user = f[F.USER_ID].bytes_list.value[0]
-        last_seen[user] = max(last_seen.get(user, 0), f[F.TIMESTAMP].int64_list.value[0])
+        user, t = f[F.USER_ID].bytes_list.value[0], f[F.TIMESTAMP].int64_list.value[0]
+        last_seen[user] = max(last_seen.get(user, 0), t)
+        if f[F.DOMAIN].bytes_list.value[0] == F.DOMAIN_AD:
+            last_ad[user] = max(last_ad.get(user, 0), t)
     users = sorted(last_seen)
+    assert out["online_cr_domains"] == "ad" and 0 < len(last_ad) < len(users)
     store = open_store(first_run["store_url"])
     try:
-        for table in (A.USER_TABLE, A.CROSS_USER_TABLE):
-            rows = store.get(table, users)
-            assert rows.found.all()
-            assert rows.updated_at.tolist() == [last_seen[u] + 86_400 for u in users], table
-            assert set(rows.model_version.tolist()) == {first_run["pushed_version"]}
+        rows = store.get(A.USER_TABLE, users)
+        assert rows.found.all()
+        assert rows.updated_at.tolist() == [last_seen[u] + 86_400 for u in users]
+        assert set(rows.model_version.tolist()) == {first_run["pushed_version"]}
+        cross = store.get(A.CROSS_USER_TABLE, users)
+        for user, found, updated_at in zip(users, cross.found, cross.updated_at, strict=True):
+            if user in last_ad:
+                assert found and updated_at == last_ad[user] + 86_400, user
+            else:  # only content requests of this user in the replay: CR(u) untouched
+                assert not found or updated_at < min(last_seen.values()) + 86_400, user
     finally:
         store.close()
 

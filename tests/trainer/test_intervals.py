@@ -17,7 +17,8 @@ def test_interval_combines_seed_spread_and_bootstrap_variance():
     t = stats.t.ppf(0.975, 2)
     assert i["mean"] == pytest.approx(0.02) and i["se"] == pytest.approx(se)
     assert (i["low"], i["high"]) == pytest.approx((0.02 - t * se, 0.02 + t * se))
-    assert i["detectable"] == pytest.approx(2.8 * se)
+    assert i["detectable"] == pytest.approx((t + stats.t.ppf(0.8, 2)) * se)
+    assert i["detectable"] > i["high"] - i["mean"]  # a detectable effect would be resolved
     assert i["holds"] == (i["low"] > 0)  # here: not, the interval reaches below 0
     assert not i["holds"] and "not resolved" in I.describe(i)
     tight = I.interval([0.02, 0.021, 0.019], [1e-8] * 3)
@@ -56,7 +57,9 @@ def test_interval_by_hand():
     assert out["mean"] == pytest.approx(0.02) and out["se"] == pytest.approx(se)
     assert (out["low"], out["high"]) == (pytest.approx(0.02 - t * se),
                                          pytest.approx(0.02 + t * se))
-    assert out["detectable"] == pytest.approx(2.8 * se) and not out["holds"]
+    assert out["detectable"] == pytest.approx((t + stats.t.ppf(0.8, 1)) * se)
+    assert not out["holds"]
+    assert I.detectable_factor(1000) == pytest.approx(2.8, abs=0.01)
     tight = I.interval([0.02, 0.021, 0.019], [0.0, 0.0, 0.0])
     assert tight["holds"] and tight["low"] > 0
 
