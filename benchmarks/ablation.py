@@ -71,7 +71,7 @@ from trainer.train import fit_and_evaluate
 
 DAY = F.DAY
 IIM_WARM = "iim (warm start)"
-TABLE_ROWS = (C.NONE, C.UR, C.UR_SAME_BRANCH, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM,
+TABLE_ROWS = (C.NONE, C.UR, C.UR_SAME_BRANCH, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM,
               IIM_WARM, C.LFM4ADS_IIM, C.FINETUNE, C.RETRIEVAL)
 METRICS = ("auc", "expected_auc", "gauc", "logloss", "auc_cold_start")
 CR_GROUP = (S.CR_USER_FEATURE, S.CR_ITEM_FEATURE)
@@ -83,10 +83,12 @@ REPRESENTATION_GROUPS = {
 ALL_FEATURES = tuple(P.FEATURE_TABLES)  # every representation feature a mode may read
 # `--cr_study`: the rows that say whether CR carries weight (Sec. 5.3.1 masking on lfm4ads;
 # lfm4ads against cr_latest, the aggregation, and cr_linear, the adapter).
-CR_STUDY_ROWS = (C.NONE, C.UR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS)
+CR_STUDY_ROWS = (C.NONE, C.UR, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS)
 # Differences reported with a 95% interval (`benchmarks.intervals`): (a, b) for a - b.
-INTERVAL_PAIRS = ((C.LFM4ADS, C.NONE), (C.LFM4ADS, C.UR), (C.LFM4ADS, C.CR_LATEST),
-                  (C.LFM4ADS, C.CR_LINEAR), (C.UR, C.NONE))
+# lfm4ads - ur_ir is CR's own share; lfm4ads - ur mixes IR in.
+INTERVAL_PAIRS = ((C.LFM4ADS, C.NONE), (C.LFM4ADS, C.UR), (C.LFM4ADS, C.UR_IR),
+                  (C.LFM4ADS, C.CR_LATEST), (C.LFM4ADS, C.CR_LINEAR), (C.UR, C.NONE),
+                  (C.UR_IR, C.NONE))
 # What each representation holds (`representation_spectra`): name -> feature (None: CR(u,i)).
 SPECTRA = {"ur": S.UR_FEATURE, "ir": S.IR_FEATURE, "cr": None, "cr_user": S.CR_USER_FEATURE,
            "cr_item": S.CR_ITEM_FEATURE}
@@ -304,8 +306,8 @@ class Ablation:
             spectra.append(representation_spectra(rows["test"], events, self.split.test))
             scores: dict[str, np.ndarray] = {}
             modes = CR_STUDY_ROWS if self.cr_study else (
-                C.NONE, C.UR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM, C.LFM4ADS_IIM,
-                C.FINETUNE)
+                C.NONE, C.UR, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM,
+                C.LFM4ADS_IIM, C.FINETUNE)
             for mode in modes:
                 model, fit = self.ranker(rows, mode, seed, upstream_config=base,
                                          upstream_export=export)
@@ -424,7 +426,8 @@ def _drop(base, masked):
 # The orderings: (better, worse, metric); compared per seed (the same upstream and the
 # same downstream seed on both sides), so the upstream's own seed-to-seed spread cancels.
 ORDERINGS = (
-    (C.LFM4ADS, C.NONE, None), (C.LFM4ADS, C.UR, None), (C.UR, C.NONE, None),
+    (C.LFM4ADS, C.NONE, None), (C.LFM4ADS, C.UR, None), (C.LFM4ADS, C.UR_IR, None),
+    (C.UR, C.NONE, None),
     (C.LFM4ADS, C.CR_LINEAR, None), (C.LFM4ADS, C.CR_LATEST, None),
     (C.UR, C.UR_SAME_BRANCH, None), (C.LFM4ADS, C.UR, "auc_cold_start"),
 )

@@ -9,6 +9,7 @@ from trainer import signatures as S
 NONE = "none"
 UR = "ur"
 UR_SAME_BRANCH = "ur_same_branch"
+UR_IR = "ur_ir"
 CR_LINEAR = "cr_linear"
 CR_LATEST = "cr_latest"
 LFM4ADS = "lfm4ads"
@@ -16,14 +17,16 @@ IIM = "iim"
 LFM4ADS_IIM = "lfm4ads_iim"
 FINETUNE = "finetune"
 RETRIEVAL = "retrieval"
-MODES = (NONE, UR, UR_SAME_BRANCH, CR_LINEAR, CR_LATEST, LFM4ADS, IIM, LFM4ADS_IIM, FINETUNE,
-         RETRIEVAL)
+MODES = (NONE, UR, UR_SAME_BRANCH, UR_IR, CR_LINEAR, CR_LATEST, LFM4ADS, IIM, LFM4ADS_IIM,
+         FINETUNE, RETRIEVAL)
 RANKER_MODES = MODES[:-1]  # `retrieval` is a model of its own (StandaloneRetrieval)
 
 # What each mode reads of the upstream (paper Table 1, Sec. 3.4):
 #   none            the downstream features alone (the baseline)
 #   ur              UR as a feature (SUM, dual-branch upstream)
 #   ur_same_branch  the same, UR from an upstream trained with one shared branch
+#   ur_ir           UR and IR as features, no CR: lfm4ads - ur_ir is CR's own share (lfm4ads -
+#                   ur mixes IR in)
 #   cr_linear       UR, IR as features, CR(u), CR(i) linearly fused (LinearFusion)
 #   cr_latest       UR, IR as features, the adapter on the latest CR(u,i) of the user and of
 #                   the item before the row (no aggregation)
@@ -39,6 +42,7 @@ MODE_FEATURES = {
     NONE: (),
     UR: (S.UR_FEATURE,),
     UR_SAME_BRANCH: (S.UR_FEATURE,),
+    UR_IR: _UR_IR,
     CR_LINEAR: _UR_IR + _CRS,
     CR_LATEST: _UR_IR + (S.CR_LATEST_USER_FEATURE, S.CR_LATEST_ITEM_FEATURE),
     LFM4ADS: _UR_IR + _CRS,
@@ -49,7 +53,8 @@ MODE_FEATURES = {
 }
 # The representation features each mode concatenates into the ranker's input as they are.
 MODE_DENSE_FEATURES = {
-    NONE: (), UR: (S.UR_FEATURE,), UR_SAME_BRANCH: (S.UR_FEATURE,), CR_LINEAR: _UR_IR,
+    NONE: (), UR: (S.UR_FEATURE,), UR_SAME_BRANCH: (S.UR_FEATURE,), UR_IR: _UR_IR,
+    CR_LINEAR: _UR_IR,
     CR_LATEST: _UR_IR, LFM4ADS: _UR_IR, IIM: (), LFM4ADS_IIM: _UR_IR, FINETUNE: (),
     RETRIEVAL: (),
 }

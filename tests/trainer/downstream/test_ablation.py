@@ -6,6 +6,7 @@ import json
 import pytest
 
 from benchmarks import ablation
+from trainer import signatures as S
 from trainer.downstream import config as C
 
 
@@ -61,14 +62,23 @@ def test_cr_study_reports_masking_intervals_and_spectra(downstream_data, capsys)
     assert result["layers"] == {} and set(result["domains"]) == {"both"}
     assert result["settings"]["upstream_model"]["cr_layer"] is None
     assert result["settings"]["cr_domains"] == "all"
-    assert {"masked CR(u)+CR(i)", "lfm4ads - cr_latest", "lfm4ads - cr_linear"} <= set(
-        result["intervals"])
+    assert {"masked CR(u)+CR(i)", "lfm4ads - cr_latest", "lfm4ads - cr_linear",
+            "lfm4ads - ur_ir"} <= set(result["intervals"])
     for name, i in result["intervals"].items():
         assert i["low"] <= i["mean"] <= i["high"] and i["seeds"] == 2, name
         assert i["holds"] == (i["low"] > 0 or i["high"] < 0), name
     reps = result["representations"]
     assert reps["cr"]["dim"] == 64 and reps["ur"]["rows"] == reps["cr"]["rows"] > 0
     assert "95% intervals" in out and "What each representation holds" in out
+
+
+def test_ur_ir_reads_ur_and_ir_and_no_cr():
+    config = C.DownstreamConfig(mode=C.UR_IR)
+    assert config.representation_features == config.dense_features == (
+        S.UR_FEATURE, S.IR_FEATURE)
+    lfm4ads = C.DownstreamConfig(mode=C.LFM4ADS)
+    assert set(lfm4ads.representation_features) - set(config.representation_features) == {
+        S.CR_USER_FEATURE, S.CR_ITEM_FEATURE}  # lfm4ads - ur_ir: CR's own share
 
 
 def test_a_bad_upstream_field_is_named(downstream_data):
