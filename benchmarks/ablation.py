@@ -267,20 +267,34 @@ class Ablation:
         return float(diff), float(np.var(draws, ddof=1))
 
     def retrieval(self, rows, source, seed: int) -> dict:
-        """Eq. 6 as the whole model: AUC of its score on the test rows, recall@k against the
-        test window's items as the item table held them when the window began."""
+        """Eq. 6 as the whole model: AUC of its score on the test rows, recall@k against every
+        item known before the window, as the item table held them when the window began."""
         model, fit = DT.train_retrieval(self.config, dataclasses.replace(self.train_config,
                                                                          seed=seed),
                                         rows["train"], rows["validation"])
         test = rows["test"]
         result = {**DT.evaluate(test, DT.retrieval_scores(model, test), self.train_items,
                                 self.probabilities, calibrated=False), **fit}
-        items = np.unique(test[F.ITEM_ID])
+        items = self.items_before(self.split.test[0])
         known = source.lookup(T.ITEM_TABLE, items,
                               np.full(items.shape[0], self.split.test[0], np.int64))
         result.update(DT.retrieval_recall(model, test, items[known.found],
                                           known.vectors[known.found]))
+        result["recall_candidates"] = int(known.found.sum())
         return result
+
+    def items_before(self, t: int) -> np.ndarray:
+        """Every item of a request before `t` (the retrieval's candidates: what the item
+        table holds when the test window begins, not only the window's own items)."""
+        if not hasattr(self, "_item_times"):
+            parsed = [tf.io.parse_example(batch, F.feature_spec((F.ITEM_ID, F.TIMESTAMP)))
+                      for batch in tf.data.Dataset.from_tensor_slices(
+                          tf.constant(self.records, tf.string)).batch(8192)]
+            self._item_times = (
+                np.concatenate([p[F.ITEM_ID].numpy() for p in parsed]).astype(object),
+                np.concatenate([p[F.TIMESTAMP].numpy() for p in parsed]).astype(np.int64))
+        ids, times = self._item_times
+        return np.unique(ids[times < t])
 
     def run(self) -> dict:
         started = time.perf_counter()
@@ -383,6 +397,7 @@ class Ablation:
             "intervals": {name: I.interval([d for d, _ in v], [b for _, b in v])
                           for name, v in paired.items()},
             "interval_metric": "expected_auc" if self.probabilities is not None else "auc",
+            "transfer_ratio": transfer_ratios(runs, reference),
             "representations": summarize_spectra(spectra),
             "per_seed": {mode: [{k: r.get(k) for k in METRICS} for r in rs]
                          for mode, rs in runs.items()},
@@ -398,6 +413,25 @@ class Ablation:
     def _log_run(self, name: str, result: dict) -> None:
         parts = [f"{k} {result[k]:.4f}" for k in METRICS if result.get(k) is not None]
         self.log(f"  {name}: " + ", ".join(parts))
+
+
+def transfer_ratios(runs: dict[str, list[dict]], reference: list[dict]) -> dict:
+    """Per mode, the mean over seeds of `(mode - none) / (upstream ad head - none)` on the
+    expected AUC where the oracle exists, else the AUC: the share of the upstream's own gain
+    over the baseline that the ranker keeps (None when the upstream does not beat `none`)."""
+    out = {}
+    base = runs.get(C.NONE, [])
+    if not base or not reference:
+        return out
+    key = "expected_auc" if base[0].get("expected_auc") is not None else "auc"
+    for mode, rs in runs.items():
+        ratios = []
+        for r, b, up in zip(rs, base, reference, strict=False):
+            if r.get(key) is None or up.get(key) is None or up[key] <= b[key]:
+                continue
+            ratios.append((r[key] - b[key]) / (up[key] - b[key]))
+        out[mode] = float(np.mean(ratios)) if ratios else None
+    return out
 
 
 def summarize_spectra(spectra: list[dict]) -> dict:
@@ -461,7 +495,8 @@ def summarize(runs: list[dict], keys=METRICS) -> dict:
         values = [r[key] for r in runs if r.get(key) is not None]
         out[key] = float(np.mean(values)) if values else None
         out[f"{key}_std"] = float(np.std(values)) if len(values) > 1 else None
-    for key in ("recall_at_10", "recall_at_100", "epochs", "best_epoch"):
+    for key in ("recall_at_10", "recall_at_100", "recall_candidates", "epochs", "best_epoch",
+                "trainable_parameters"):
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             out[key] = float(np.mean(values))
@@ -470,10 +505,10 @@ def summarize(runs: list[dict], keys=METRICS) -> dict:
 
 
 def format_tables(result: dict) -> str:
-    def fmt(value, std=None):
+    def fmt(value, std=None, digits=4):
         if value is None:
             return "n/a"
-        return f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+        return f"{value:.{digits}f}" + (f" ± {std:.4f}" if std is not None else "")
 
     lines = [f"test window: {result['test_rows']} ad rows, {result['test_clicks']} clicks; "
              f"training {result['train_rows']}, validation {result['validation_rows']}; seeds "
@@ -481,7 +516,8 @@ def format_tables(result: dict) -> str:
     if result.get("settings", {}).get("cr_domains"):
         lines[0] += f"; CR(u,i) folded from: {result['settings']['cr_domains']} requests"
     header = (f"{'row':<28}{'AUC':>18}{'expected AUC':>18}{'GAUC':>9}{'logloss':>9}"
-              f"{'cold AUC':>10}")
+              f"{'cold AUC':>10}{'params':>10}{'ratio':>7}")
+    ratios = result.get("transfer_ratio", {})
 
     def table(title, rows):
         lines.extend(["", title, header])
@@ -490,7 +526,9 @@ def format_tables(result: dict) -> str:
             lines.append(f"{name:<28}{fmt(r['auc'], r.get('auc_std')):>18}"
                          f"{fmt(r['expected_auc'], r.get('expected_auc_std')):>18}"
                          f"{fmt(r['gauc']):>9}{fmt(r['logloss']):>9}"
-                         f"{fmt(r['auc_cold_start']):>10}")
+                         f"{fmt(r['auc_cold_start']):>10}"
+                         f"{r.get('trainable_parameters') or 0:>10,.0f}"
+                         f"{fmt(ratios.get(name), None, 2):>7}")
             if name != C.NONE and r.get("auc") is not None and base.get("auc") is not None:
                 lines[-1] += f"   Δ AUC {r['auc'] - base['auc']:+.4f}"
             if r.get("recall_at_10") is not None:
@@ -498,6 +536,10 @@ def format_tables(result: dict) -> str:
                               f"{r['recall_at_100']:.4f}")
 
     table("Table 1 and the other transfer modes", result["rows"])
+    lines.append("params: trainable weights of the ranker (finetune: the upstream towers too; "
+                 "finetune and the IIM modes add capacity and stay out of the orderings); "
+                 "ratio: (row - none) / (upstream ad head - none), the share of the upstream's "
+                 "own gain the ranker keeps")
     if result.get("reference"):
         table("Reference, not a downstream mode: the upstream's own ad head",
               result["reference"])

@@ -114,7 +114,7 @@ class ExactValidationAUC(tf.keras.callbacks.Callback):
 def _fit(model, train_rows: D.Rows, validation_rows: D.Rows | None, score_fn,
          train_config: C.DownstreamTrainConfig, verbose: int, started: float) -> dict:
     """Keras `fit`; with validation rows, early stopping on their exact AUC (best weights
-    kept). Returns `{"epochs", "best_epoch", "seconds"}`."""
+    kept). Returns `{"epochs", "best_epoch", "trainable_parameters", "seconds"}`."""
     callbacks = []
     if validation_rows is not None and D.size(validation_rows):
         callbacks = [ExactValidationAUC(validation_rows, score_fn),
@@ -127,7 +127,13 @@ def _fit(model, train_rows: D.Rows, validation_rows: D.Rows | None, score_fn,
     best = (int(np.argmax(history.history["val_auc"])) + 1 if "val_auc" in history.history
             else epochs)
     return {"epochs": epochs, "best_epoch": best,
+            "trainable_parameters": trainable_parameters(model),
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def trainable_parameters(model) -> int:
+    """The number of trainable weights (upstream towers included when fine-tuned)."""
+    return int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
 
 
 def train_ranker(config: C.DownstreamConfig, train_config: C.DownstreamTrainConfig,
@@ -136,7 +142,7 @@ def train_ranker(config: C.DownstreamConfig, train_config: C.DownstreamTrainConf
                  verbose: int = 0) -> tuple[DownstreamRanker, dict]:
     """Fits a `DownstreamRanker`; with `validation_rows`, stops early on their exact AUC
     (`ExactValidationAUC`) and keeps the best epoch's weights. Returns the model and
-    `{"epochs", "best_epoch", "seconds"}`."""
+    `{"epochs", "best_epoch", "trainable_parameters", "seconds"}`."""
     tf.keras.utils.set_random_seed(train_config.seed)
     started = time.perf_counter()
     dims = {name: int(train_rows[name].shape[1]) for name in config.representation_features}

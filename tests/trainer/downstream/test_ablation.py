@@ -22,6 +22,12 @@ def test_quick_ablation_reports_every_row(downstream_data, capsys):
         assert row["expected_auc"] is not None, mode  # the synthetic oracle is read
     assert result["rows"][C.RETRIEVAL]["logloss"] is None  # a score, not a probability
     assert result["rows"][C.RETRIEVAL]["recall_at_10"] is not None
+    # candidates: every item known before the test window, not only the window's own
+    assert result["rows"][C.RETRIEVAL]["recall_candidates"] > 0
+    params = {m: r["trainable_parameters"] for m, r in result["rows"].items()}
+    assert params[C.NONE] < params[C.UR] < params[C.UR_IR] < params[C.LFM4ADS] < params[
+        C.FINETUNE], params
+    assert set(result["transfer_ratio"]) <= set(result["rows"]) | {ablation.IIM_WARM}
     assert set(result["layers"]) == {"embedding", "mlp_3"}
     assert set(result["domains"]) == {"content only", "ads only", "both"}
     assert {"UR", "IR", "CR(u)", "CR(i)", "ids", "all representations"} <= set(
@@ -85,3 +91,13 @@ def test_a_bad_upstream_field_is_named(downstream_data):
     with pytest.raises(TypeError, match="cr_layers"):
         ablation.ablate(data=downstream_data, split_days="3,1,1", seeds=1, quick=True,
                         upstream_model={"cr_layers": "mlp_1"})
+
+
+def test_transfer_ratio_is_the_share_of_the_upstreams_gain():
+    runs = {C.NONE: [{"expected_auc": 0.60}, {"expected_auc": 0.60}],
+            C.LFM4ADS: [{"expected_auc": 0.62}, {"expected_auc": 0.61}]}
+    reference = [{"expected_auc": 0.64}, {"expected_auc": 0.59}]  # seed 2: no upstream gain
+    ratios = ablation.transfer_ratios(runs, reference)
+    assert ratios[C.LFM4ADS] == pytest.approx(0.5)  # (0.62 - 0.60) / (0.64 - 0.60); seed 2 out
+    assert ratios[C.NONE] == 0.0
+    assert ablation.transfer_ratios(runs, [{"expected_auc": 0.5}] * 2)[C.LFM4ADS] is None
