@@ -15,7 +15,7 @@ For a batch of requests (serialized tf.Examples of (user, item) pairs with their
    CR(u), CR(i) with the store's atomic time-aware EMA (Eq. 1-2, the offline aggregator's
    tie rule) for the requests `cr_domains` selects (`trainer.representations.cr_domains`:
    `"ad"`, the default, folds ad requests only, paper Sec. 4.3.1; `"all"` every request).
-   The store's `update_cross` knows no domains: the loop filters the events before it.
+   The loop gives the store each request's domain; `update_cross` folds the selected ones.
 
 Replaying a time-ordered stream through `OnlineLoop.replay` leaves the same four tables as the
 offline RepresentationExtractor + CrossRepresentationAggregator on that stream, with the same
@@ -151,8 +151,6 @@ class OnlineLoop:
         if not examples:
             raise ValueError("examples is empty")
         users, items, ts, domains = _ids(examples, CD.needs_domains(self.cr_domains))
-        fold = (CD.fold_mask(domains, self.cr_domains) if domains
-                else np.ones(len(examples), dtype=bool))  # [n] the CR events that fold
         seconds: dict[str, float] = {}
         last = time.perf_counter()
 
@@ -174,16 +172,14 @@ class OnlineLoop:
         lap("upstream_infer")
         ur_written = self._write_latest(UR, users, ts, examples, ur, version)
         ir_written = self._write_latest(IR, items, ts, examples, ir, version)
-        late_user = late_item = 0
-        if fold.any():  # the store's fold has no domains: only the selected events reach it
-            rows = np.flatnonzero(fold)
-            update = self.store.update_cross([users[r] for r in rows], [items[r] for r in rows],
-                                             cr[rows], ts[rows], model_version=version)
-            late_user, late_item = update.late_user, update.late_item
+        # the store folds the events `cr_domains` selects, by each request's domain
+        update = self.store.update_cross(users, items, cr, ts, model_version=version,
+                                         domains=domains or None, cr_domains=self.cr_domains)
         lap("store_write")
-        return Processed(fetched, version, ur_written, ir_written, late_user, late_item, scores,
+        return Processed(fetched, version, ur_written, ir_written, update.late_user,
+                         update.late_item, scores,
                          self.ranker.last_model_version if self.ranker is not None else None,
-                         seconds, int(fold.sum()))
+                         seconds, update.events - update.not_folded)
 
     def replay(self, records: Iterable[bytes], batch_size: int = 64) -> dict[str, int]:
         """Processes a time-ordered stream in batches; returns counts."""

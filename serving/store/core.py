@@ -35,6 +35,7 @@ from serving.store.codec import (
 from serving.store.cross import fold_cross, tie_groups
 from serving.store.errors import DimensionError, GuardRefusedError
 from serving.store.sqlite_backend import SqliteBackend
+from trainer.representations import cr_domains as CD
 from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS, Beta, half_life_decay
 from trainer.representations.statistics import (
     GuardThresholds,
@@ -73,11 +74,13 @@ class PutResult:
 
 @dataclass(frozen=True)
 class CrossUpdate:
-    """Result of ``update_cross``: events received and late events skipped per side."""
+    """Result of ``update_cross``: events received, late events skipped per side, and the
+    events left out by their domain (``cr_domains``)."""
 
     events: int
     late_user: int
     late_item: int
+    not_folded: int = 0
 
 
 def _guarded(
@@ -225,6 +228,8 @@ class RepresentationStore:
         cr: Any,
         timestamps: Any,
         model_version: int = 0,
+        domains: Sequence[bytes | str] | None = None,
+        cr_domains: str = CD.DEFAULT,
     ) -> CrossUpdate:
         """Folds CR(u,i) events into CR(u) and CR(i) (Eq. 1-2, tie rule), atomically per key.
 
@@ -233,9 +238,17 @@ class RepresentationStore:
           cr: float [n, d] CR(u,i), finite.
           timestamps: int [n] unix seconds; the events may come in any order within a call.
           model_version: written to every updated row.
+          domains: [n] each event's request domain (``b"ad"`` / ``b"content"``); with them,
+            only the events ``cr_domains`` selects fold (``"ad"``, the default: a CR is folded
+            when a user meets an ad, paper Sec. 4.3.1; ``"all"``: every event), the others
+            are counted in ``not_folded``. Without them every given event folds (the caller
+            selected them).
+          cr_domains: ``trainer.representations.cr_domains.CHOICES``.
 
         Returns:
           CrossUpdate; late events (older than their key's updated_at) are skipped and counted.
+        Raises:
+          ValueError, TypeError: bad input (naming it); nothing is written.
         """
         users, items = check_keys("user_ids", user_ids), check_keys("item_ids", item_ids)
         n = len(users)
@@ -244,6 +257,19 @@ class RepresentationStore:
         x = check_matrix("cr", cr, n).astype(np.float64)  # [n, d]
         t = check_ints("timestamps", timestamps, n, scalar_ok=False)  # [n]
         version = int(check_ints("model_version", model_version, 1, scalar_ok=True)[0])
+        CD.check(cr_domains)
+        not_folded = 0
+        if domains is not None:
+            values = check_keys("domains", domains)
+            if len(values) != n:
+                raise ValueError(f"domains has {len(values)} values, user_ids has {n}: one per "
+                                 "event")
+            fold = CD.fold_mask(np.array(values, dtype=object), cr_domains)  # [n]
+            not_folded = int(n - fold.sum())
+            if not_folded:
+                rows = np.flatnonzero(fold)
+                users, items = [users[r] for r in rows], [items[r] for r in rows]
+                x, t = x[rows], t[rows]
         d = x.shape[1]
         for table in CROSS_TABLES:
             self._check_dim(table, d)
@@ -258,8 +284,11 @@ class RepresentationStore:
             return out
 
         keys = {table: list(g) for table, g in groups.items()}
-        self._backend.update({CR_USER: d, CR_ITEM: d}, keys, compute, False)
-        return CrossUpdate(n, late[CR_USER], late[CR_ITEM])
+        if not_folded == n > 0:  # every event left out by its domain: nothing to write
+            late = {CR_USER: 0, CR_ITEM: 0}
+        else:
+            self._backend.update({CR_USER: d, CR_ITEM: d}, keys, compute, False)
+        return CrossUpdate(n, late[CR_USER], late[CR_ITEM], not_folded)
 
     def bulk_load(
         self,

@@ -79,3 +79,27 @@ def test_a_put_cross_row_continues_as_one_event(store):
         batch = later[s:s + 7]
         store.update_cross(batch.users, batch.items, batch.cr, batch.t)
     assert_matches_sequential(store, seed_rows + later, HALF_LIFE)
+
+
+@pytest.mark.parametrize("cr_domains", ["ad", "all"])
+def test_domains_select_the_events_that_fold(store, cr_domains):
+    """With each event's domain, a content event folds only under "all" (paper Sec. 4.3.1);
+    the result is the EMA of the selected events alone."""
+    events = random_events(np.random.default_rng(5), n=200, users=5, items=6, seconds=50, dim=3)
+    domains = [b"ad" if k % 3 == 0 else b"content" for k in range(200)]
+    result = store.update_cross(events.users, events.items, events.cr, events.t,
+                                domains=domains, cr_domains=cr_domains)
+    fold = np.array([d == b"ad" or cr_domains == "all" for d in domains])
+    assert (result.events, result.not_folded) == (200, int((~fold).sum()))
+    assert_matches_sequential(store, events[np.flatnonzero(fold)], HALF_LIFE)
+
+
+def test_only_content_events_leave_the_tables_untouched(store):
+    store.update_cross([b"u"], [b"i"], np.ones((1, 2), np.float32), [10], domains=[b"ad"])
+    before = store.get(CR_USER, [b"u"])
+    result = store.update_cross([b"u", b"v"], [b"i", b"j"], np.full((2, 2), 5.0, np.float32),
+                                [20, 20], domains=["content", "content"])
+    assert (result.not_folded, result.late_user, result.late_item) == (2, 0, 0)
+    after = store.get(CR_USER, [b"u", b"v"])
+    assert after.updated_at[0] == before.updated_at[0] == 10 and not after.found[1]
+    np.testing.assert_array_equal(after.representations[0], before.representations[0])
