@@ -1,6 +1,6 @@
 """Does transfer help? The paper's downstream ablations on one production-like time split.
 
-    python -m benchmarks.ablation (--dataset synthetic|movielens | --data DIR) [--seeds 3]
+    python -m benchmarks.ablation (--dataset synthetic|movielens | --data DIR) [--seeds 5]
         [--world two_tower|dynamic] [--sim_seed 1] [--quick] [--cr_domains ad|all] [--cr_study]
         [--upstream_model JSON] [--json]
 
@@ -384,6 +384,8 @@ class Ablation:
                 domain_runs[name].append({**self.score(ranker, rows), **fit})
                 self._log_run(f"lfm4ads, upstream on {name}", domain_runs[name][-1])
             tf.keras.backend.clear_session()
+        intervals = {name: I.interval([d for d, _ in v], [b for _, b in v])
+                     for name, v in paired.items()}
         return {
             "rows": {mode: summarize(r) for mode, r in runs.items() if r},
             "layers": {layer: summarize(r) for layer, r in layer_runs.items()},
@@ -393,9 +395,8 @@ class Ablation:
             "upstream": {name: summarize(r, ("auc_ad", "auc_content", "expected_auc_ad"))
                          for name, r in self.upstream_metrics.items()},
             "reference": {"upstream ad head": summarize(reference)},
-            "orderings": orderings(runs),
-            "intervals": {name: I.interval([d for d, _ in v], [b for _, b in v])
-                          for name, v in paired.items()},
+            "orderings": with_intervals(orderings(runs), intervals),
+            "intervals": intervals,
             "interval_metric": "expected_auc" if self.probabilities is not None else "auc",
             "transfer_ratio": transfer_ratios(runs, reference),
             "representations": summarize_spectra(spectra),
@@ -484,7 +485,25 @@ def orderings(runs: dict[str, list[dict]]) -> list[dict]:
         out.append({"better": better, "worse": worse, "metric": key,
                     "difference": float(np.mean(diffs)),
                     "std": float(np.std(diffs)) if len(diffs) > 1 else None,
-                    "seeds_holding": int(sum(d > 0 for d in diffs)), "seeds": len(diffs)})
+                    "seeds_holding": int(sum(d > 0 for d in diffs)), "seeds": len(diffs),
+                    # the seeds' spread only; `Ablation.run` puts in the interval with the
+                    # test window's sampling where it scored both rows (`INTERVAL_PAIRS`)
+                    "interval": (I.interval(diffs, [0.0] * len(diffs)) if len(diffs) > 1
+                                 else None),
+                    "test_sampling": False})
+    return out
+
+
+def with_intervals(ordered: list[dict], intervals: dict[str, dict]) -> list[dict]:
+    """`ordered` (from `orderings`) with each default-metric ordering's interval replaced by
+    the one of `intervals` (seeds' spread plus the bootstrap over test users) when there is
+    one."""
+    out = []
+    for o in ordered:
+        full = intervals.get(f"{o['better']} - {o['worse']}")
+        if full is not None and o["metric"] in ("expected_auc", "auc"):
+            o = {**o, "interval": full, "test_sampling": True}
+        out.append(o)
     return out
 
 
@@ -545,11 +564,15 @@ def format_tables(result: dict) -> str:
               result["reference"])
     table("Fig. 5: CR of one upstream layer, linearly fused, on the baseline", result["layers"])
     table("Sec. 5.3.6: lfm4ads with upstreams trained on", result["domains"])
-    lines.extend(["", "Orderings, paired by seed: difference (mean ± std over seeds), seeds where "
-                  "it holds", f"{'ordering':<36}{'metric':<16}{'difference':>18}{'holds':>8}"])
+    lines.extend(["", "Orderings, paired by seed: the difference with its 95% interval (* the "
+                  "seeds' spread only, without the test window's sampling), and the seeds where "
+                  "it is positive",
+                  f"{'ordering':<30}{'metric':<16}{'difference [95% interval]':<58}{'seeds':>6}"])
     for o in result.get("orderings", []):
-        lines.append(f"{o['better'] + ' > ' + o['worse']:<36}{o['metric']:<16}"
-                     f"{fmt(o['difference'], o['std']):>18}{o['seeds_holding']:>4}/{o['seeds']}")
+        verdict = I.describe(o["interval"]) if o.get("interval") else fmt(o["difference"])
+        mark = "" if o.get("test_sampling", True) else " *"
+        lines.append(f"{o['better'] + ' > ' + o['worse']:<30}{o['metric']:<16}"
+                     f"{verdict + mark:<58}{o['seeds_holding']:>4}/{o['seeds']}")
     if result.get("intervals"):
         lines.extend(["", f"95% intervals of paired differences on {result['interval_metric']} "
                       "(benchmarks.intervals: seeds' spread and a bootstrap over test users)",
@@ -588,7 +611,7 @@ def _prepare(args) -> tuple[str, Split]:
     return data, split_by_fractions(files, fractions)
 
 
-def ablate(dataset: str | None = None, data: str | None = None, seeds: int = 3,
+def ablate(dataset: str | None = None, data: str | None = None, seeds: int = 5,
            quick: bool = False, examples: int = 200_000, split_days: str | None = None,
            split: str | None = None, upstream_epochs: int = TrainConfig().epochs,
            cache: str = os.path.join("build", "ablation"), log=None,
@@ -635,7 +658,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--dataset", choices=("synthetic", "movielens"))
     source.add_argument("--data", help="any directory in the project's schema "
                                        "(oracle.npz optional)")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=5,
+                   help="upstream and ranker seeds 0..N-1 (each difference's interval is over "
+                        "them)")
     p.add_argument("--quick", action="store_true",
                    help="1 upstream epoch, 3 downstream epochs, 2 layers: a smoke run")
     p.add_argument("--examples", type=int, default=200_000, help="synthetic data size")

@@ -3,6 +3,7 @@ group trains and reports."""
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import ablation
@@ -45,6 +46,14 @@ def test_orderings_are_paired_by_seed():
     # per seed: +0.02 and -0.01 -> mean 0.005, std 0.015, holds on one seed of two
     assert abs(row["difference"] - 0.005) < 1e-12 and abs(row["std"] - 0.015) < 1e-12
     assert (row["seeds_holding"], row["seeds"]) == (1, 2)
+    # its interval: the seeds' spread (ddof 1) with a t quantile, here wide and not resolved
+    assert row["interval"]["se"] == pytest.approx(np.std([0.02, -0.01], ddof=1) / np.sqrt(2))
+    assert not row["interval"]["holds"] and not row["test_sampling"]
+    full = {"mean": 0.005, "low": 0.001, "high": 0.009, "se": 0.002, "holds": True, "seeds": 2}
+    (merged,) = ablation.with_intervals([row], {"lfm4ads - none": full})
+    assert merged["interval"] == full and merged["test_sampling"]
+    (alone,) = ablation.orderings({k: v[:1] for k, v in runs.items()})
+    assert alone["interval"] is None  # one seed: no spread to build an interval on
     no_oracle = {k: [{"expected_auc": None, "auc": r["auc"]} for r in v] for k, v in runs.items()}
     assert ablation.orderings(no_oracle)[0]["metric"] == "auc"
 
