@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--data", help="any directory in the project's schema")
     p.add_argument("--world", default="two_tower", help="the simulator's world (synthetic)")
     p.add_argument("--examples", type=int, default=200_000, help="synthetic data size")
-    p.add_argument("--data_seed", type=int, default=1, help="the simulator's seed")
+    p.add_argument("--sim_seed", type=int, default=1,
+                   help="the simulator's seed (1: the development world)")
     p.add_argument("--variants", default="last,mlp_1_pre,last_pre_l2",
                    help=f"comma-separated, the first is the reference; of {sorted(VARIANTS)}")
     p.add_argument("--seeds", type=int, default=3)
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
     if args.dataset == "synthetic":
-        data = datasets.prepare("synthetic", args.cache, args.examples, args.data_seed,
+        data = datasets.prepare("synthetic", args.cache, args.examples, args.sim_seed,
                                 world=args.world)
         if not args.split:  # the ablation's 14-day split
             args.split_days = args.split_days or "10,2,1"
