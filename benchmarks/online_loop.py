@@ -199,7 +199,9 @@ def measure(url: str, target: str, records: list[bytes], callers: int, seconds: 
         features = [example_pb2.Example.FromString(r).features.feature for r in prepared]
         ids = [(f[F.USER_ID].bytes_list.value[0], f[F.ITEM_ID].bytes_list.value[0])
                for f in features]
-        folds = CD.fold_mask([f[F.DOMAIN].bytes_list.value[0] for f in features], cr_domains)
+        # each request's domain, as the loop hands it to the store (None: every event folds)
+        domains = ([[f[F.DOMAIN].bytes_list.value[0]] for f in features]
+                   if CD.needs_domains(cr_domains) else [None] * len(features))
         fetched = [helper.fetch([u], [i]) for u, i in ids]
         vectors = [(client.user_representations([r]), client.item_representations([r]),
                     client.cross_representations([r])) for r in prepared]
@@ -230,8 +232,8 @@ def measure(url: str, target: str, records: list[bytes], callers: int, seconds: 
                         t = np.array([clock[0]], np.int64)
                         store.put(UR, [user], ur, t, 1, only_newer=True)
                         store.put(IR, [item], ir, t, 1, only_newer=True)
-                        if folds[j]:
-                            store.update_cross([user], [item], cr, t, model_version=1)
+                        store.update_cross([user], [item], cr, t, model_version=1,
+                                           domains=domains[j], cr_domains=cr_domains)
                     return time.perf_counter() - started
                 return one
             return make

@@ -82,12 +82,13 @@ def _ids(examples: Sequence[bytes], with_domain: bool = False
     serialized example (a clear error if one lacks one)."""
     from tensorflow.core.example import example_pb2
 
-    names = (F.USER_ID, F.ITEM_ID) + ((F.DOMAIN,) if with_domain else ())
     users, items, domains = [], [], []
+    wanted = [(F.USER_ID, users), (F.ITEM_ID, items)] + ([(F.DOMAIN, domains)] if with_domain
+                                                         else [])
     ts = np.empty(len(examples), dtype=np.int64)
     for row, serialized in enumerate(examples):
         feature = example_pb2.Example.FromString(serialized).features.feature
-        for name, out in zip(names, (users, items, domains)[:len(names)], strict=True):
+        for name, out in wanted:
             values = feature[name].bytes_list.value if name in feature else []
             if len(values) != 1:
                 raise ValueError(f"example {row}: feature {name!r} must hold one bytes value")

@@ -51,11 +51,6 @@ def _first_batch(events_pattern: str) -> dict:
     raise ValueError(f"no CR events in {events_pattern}")
 
 
-def _cr_dim(events_pattern: str) -> int:
-    """Width of CR(u,i), from the first event batch."""
-    return int(_first_batch(events_pattern)["cross_representation"].shape[1])
-
-
 @tfx.dsl.components.component(use_beam=True)
 def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
     representations: _InputArtifact[A.Representations],
@@ -80,8 +75,11 @@ def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
     cross_tables.set_string_custom_property("cr_domains", cr_domains)
     events = os.path.join(representations.uri, A.CROSS_EVENTS, "*" + tables.FILE_SUFFIX)
     splits = [s.strip() for s in point_in_time_splits.split(",") if s.strip()]
-    if CD.needs_domains(cr_domains):  # a stream without domains is refused before Beam runs
-        CD.select_events(_first_batch(events), cr_domains)
+    # One read of the first batch, only when needed: its domains (a stream without them is
+    # refused before Beam runs) and the width of CR(u,i) (the point-in-time rows).
+    first = _first_batch(events) if CD.needs_domains(cr_domains) or splits else None
+    if CD.needs_domains(cr_domains):
+        CD.select_events(first, cr_domains)
     with beam_pipeline as p:
         batches = (
             p
@@ -93,8 +91,9 @@ def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
                 pattern, compression_type="gzip") for split, pattern in
                 zip(splits, split_patterns(examples, ",".join(splits)), strict=True)}
             out = {"events": batches, "examples": examples_in} | "Aggregate" >> (
-                AggregateWithPointInTime(_cr_dim(events), half_life_seconds, num_buckets,
-                                         cr_domains=cr_domains))
+                AggregateWithPointInTime(
+                    int(first["cross_representation"].shape[1]), half_life_seconds, num_buckets,
+                    cr_domains=cr_domains))
             for split, rows in out["point_in_time"].items():
                 _ = rows | f"WritePointInTime[{split}]" >> beam.io.WriteToTFRecord(
                     os.path.join(cross_tables.uri, POINT_IN_TIME, f"Split-{split}",
