@@ -1,8 +1,8 @@
 """Does transfer help? The paper's downstream ablations on one production-like time split.
 
     python -m benchmarks.ablation (--dataset synthetic|movielens | --data DIR) [--seeds 5]
-        [--world two_tower|dynamic] [--sim_seed 1] [--quick] [--cr_domains ad|all] [--cr_study]
-        [--upstream_model JSON] [--json]
+        [--upstream frozen|daily] [--world two_tower|dynamic] [--sim_seed N] [--quick]
+        [--cr_domains ad|all] [--cr_study] [--upstream_model JSON] [--json]
 
 LFM4Ads (arXiv 2508.14948) Table 1 (the six rows: baseline, SUM dual / same branch, linear
 fusion, no aggregation, LFM4Ads) plus `iim`, `lfm4ads_iim`, `finetune` and `retrieval`;
@@ -19,14 +19,28 @@ bootstrap over test users) of the masking drops and of `INTERVAL_PAIRS`.
 Split, the same for every row, as in production: the upstream trains only on data before the
 downstream window (all domains; `--split_days U,T,V` = U upstream days, then T days that train
 the downstream ranker on the ad domain, V validation days, and the rest is the test window;
-default 10,2,1 on the 14-day synthetic data; on other data `--split 0.6,0.8,0.9`, fractions of
-the rows by time snapped to whole days, so the test window holds at least 10% of the rows).
+on other data `--split`, three fractions of the rows by time snapped to whole days, so the test
+window holds at least 10% of the rows). Two protocols for the upstream (`--upstream`):
+`frozen` trains it once on the first U days (default 10,2,1 days; 0.6,0.8,0.9); `daily`
+pretrains it on them and then moves it forward one day at a time, each day scored by
+yesterday's model and then trained on (`trainer.downstream.daily`; default 4,7,1 days;
+0.3,0.8,0.9), so every ranker, `none` included, trains on every ad row after the first days,
+and the rankers that load the upstream (`finetune`, the IIMs) load it as the validation window
+begins. Under both, the harness checks that every request from the downstream windows on was
+scored by a model trained only on earlier data (`replay.check_unseen`).
 Every downstream row sees UR(u), IR(i), CR(u), CR(i) as of strictly before its timestamp, from
-the frozen upstream replayed over the traffic as the online loop would (`trainer.downstream.
+the upstream replayed over the traffic as the online loop would (`trainer.downstream.
 replay`; CR(u), CR(i) fold the CR(u,i) of the requests `--cr_domains` selects: ad requests
-by default, paper Sec. 4.3.1, or all of them). Downstream settings are the `DownstreamConfig` /
-`DownstreamTrainConfig` defaults, shared by every mode; each run stops early on the validation
-window's AUC; the test window is only read for the figures.
+by default, paper Sec. 4.3.1, or all of them), and `distill` the upstream's ad prediction on
+the row itself by the model that scored it.
+
+Data no one tuned on: with `--dataset synthetic` and no `--sim_seed`, study seed s reads the
+simulated world of seed 101 + s (its own data, split and test window); seed 1 is the
+development world every default was chosen on (`--sim_seed 1` reads it for every seed).
+
+Downstream settings are the `DownstreamConfig` / `DownstreamTrainConfig` defaults, shared by
+every mode; each run stops early on the validation window's AUC; the test window is only read
+for the figures.
 
 Metrics per row: AUC (mean ± std over seeds), the AUC in expectation over the labels' draw
 where the synthetic oracle exists (far less noisy; the metric for orderings on synthetic data),
@@ -40,6 +54,7 @@ from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is im
 # isort: split
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -57,6 +72,7 @@ from trainer import input as data_input
 from trainer import signatures as S
 from trainer.config import ModelConfig, TrainConfig
 from trainer.downstream import config as C
+from trainer.downstream import daily
 from trainer.downstream import data as D
 from trainer.downstream import point_in_time as P
 from trainer.downstream import replay as R
@@ -71,8 +87,20 @@ from trainer.train import fit_and_evaluate
 
 DAY = F.DAY
 IIM_WARM = "iim (warm start)"
-TABLE_ROWS = (C.NONE, C.UR, C.UR_SAME_BRANCH, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM,
-              IIM_WARM, C.LFM4ADS_IIM, C.FINETUNE, C.RETRIEVAL)
+TABLE_ROWS = (C.NONE, C.UR, C.UR_SAME_BRANCH, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS,
+              C.DISTILL, C.IIM, IIM_WARM, C.LFM4ADS_IIM, C.FINETUNE, C.RETRIEVAL)
+# How the upstream that feeds the rankers is trained (issue 26 §1): `frozen` trains it once on
+# the days before the downstream windows; `daily` pretrains it on those days and then moves it
+# forward one day at a time (`trainer.downstream.daily`): each day scored by yesterday's model.
+FROZEN, DAILY, PROTOCOLS = daily.FROZEN, daily.DAILY, daily.PROTOCOLS
+# Default split (days on the 14-day synthetic data, fractions of the rows elsewhere): the
+# upstream's days, the rankers' training days, the validation days; the rest is the test window.
+# Under `daily` every row after the upstream's first days is a row the rankers train on.
+DEFAULT_SPLIT_DAYS = {FROZEN: "10,2,1", DAILY: "4,7,1"}
+DEFAULT_SPLIT = {FROZEN: "0.6,0.8,0.9", DAILY: "0.3,0.8,0.9"}
+# `--dataset synthetic` without `--sim_seed`: study seed s reads the simulated world of seed
+# HELD_OUT_SIM_SEED + s, which no development choice read (seed 1 is the development world).
+HELD_OUT_SIM_SEED = 101
 METRICS = ("auc", "expected_auc", "gauc", "logloss", "auc_cold_start")
 CR_GROUP = (S.CR_USER_FEATURE, S.CR_ITEM_FEATURE)
 REPRESENTATION_GROUPS = {
@@ -83,15 +111,82 @@ REPRESENTATION_GROUPS = {
 ALL_FEATURES = tuple(P.FEATURE_TABLES)  # every representation feature a mode may read
 # `--cr_study`: the rows that say whether CR carries weight (Sec. 5.3.1 masking on lfm4ads;
 # lfm4ads against cr_latest, the aggregation, and cr_linear, the adapter).
-CR_STUDY_ROWS = (C.NONE, C.UR, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS)
+CR_STUDY_ROWS = (C.NONE, C.UR, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.DISTILL)
 # Differences reported with a 95% interval (`benchmarks.intervals`): (a, b) for a - b.
 # lfm4ads - ur_ir is CR's own share; lfm4ads - ur mixes IR in.
 INTERVAL_PAIRS = ((C.LFM4ADS, C.NONE), (C.LFM4ADS, C.UR), (C.LFM4ADS, C.UR_IR),
-                  (C.LFM4ADS, C.CR_LATEST), (C.LFM4ADS, C.CR_LINEAR), (C.UR, C.NONE),
-                  (C.UR_IR, C.NONE))
+                  (C.LFM4ADS, C.CR_LATEST), (C.LFM4ADS, C.CR_LINEAR), (C.LFM4ADS, C.DISTILL),
+                  (C.UR, C.NONE), (C.UR_IR, C.NONE), (C.DISTILL, C.NONE))
 # What each representation holds (`representation_spectra`): name -> feature (None: CR(u,i)).
 SPECTRA = {"ur": S.UR_FEATURE, "ir": S.IR_FEATURE, "cr": None, "cr_user": S.CR_USER_FEATURE,
            "cr_item": S.CR_ITEM_FEATURE}
+
+
+@dataclasses.dataclass
+class UpstreamRun:
+    """An upstream under a protocol (`Ablation.upstream_run`): the model (under `daily`, as it
+    ends, trained on every day), the export the downstream reads (under `daily`, the model as
+    the validation window begins), its events over every request, and its ad prediction on
+    each downstream row by the model that scored the row (`{window: float32 [n]}`)."""
+
+    model: object
+    export: str
+    events: R.UpstreamEvents
+    predictions: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class Study:
+    """What the seeds of one study collect (over one data set, or one simulated world per
+    seed), and the result they make (`result`)."""
+
+    runs: dict[str, list[dict]] = dataclasses.field(
+        default_factory=lambda: {mode: [] for mode in TABLE_ROWS})
+    layers: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+    domains: dict[str, list[dict]] = dataclasses.field(
+        default_factory=lambda: {"content only": [], "ads only": [], "both": []})
+    importance: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+    reference: list[dict] = dataclasses.field(default_factory=list)
+    spectra: list[dict] = dataclasses.field(default_factory=list)
+    paired: dict[str, list[tuple[float, float]]] = dataclasses.field(default_factory=dict)
+    upstream: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+    windows: list[dict] = dataclasses.field(default_factory=list)
+    metric: str = "auc"
+    updates: int = 0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def result(self) -> dict:
+        """The `--json` object (module doc)."""
+        runs = self.runs
+        intervals = {name: I.interval([d for d, _ in v], [b for _, b in v])
+                     for name, v in self.paired.items()}
+        first = self.windows[0]
+        total = {k: sum(w[k] for w in self.windows)
+                 for k in ("test_rows", "test_clicks", "train_rows", "validation_rows")}
+        return {
+            "rows": {mode: summarize(r) for mode, r in runs.items() if r},
+            "layers": {layer: summarize(r) for layer, r in self.layers.items()},
+            "domains": {name: summarize(r) for name, r in self.domains.items() if r},
+            "importance": {group: summarize(r, ("auc", "expected_auc"))
+                           for group, r in self.importance.items()},
+            "upstream": {name: summarize(r, ("auc_ad", "auc_content", "expected_auc_ad"))
+                         for name, r in self.upstream.items()},
+            "reference": {"upstream ad head": summarize(self.reference)},
+            "orderings": with_intervals(orderings(runs), intervals),
+            "intervals": intervals,
+            "interval_metric": self.metric,
+            "transfer_ratio": transfer_ratios(runs, self.reference),
+            "representations": summarize_spectra(self.spectra),
+            "per_seed": {mode: [{k: r.get(k) for k in METRICS} for r in rs]
+                         for mode, rs in runs.items()},
+            "split": first["split"],
+            "worlds": self.windows,
+            # per data set / world, the mean (each world is one seed's test window)
+            **{k: int(round(v / len(self.windows))) for k, v in total.items()},
+            "upstream_updates": self.updates,
+            "seeds": [s for w in self.windows for s in w["seeds"]],
+            "seconds": round(time.perf_counter() - self.started, 1),
+        }
 
 
 def representation_spectra(rows: D.Rows, events: R.UpstreamEvents,
@@ -189,7 +284,11 @@ class Ablation:
                  config: C.DownstreamConfig, layers: tuple[str, ...] | None,
                  half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS, log=print,
                  cr_domains: str = CD.DEFAULT, upstream_model: dict | None = None,
-                 cr_study: bool = False):
+                 cr_study: bool = False, upstream_protocol: str = FROZEN):
+        if upstream_protocol not in PROTOCOLS:
+            raise ValueError(f"upstream_protocol must be one of {PROTOCOLS}, got "
+                             f"{upstream_protocol!r}")
+        self.protocol = upstream_protocol
         self.data, self.split, self.seeds, self.work = data, split, seeds, work
         self.cr_domains = CD.check(cr_domains)
         self.upstream_model = dict(upstream_model or {})
@@ -207,6 +306,7 @@ class Ablation:
         self.probabilities = D.oracle_probabilities(data, self.rows["test"], *split.test)
         self.records = [r.numpy() for r in data_input.records_in_window(self.files)]
         self.upstream_metrics: dict[str, list[dict]] = {}
+        self.updates = 0  # daily updates of the upstreams (`--upstream daily`)
 
     # -- upstream ---------------------------------------------------------------------------
     def upstream(self, name: str, seed: int, model_config: ModelConfig, data: str | None = None):
@@ -225,16 +325,77 @@ class Ablation:
                  f"{results['auc_content']} ({time.perf_counter() - started:.0f} s)")
         return model, warmup
 
-    def upstream_reference(self, model) -> dict:
-        """The upstream's own ad head on the test rows: not a downstream mode, a yardstick
-        (the upstream saw ~5x the ad rows the downstream trains on, plus the content rows)."""
-        test = {k: self.rows["test"][k] for k in F.ALL_FEATURES}
-        predict = tf.function(lambda raw: model(raw, training=False)[S.AD_PREDICTION])
-        scores = np.concatenate([predict(b).numpy()[:, 0] for b in D.to_dataset(test, 4096)])
-        return DT.evaluate(self.rows["test"], scores, self.train_items, self.probabilities)
+    def upstream_run(self, name: str, seed: int, model_config: ModelConfig,
+                     domain: bytes | None = None, layers: tuple[str, ...] = ()) -> UpstreamRun:
+        """An upstream under this run's protocol: its events over every request (each scored by
+        a model trained only on earlier data from the downstream windows on, checked), the
+        export the downstream modes that load the upstream read (`finetune`, the IIMs), and its
+        ad prediction on each downstream row (`distill`, the reference)."""
+        data = None if domain is None else domain_copy(
+            self.files, domain, os.path.join(self.work, f"data-{domain.decode()}"))
+        model, warmup = self.upstream(name, seed, model_config, data)
+        path = os.path.join(self.work, f"upstream-{name.replace(' ', '-')}-{seed}")
+        fn = functools.partial(R.keras_model_fn, cr_layers=layers)
+        predictions = {k: np.zeros(D.size(v), np.float32) for k, v in self.rows.items()}
+        predict = D.keras_ad_prediction_fn(model)  # the model as it stands when called
 
-    def attach(self, source) -> dict[str, D.Rows]:
-        return {k: D.with_representations(v, source, ALL_FEATURES) for k, v in self.rows.items()}
+        def predict_rows(model, window=None):
+            for k, rows in self.rows.items():
+                keep = np.ones(D.size(rows), bool) if window is None else (
+                    (rows[F.TIMESTAMP] >= window[0]) & (rows[F.TIMESTAMP] < window[1]))
+                if keep.any():
+                    predictions[k][keep] = D.with_upstream_prediction(
+                        D.select(rows, keep), predict)[S.UPSTREAM_AD_PREDICTION_FEATURE]
+
+        if self.protocol == FROZEN:
+            export = export_saved_model(model, path, warmup)
+            predict_rows(model)
+            events = R.run_upstream(fn(model), self.records).scored_by(self.split.upstream_end)
+        else:
+            exported = []
+
+            def before_day(model, window):
+                if window[0] <= self.split.validation[0] < window[1] or (
+                        not exported and window[0] >= self.split.validation[0]):
+                    exported.append(export_saved_model(model, path, warmup))
+                predict_rows(model, window)
+
+            events = daily.replay_daily(
+                model, self.records, self.split.upstream_end, seed=seed, model_fn=fn,
+                before_day=before_day, batch_size=TrainConfig().batch_size,
+                trains_on=None if domain is None else self.record_domains() == domain)
+            # the last day is scored, not trained on
+            self.updates += len(daily.day_windows(self.split.upstream_end,
+                                                  self.split.hi + 1)) - 1
+            export = exported[0]
+        R.check_unseen(events, self.split.upstream_end)
+        return UpstreamRun(model, export, events, predictions)
+
+    def record_domains(self) -> np.ndarray:
+        """object [n]: each request's domain."""
+        if not hasattr(self, "_domains"):
+            spec = F.feature_spec((F.DOMAIN,))
+            self._domains = np.concatenate([
+                tf.io.parse_example(b, spec)[F.DOMAIN].numpy().astype(object)
+                for b in tf.data.Dataset.from_tensor_slices(
+                    tf.constant(self.records, tf.string)).batch(65536)])
+        return self._domains
+
+    def upstream_reference(self, run: UpstreamRun) -> dict:
+        """The upstream's own ad head on the test rows: not a downstream mode, a yardstick
+        (under `frozen` the upstream saw ~5x the ad rows the downstream trains on, plus the
+        content rows; under `daily` each test day is scored by the model of the day before)."""
+        return DT.evaluate(self.rows["test"], run.predictions["test"], self.train_items,
+                           self.probabilities)
+
+    def attach(self, source, run: UpstreamRun | None = None) -> dict[str, D.Rows]:
+        """The rows with every representation feature of `source` (and, with `run`, the
+        upstream's ad prediction on each row, the `distill` input)."""
+        out = {k: D.with_representations(v, source, ALL_FEATURES) for k, v in self.rows.items()}
+        if run is not None:
+            for k, rows in out.items():
+                rows[S.UPSTREAM_AD_PREDICTION_FEATURE] = run.predictions[k]
+        return out
 
     def histories(self, events: R.UpstreamEvents, **kwargs):
         """The replayed tables (`replay.histories`) with this run's half-life and
@@ -296,120 +457,100 @@ class Ablation:
         ids, times = self._item_times
         return np.unique(ids[times < t])
 
-    def run(self) -> dict:
-        started = time.perf_counter()
-        runs = {mode: [] for mode in TABLE_ROWS}
-        layer_runs: dict[str, list[dict]] = {}
-        domain_runs = {"content only": [], "ads only": [], "both": []}
-        importance: dict[str, list[dict]] = {}
-        reference: list[dict] = []
-        spectra: list[dict] = []
-        paired: dict[str, list[tuple[float, float]]] = {}  # name -> (difference, boot var)
+    def run(self, study: Study | None = None) -> dict:
+        """Every seed of this data set into `study` (a new one by default); its result."""
+        study = study or Study()
         for seed in self.seeds:
-            self.log(f"seed {seed}")
-            base = self.base_config
-            dual, warmup = self.upstream("dual", seed, base)
-            export = export_saved_model(dual, os.path.join(self.work, f"upstream-dual-{seed}"),
-                                        warmup)
-            reference.append(self.upstream_reference(dual))
-            layers = () if self.cr_study else (
-                self.layers if self.layers is not None else _all_layers(base))
-            events = R.run_upstream(R.keras_model_fn(dual, layers), self.records)
-            source = self.histories(events)
-            rows = self.attach(source)
-            spectra.append(representation_spectra(rows["test"], events, self.split.test))
-            scores: dict[str, np.ndarray] = {}
-            modes = CR_STUDY_ROWS if self.cr_study else (
-                C.NONE, C.UR, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.IIM,
-                C.LFM4ADS_IIM, C.FINETUNE)
-            for mode in modes:
-                model, fit = self.ranker(rows, mode, seed, upstream_config=base,
-                                         upstream_export=export)
-                keep: list = []
-                runs[mode].append({**self.score(model, rows, keep=keep), **fit})
-                scores[mode] = keep[0]
-                self._log_run(mode, runs[mode][-1])
-                if mode == C.LFM4ADS:
-                    domain_runs["both"].append(runs[mode][-1])
-                    base_scores = runs[mode][-1]
-                    for group, names in {**FIELD_GROUPS, **REPRESENTATION_GROUPS}.items():
-                        keep = []
-                        masked = self.score(model, rows, names, keep=keep)
-                        importance.setdefault(group, []).append(
-                            {k: _drop(base_scores.get(k), masked.get(k))
-                             for k in ("auc", "expected_auc")})
-                        if group in REPRESENTATION_GROUPS:
-                            paired.setdefault(f"masked {group}", []).append(
-                                self.paired(scores[C.LFM4ADS], keep[0], seed))
-            for a, b in INTERVAL_PAIRS:
+            self.run_seed(seed, study)
+        study.windows.append({"data": self.data, "split": dataclasses.asdict(self.split),
+                              "test_rows": D.size(self.rows["test"]),
+                              "test_clicks": int(self.rows["test"][F.LABEL].sum()),
+                              "train_rows": D.size(self.rows["train"]),
+                              "validation_rows": D.size(self.rows["validation"]),
+                              "seeds": self.seeds})
+        for name, metrics in self.upstream_metrics.items():
+            study.upstream.setdefault(name, []).extend(metrics)
+        study.updates += self.updates
+        study.metric = "expected_auc" if self.probabilities is not None else "auc"
+        return study.result()
+
+    def run_seed(self, seed: int, study: Study) -> None:
+        """Seed `seed`'s upstreams and downstream models, into `study`."""
+        runs, paired = study.runs, study.paired
+        self.log(f"seed {seed}")
+        base = self.base_config
+        layers = () if self.cr_study else (
+            self.layers if self.layers is not None else _all_layers(base))
+        dual = self.upstream_run("dual", seed, base, layers=layers)
+        study.reference.append(self.upstream_reference(dual))
+        source = self.histories(dual.events)
+        rows = self.attach(source, dual)
+        study.spectra.append(representation_spectra(rows["test"], dual.events, self.split.test))
+        scores: dict[str, np.ndarray] = {}
+        modes = CR_STUDY_ROWS if self.cr_study else (
+            C.NONE, C.UR, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.DISTILL, C.IIM,
+            C.LFM4ADS_IIM, C.FINETUNE)
+        for mode in modes:
+            model, fit = self.ranker(rows, mode, seed, upstream_config=base,
+                                     upstream_export=dual.export)
+            keep: list = []
+            runs[mode].append({**self.score(model, rows, keep=keep), **fit})
+            scores[mode] = keep[0]
+            self._log_run(mode, runs[mode][-1])
+            if mode == C.LFM4ADS:
+                study.domains["both"].append(runs[mode][-1])
+                base_scores = runs[mode][-1]
+                for group, names in {**FIELD_GROUPS, **REPRESENTATION_GROUPS}.items():
+                    keep = []
+                    masked = self.score(model, rows, names, keep=keep)
+                    study.importance.setdefault(group, []).append(
+                        {k: _drop(base_scores.get(k), masked.get(k))
+                         for k in ("auc", "expected_auc")})
+                    if group in REPRESENTATION_GROUPS:
+                        paired.setdefault(f"masked {group}", []).append(
+                            self.paired(scores[C.LFM4ADS], keep[0], seed))
+        for a, b in INTERVAL_PAIRS:
+            if a in scores and b in scores:
                 paired.setdefault(f"{a} - {b}", []).append(self.paired(scores[a], scores[b],
                                                                        seed))
-            del scores
-            if self.cr_study:
-                del events, rows, source
-                tf.keras.backend.clear_session()
-                continue
-            # The module warm-started from the upstream's ad branch (an option; the paper
-            # re-initialises it, the `iim` row).
-            model, fit = self.ranker(rows, C.IIM, seed, upstream_config=base,
-                                     upstream_export=export, iim_warm_start=True)
-            runs[IIM_WARM].append({**self.score(model, rows), **fit})
-            self._log_run(IIM_WARM, runs[IIM_WARM][-1])
-            runs[C.RETRIEVAL].append(self.retrieval(rows, source, seed))
-            self._log_run(C.RETRIEVAL, runs[C.RETRIEVAL][-1])
-            for layer in layers:  # Fig. 5: CR of one layer, linearly fused, on the baseline
-                layer_rows = self.attach(self.histories(events, cr_output=f"{R.CR}:{layer}"))
-                model, fit = self.ranker(layer_rows, C.CR_LINEAR, seed, use_ur_ir=False)
-                layer_runs.setdefault(layer, []).append({**self.score(model, layer_rows), **fit})
-                self._log_run(f"layer {layer}", layer_runs[layer][-1])
-            del events, rows, source
-            shared, _ = self.upstream("shared", seed, dataclasses.replace(base, branches="shared"))
-            rows = self.attach(self.histories(
-                R.run_upstream(R.keras_model_fn(shared), self.records)))
-            model, fit = self.ranker(rows, C.UR_SAME_BRANCH, seed)
-            runs[C.UR_SAME_BRANCH].append({**self.score(model, rows), **fit})
-            self._log_run(C.UR_SAME_BRANCH, runs[C.UR_SAME_BRANCH][-1])
-            # Sec. 5.3.6: one domain only. Content only trains one shared branch (a dual model's
-            # ad branch would see no data); ads only keeps the dual architecture.
-            for name, domain, config in (
-                    ("content only", F.DOMAIN_CONTENT, dataclasses.replace(base,
-                                                                           branches="shared")),
-                    ("ads only", F.DOMAIN_AD, base)):
-                directory = domain_copy(self.files, domain,
-                                        os.path.join(self.work, f"data-{domain.decode()}"))
-                model, _ = self.upstream(name, seed, config, data=directory)
-                rows = self.attach(self.histories(
-                    R.run_upstream(R.keras_model_fn(model), self.records)))
-                ranker, fit = self.ranker(rows, C.LFM4ADS, seed)
-                domain_runs[name].append({**self.score(ranker, rows), **fit})
-                self._log_run(f"lfm4ads, upstream on {name}", domain_runs[name][-1])
+        del scores
+        if self.cr_study:
             tf.keras.backend.clear_session()
-        intervals = {name: I.interval([d for d, _ in v], [b for _, b in v])
-                     for name, v in paired.items()}
-        return {
-            "rows": {mode: summarize(r) for mode, r in runs.items() if r},
-            "layers": {layer: summarize(r) for layer, r in layer_runs.items()},
-            "domains": {name: summarize(r) for name, r in domain_runs.items() if r},
-            "importance": {group: summarize(r, ("auc", "expected_auc"))
-                           for group, r in importance.items()},
-            "upstream": {name: summarize(r, ("auc_ad", "auc_content", "expected_auc_ad"))
-                         for name, r in self.upstream_metrics.items()},
-            "reference": {"upstream ad head": summarize(reference)},
-            "orderings": with_intervals(orderings(runs), intervals),
-            "intervals": intervals,
-            "interval_metric": "expected_auc" if self.probabilities is not None else "auc",
-            "transfer_ratio": transfer_ratios(runs, reference),
-            "representations": summarize_spectra(spectra),
-            "per_seed": {mode: [{k: r.get(k) for k in METRICS} for r in rs]
-                         for mode, rs in runs.items()},
-            "split": dataclasses.asdict(self.split),
-            "test_rows": D.size(self.rows["test"]),
-            "test_clicks": int(self.rows["test"][F.LABEL].sum()),
-            "train_rows": D.size(self.rows["train"]),
-            "validation_rows": D.size(self.rows["validation"]),
-            "seeds": self.seeds,
-            "seconds": round(time.perf_counter() - started, 1),
-        }
+            return
+        # The module warm-started from the upstream's ad branch (an option; the paper
+        # re-initialises it, the `iim` row).
+        model, fit = self.ranker(rows, C.IIM, seed, upstream_config=base,
+                                 upstream_export=dual.export, iim_warm_start=True)
+        runs[IIM_WARM].append({**self.score(model, rows), **fit})
+        self._log_run(IIM_WARM, runs[IIM_WARM][-1])
+        runs[C.RETRIEVAL].append(self.retrieval(rows, source, seed))
+        self._log_run(C.RETRIEVAL, runs[C.RETRIEVAL][-1])
+        for layer in layers:  # Fig. 5: CR of one layer, linearly fused, on the baseline
+            layer_rows = self.attach(self.histories(dual.events,
+                                                    cr_output=f"{R.CR}:{layer}"))
+            model, fit = self.ranker(layer_rows, C.CR_LINEAR, seed, use_ur_ir=False)
+            study.layers.setdefault(layer, []).append({**self.score(model, layer_rows), **fit})
+            self._log_run(f"layer {layer}", study.layers[layer][-1])
+        del dual, rows, source
+        shared = self.upstream_run("shared", seed, dataclasses.replace(base, branches="shared"))
+        rows = self.attach(self.histories(shared.events))
+        model, fit = self.ranker(rows, C.UR_SAME_BRANCH, seed)
+        runs[C.UR_SAME_BRANCH].append({**self.score(model, rows), **fit})
+        self._log_run(C.UR_SAME_BRANCH, runs[C.UR_SAME_BRANCH][-1])
+        del shared
+        # Sec. 5.3.6: one domain only. Content only trains one shared branch (a dual model's
+        # ad branch would see no data); ads only keeps the dual architecture. The upstream
+        # trains (and, under `daily`, updates) on its domain only; it scores every request.
+        for name, domain, config in (
+                ("content only", F.DOMAIN_CONTENT, dataclasses.replace(base,
+                                                                       branches="shared")),
+                ("ads only", F.DOMAIN_AD, base)):
+            one = self.upstream_run(name, seed, config, domain=domain)
+            rows = self.attach(self.histories(one.events))
+            ranker, fit = self.ranker(rows, C.LFM4ADS, seed)
+            study.domains[name].append({**self.score(ranker, rows), **fit})
+            self._log_run(f"lfm4ads, upstream on {name}", study.domains[name][-1])
+        tf.keras.backend.clear_session()
 
     def _log_run(self, name: str, result: dict) -> None:
         parts = [f"{k} {result[k]:.4f}" for k in METRICS if result.get(k) is not None]
@@ -529,9 +670,16 @@ def format_tables(result: dict) -> str:
             return "n/a"
         return f"{value:.{digits}f}" + (f" ± {std:.4f}" if std is not None else "")
 
-    lines = [f"test window: {result['test_rows']} ad rows, {result['test_clicks']} clicks; "
-             f"training {result['train_rows']}, validation {result['validation_rows']}; seeds "
-             f"{result['seeds']}; {result['seconds']:.0f} s"]
+    worlds = len(result.get("worlds", [])) > 1
+    lines = [f"test window{' (mean per world)' if worlds else ''}: {result['test_rows']} ad "
+             f"rows, {result['test_clicks']} clicks; training {result['train_rows']}, "
+             f"validation {result['validation_rows']}; seeds {result['seeds']}; "
+             f"{result['seconds']:.0f} s"]
+    settings = result.get("settings", {})
+    if settings.get("upstream"):
+        lines[0] += f"; upstream {settings['upstream']}"
+    if settings.get("sim_seeds"):
+        lines[0] += f"; simulator seeds {settings['sim_seeds']}"
     if result.get("settings", {}).get("cr_domains"):
         lines[0] += f"; CR(u,i) folded from: {result['settings']['cr_domains']} requests"
     header = (f"{'row':<28}{'AUC':>18}{'expected AUC':>18}{'GAUC':>9}{'logloss':>9}"
@@ -599,15 +747,16 @@ def format_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _prepare(args) -> tuple[str, Split]:
+def _prepare(args, sim_seed: int = 1) -> tuple[str, Split]:
+    protocol = getattr(args, "upstream", FROZEN)
     data = args.data or datasets.prepare(args.dataset, args.cache, args.examples,
-                                         seed=getattr(args, "sim_seed", 1),
+                                         seed=sim_seed,
                                          world=getattr(args, "world", "two_tower"))
     files = data_input.list_files(data)
     if args.split_days or (args.dataset == "synthetic" and not args.data and not args.split):
-        days = [float(x) for x in (args.split_days or "10,2,1").split(",")]
+        days = [float(x) for x in (args.split_days or DEFAULT_SPLIT_DAYS[protocol]).split(",")]
         return data, split_by_days(files, *days)
-    fractions = [float(x) for x in (args.split or "0.6,0.8,0.9").split(",")]
+    fractions = [float(x) for x in (args.split or DEFAULT_SPLIT[protocol]).split(",")]
     return data, split_by_fractions(files, fractions)
 
 
@@ -617,37 +766,53 @@ def ablate(dataset: str | None = None, data: str | None = None, seeds: int = 5,
            cache: str = os.path.join("build", "ablation"), log=None,
            cr_domains: str = CD.DEFAULT, world: str = "two_tower",
            upstream_model: dict | None = None, cr_study: bool = False,
-           sim_seed: int = 1) -> dict:
+           sim_seed: int | None = None, upstream: str = FROZEN) -> dict:
     """Runs the ablation (the arguments are the command line's); returns the `--json` object.
 
-    `log` gets one line per trained model (default: printed)."""
+    `--dataset synthetic` with `sim_seed=None`: study seed s reads the held-out world of
+    simulator seed `HELD_OUT_SIM_SEED + s` (its own data, split and test window); with a
+    `sim_seed`, every study seed reads that one world. `log` gets one line per trained model
+    (default: printed)."""
     if (dataset is None) == (data is None):
         raise ValueError("give one of dataset ('synthetic' or 'movielens') and data (a "
                          "directory in the project's schema)")
+    if upstream not in PROTOCOLS:
+        raise ValueError(f"upstream must be one of {PROTOCOLS}, got {upstream!r}")
     CD.check(cr_domains)
     args = argparse.Namespace(dataset=dataset, data=data, examples=examples,
                               split_days=split_days, split=split, cache=cache, world=world,
-                              sim_seed=sim_seed)
-    data, split = _prepare(args)
+                              upstream=upstream)
+    if dataset == "synthetic" and sim_seed is None:
+        worlds = [(HELD_OUT_SIM_SEED + s, [s]) for s in range(seeds)]
+    else:
+        worlds = [(1 if sim_seed is None else sim_seed, list(range(seeds)))]
     train_config = C.DownstreamTrainConfig(epochs=3) if quick else C.DownstreamTrainConfig()
     config = C.DownstreamConfig()
-    with tempfile.TemporaryDirectory(prefix="ablation-") as work:
-        ablation = Ablation(
-            data, split, list(range(seeds)), work,
-            upstream_epochs=1 if quick else upstream_epochs,
-            train_config=train_config, config=config,
-            layers=("embedding", f"mlp_{len(ModelConfig().mlp_hidden)}") if quick else None,
-            log=log or (lambda line: print(line, flush=True)), cr_domains=cr_domains,
-            upstream_model=upstream_model, cr_study=cr_study)
-        result = ablation.run()
-    result["data"] = data
+    study = Study()
+    for world_seed, study_seeds in worlds:
+        data, split = _prepare(args, world_seed)
+        with tempfile.TemporaryDirectory(prefix="ablation-") as work:
+            ablation = Ablation(
+                data, split, study_seeds, work,
+                upstream_epochs=1 if quick else upstream_epochs,
+                train_config=train_config, config=config,
+                layers=("embedding", f"mlp_{len(ModelConfig().mlp_hidden)}") if quick else None,
+                log=log or (lambda line: print(line, flush=True)), cr_domains=cr_domains,
+                upstream_model=upstream_model, cr_study=cr_study, upstream_protocol=upstream)
+            result = ablation.run(study)
+            del ablation
+    result["data"] = data if len(worlds) == 1 else [w["data"] for w in study.windows]
     result["settings"] = {"downstream": dataclasses.asdict(config),
                           "training": dataclasses.asdict(train_config),
-                          "upstream_epochs": ablation.upstream_epochs,
+                          "upstream_epochs": 1 if quick else upstream_epochs,
+                          "upstream": upstream,
                           "cr_domains": cr_domains, "world": world if dataset == "synthetic"
-                          else None, "upstream_model": dataclasses.asdict(ablation.base_config),
+                          else None,
+                          "upstream_model": dataclasses.asdict(
+                              ModelConfig.from_dict(dict(upstream_model or {}))),
                           "cr_study": cr_study,
-                          "sim_seed": sim_seed if dataset == "synthetic" else None}
+                          "sim_seeds": [w for w, _ in worlds] if dataset == "synthetic"
+                          else None}
     return result
 
 
@@ -675,9 +840,17 @@ def main(argv: list[str] | None = None) -> int:
                         "4.3.1) or all (content too)")
     p.add_argument("--world", default="two_tower",
                    help="the simulator's world (--dataset synthetic): two_tower | dynamic")
-    p.add_argument("--sim_seed", type=int, default=1,
-                   help="the simulator's seed (--dataset synthetic; 1 is the development "
-                        "world, reported studies use seeds no development choice read)")
+    p.add_argument("--sim_seed", type=int, default=None,
+                   help="the simulator's seed (--dataset synthetic): every study seed reads "
+                        "this world (1 is the development world); default: study seed s reads "
+                        f"the held-out world {HELD_OUT_SIM_SEED} + s, which no development "
+                        "choice read")
+    p.add_argument("--upstream", choices=PROTOCOLS, default=FROZEN,
+                   help="frozen: the upstream trains once on the days before the rankers' "
+                        "windows; daily: it is pretrained on them, then each later day is "
+                        "scored by yesterday's model and trained on (every ranker trains on "
+                        "every row after the first days; default split 4,7,1 days or "
+                        "0.3,0.8,0.9)")
     p.add_argument("--upstream_model", type=json.loads, default=None,
                    help='ModelConfig fields of the upstream, as JSON (e.g. \'{"cr_layer": null, '
                         '"cr_activation": "post"}\': the paper\'s CR reading)')
@@ -692,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.split_days, args.split, args.upstream_epochs, args.cache,
                     cr_domains=args.cr_domains, world=args.world,
                     upstream_model=args.upstream_model, cr_study=args.cr_study,
-                    sim_seed=args.sim_seed)
+                    sim_seed=args.sim_seed, upstream=args.upstream)
     print(format_tables(result))
     if args.json:
         print(json.dumps(result))

@@ -52,6 +52,10 @@ CR_LATEST_ITEM_FEATURE = "cr_latest_item"
 REPRESENTATION_FEATURES = (UR_FEATURE, IR_FEATURE, CR_USER_FEATURE, CR_ITEM_FEATURE,
                            CR_LATEST_USER_FEATURE, CR_LATEST_ITEM_FEATURE)
 FOUND_SUFFIX = "_found"
+# The upstream's predicted ad click probability of the row itself (its `ad_prediction` on this
+# very request, float, one per row; the `distill` mode, ExFM): computed at request time by the
+# live upstream model, which never trained on the row, not looked up as of before the row.
+UPSTREAM_AD_PREDICTION_FEATURE = "upstream_ad_prediction"
 
 
 def found_feature(name: str) -> str:

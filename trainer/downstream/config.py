@@ -15,10 +15,11 @@ CR_LATEST = "cr_latest"
 LFM4ADS = "lfm4ads"
 IIM = "iim"
 LFM4ADS_IIM = "lfm4ads_iim"
+DISTILL = "distill"
 FINETUNE = "finetune"
 RETRIEVAL = "retrieval"
 MODES = (NONE, UR, UR_SAME_BRANCH, UR_IR, CR_LINEAR, CR_LATEST, LFM4ADS, IIM, LFM4ADS_IIM,
-         FINETUNE, RETRIEVAL)
+         DISTILL, FINETUNE, RETRIEVAL)
 RANKER_MODES = MODES[:-1]  # `retrieval` is a model of its own (StandaloneRetrieval)
 
 # What each mode reads of the upstream (paper Table 1, Sec. 3.4):
@@ -33,6 +34,9 @@ RANKER_MODES = MODES[:-1]  # `retrieval` is a model of its own (StandaloneRetrie
 #   lfm4ads         UR, IR as features, the adapter on CR(u), CR(i) (Eq. 3-4)
 #   iim             UR, IR through the Isomorphic Interaction Module only (Eq. 5)
 #   lfm4ads_iim     lfm4ads + the module
+#   distill         none + the upstream's predicted click probability of the row itself, as
+#                   an input (its logit) and a soft target of an auxiliary head (ExFM, the
+#                   anchors' alternative to representation transfer); no UR, IR or CR
 #   finetune        lfm4ads with UR, IR computed by the upstream towers inside the ranker,
 #                   fine-tuned with the downstream loss (UpstreamLayer(trainable=True))
 #   retrieval       cosine of adapted UR, IR, InfoNCE (Eq. 6; StandaloneRetrieval)
@@ -48,6 +52,7 @@ MODE_FEATURES = {
     LFM4ADS: _UR_IR + _CRS,
     IIM: _UR_IR,
     LFM4ADS_IIM: _UR_IR + _CRS,
+    DISTILL: (S.UPSTREAM_AD_PREDICTION_FEATURE,),
     FINETUNE: _CRS,
     RETRIEVAL: _UR_IR,
 }
@@ -55,9 +60,12 @@ MODE_FEATURES = {
 MODE_DENSE_FEATURES = {
     NONE: (), UR: (S.UR_FEATURE,), UR_SAME_BRANCH: (S.UR_FEATURE,), UR_IR: _UR_IR,
     CR_LINEAR: _UR_IR,
-    CR_LATEST: _UR_IR, LFM4ADS: _UR_IR, IIM: (), LFM4ADS_IIM: _UR_IR, FINETUNE: (),
+    CR_LATEST: _UR_IR, LFM4ADS: _UR_IR, IIM: (), LFM4ADS_IIM: _UR_IR, DISTILL: (), FINETUNE: (),
     RETRIEVAL: (),
 }
+# Features computed per row by the live upstream at request time (not representations looked
+# up as of before the row: no `<name>_found`, not in `representation_features`).
+PREDICTION_FEATURES = (S.UPSTREAM_AD_PREDICTION_FEATURE,)
 ADAPTER_MODES = frozenset({CR_LATEST, LFM4ADS, LFM4ADS_IIM, FINETUNE})
 IIM_MODES = frozenset({IIM, LFM4ADS_IIM})
 CR_MODES = frozenset({CR_LINEAR, CR_LATEST, LFM4ADS})
@@ -73,6 +81,8 @@ class DownstreamConfig:
     `mlp_hidden` to one logit. `E' = E` except in the adapter modes (`E ⊙ σ(CR · M)`).
     `iim_aux_loss_weight` weighs the module's own loss (Sec. 5.2.2); `iim_warm_start` starts
     it from the upstream's ad branch instead of re-initialising it (the paper).
+    `distill_loss_weight` weighs the `distill` mode's auxiliary loss (the cross-entropy of an
+    extra head on h against the upstream's predicted probability).
     """
 
     mode: str = LFM4ADS
@@ -91,6 +101,7 @@ class DownstreamConfig:
     linear_fusion_units: int = 16
     iim_aux_loss_weight: float = 1.0
     iim_warm_start: bool = False
+    distill_loss_weight: float = 1.0
     # False: the CR modes (cr_linear, cr_latest, lfm4ads) without UR and IR as features, i.e.
     # the CR alone on top of the baseline (the layer study of Sec. 5.1.3).
     use_ur_ir: bool = True
@@ -106,7 +117,7 @@ class DownstreamConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_cross_layers < 0:
             raise ValueError(f"num_cross_layers must be >= 0, got {self.num_cross_layers}")
-        for name in ("embedding_l2", "iim_aux_loss_weight"):
+        for name in ("embedding_l2", "iim_aux_loss_weight", "distill_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -121,8 +132,14 @@ class DownstreamConfig:
 
     @property
     def representation_features(self) -> tuple[str, ...]:
-        """The representation features this mode reads from each row."""
-        return tuple(f for f in MODE_FEATURES[self.mode] if f not in self._dropped)
+        """The representation features this mode reads from each row (as of before it)."""
+        return tuple(f for f in MODE_FEATURES[self.mode]
+                     if f not in self._dropped and f not in PREDICTION_FEATURES)
+
+    @property
+    def prediction_features(self) -> tuple[str, ...]:
+        """The upstream's predictions on the row itself this mode reads (`PREDICTION_FEATURES`)."""
+        return tuple(f for f in MODE_FEATURES[self.mode] if f in PREDICTION_FEATURES)
 
     @property
     def dense_features(self) -> tuple[str, ...]:

@@ -2,12 +2,14 @@
 
 Rows are held as a dict of numpy arrays (the raw features as `features.parse_examples` gives
 them, `[n]` or `[n, length]`), built batch by batch with vectorised filters; the representation
-features of `trainer.downstream.point_in_time.attach` are added as `[n, d]` and `[n]` arrays.
+features of `trainer.downstream.point_in_time.attach` are added as `[n, d]` and `[n]` arrays,
+the upstream's predicted ad click probability of each row (`with_upstream_prediction`, the
+`distill` mode) as `[n]`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -15,9 +17,15 @@ import tensorflow as tf
 from trainer import features as F
 from trainer import input as data_input
 from trainer import oracle
+from trainer import signatures as S
 from trainer.downstream import point_in_time as P
+from trainer.downstream.requests import example_with_representations
+from trainer.serving_layout import resolve_export_dir
 
 Rows = dict[str, np.ndarray]
+# A batch of raw features (`features.ALL_FEATURES`, as `to_dataset` batches them) -> the
+# upstream's ad click probability of each row, `[batch]` or `[batch, 1]`.
+PredictFn = Callable[[dict[str, tf.Tensor]], tf.Tensor | np.ndarray]
 
 
 def read_rows(files: Sequence[str], start: int | None = None, end: int | None = None,
@@ -58,6 +66,55 @@ def with_representations(rows: Rows, source: P.RepresentationSource,
         return dict(rows)
     extra = P.attach(source, rows[F.USER_ID], rows[F.ITEM_ID], rows[F.TIMESTAMP], features)
     return {**rows, **extra}
+
+
+def with_upstream_prediction(rows: Rows, predict: PredictFn, batch_size: int = 4096) -> Rows:
+    """`rows` plus `signatures.UPSTREAM_AD_PREDICTION_FEATURE` `[n]` float32: `predict` on the
+    rows' raw features, `batch_size` rows at a time (e.g. `keras_ad_prediction_fn`,
+    `saved_model_ad_prediction_fn`). The upstream scores each row itself, as the live model
+    does at request time: give one that never trained on the rows."""
+    raw = {name: rows[name] for name in F.ALL_FEATURES}
+    out = [np.asarray(predict(batch), np.float32).reshape(-1)
+           for batch in to_dataset(raw, batch_size)]
+    probabilities = np.concatenate(out) if out else np.zeros(0, np.float32)
+    if probabilities.shape != (size(rows),):
+        raise ValueError(f"predict gave {probabilities.shape[0]} values for {size(rows)} rows: "
+                         "it must give one probability per row")
+    bad = ~((probabilities >= 0.0) & (probabilities <= 1.0))  # NaN included
+    if bad.any():
+        raise ValueError(f"predict gave {int(bad.sum())} values outside [0, 1] (e.g. "
+                         f"{probabilities[bad][0]}): it must give probabilities")
+    return {**rows, S.UPSTREAM_AD_PREDICTION_FEATURE: probabilities}
+
+
+def keras_ad_prediction_fn(model: tf.keras.Model) -> PredictFn:
+    """An in-memory upstream (`trainer.model.LFM4AdsModel`) as a `PredictFn`: its
+    `ad_prediction` on the raw features, not training."""
+    forward = tf.function(lambda raw: model(raw, training=False)[S.AD_PREDICTION])
+    return lambda raw: forward(raw).numpy()  # [batch, 1]
+
+
+def saved_model_ad_prediction_fn(export_dir: str) -> PredictFn:
+    """An upstream SavedModel (a version directory or a model base path: its highest version)
+    as a `PredictFn`: the `ad_prediction` output of its `serving_default` signature on each
+    row serialized as the serving request it would be (the raw features of a tf.Example)."""
+    path = resolve_export_dir(export_dir)
+    loaded = tf.saved_model.load(path)
+    serve = loaded.signatures.get(S.SERVING_DEFAULT)
+    if serve is None or S.AD_PREDICTION not in serve.structured_outputs:
+        raise ValueError(f"SavedModel {path!r} has no {S.SERVING_DEFAULT!r} signature with the "
+                         f"output {S.AD_PREDICTION!r}; it has {sorted(loaded.signatures)}")
+
+    def predict(raw: dict[str, tf.Tensor]) -> np.ndarray:
+        values = {name: value.numpy() for name, value in raw.items()}
+        n = next(iter(values.values())).shape[0]
+        examples = [example_with_representations({k: v[r] for k, v in values.items()}, {})
+                    for r in range(n)]
+        return serve(**{S.INPUT_KEY: tf.constant(examples, tf.string)})[
+            S.AD_PREDICTION].numpy()  # [batch, 1]
+
+    predict.loaded = loaded  # keeps the variables alive
+    return predict
 
 
 def to_dataset(rows: Rows, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:

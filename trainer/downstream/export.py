@@ -7,6 +7,11 @@ features of the ranker's fields and the mode's representation features as float 
 serving host fills from the representation store (paper Fig. 4). A representation feature that
 is absent parses as zeros with found 0 (a cold start); one of the wrong length fails with
 TensorFlow's parse error, which names the feature.
+
+A `distill` ranker also reads `upstream_ad_prediction` (float, one per example: the upstream's
+`ad_prediction` on that very request, which the serving host gets from the live upstream
+before calling the ranker). It has no cold-start default: a request without it fails with an
+`InvalidArgumentError` that names the mode and the feature.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from trainer.downstream.ranker import FIELDS, DownstreamRanker
 from trainer.serving_layout import save_versioned
 
 _EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name=S.INPUT_KEY)
+_ABSENT = -1.0  # parsed for an absent prediction feature: not a probability
 
 
 def ranker_feature_spec(model: DownstreamRanker) -> dict:
@@ -27,6 +33,8 @@ def ranker_feature_spec(model: DownstreamRanker) -> dict:
     for name, dim in model.representation_dims.items():
         spec[name] = tf.io.FixedLenFeature([dim], tf.float32, default_value=[0.0] * dim)
         spec[S.found_feature(name)] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
+    for name in model.prediction_features:
+        spec[name] = tf.io.FixedLenFeature([], tf.float32, default_value=_ABSENT)
     return spec
 
 
@@ -42,7 +50,13 @@ class _RankerModule(tf.Module):
             for name in model.representation_dims:
                 parsed[S.found_feature(name)] = tf.cast(parsed[S.found_feature(name)],
                                                         tf.float32)
-            out = model(parsed, training=False)
+            checks = [tf.debugging.assert_greater_equal(
+                parsed[name], 0.0,
+                message=f"mode {model.mode} reads the feature {name} (the {S.AD_PREDICTION} "
+                        "of the upstream on that request, a probability) from every request: "
+                        "one lacks it") for name in model.prediction_features]
+            with tf.control_dependencies(checks):
+                out = model(parsed, training=False)
             return {S.DOWNSTREAM_PREDICTION: out["prediction"]}
 
         self.signature_functions = {S.SERVING_DEFAULT: serving_default}

@@ -3,14 +3,19 @@ takes from the upstream (paper Sec. 3.4, Table 1; modes in `trainer.downstream.c
 
     E   = [e_f for f in FIELDS]                                      own embeddings [batch, F, d]
     E'  = E ⊙ σ([CR(u), CR(i), found] · M)                           adapter modes (Eq. 3-4)
-    x0  = [flatten(E'), UR, IR, found indicators, LinearFusion(CRs)] as the mode has them
+    x0  = [flatten(E'), UR, IR, found indicators, LinearFusion(CRs), logit(p_up)] as the mode
+          has them (p_up: the upstream's predicted click probability of the row, `distill`)
     x_L = CrossNetV2(x0, x_{L-1}) ...                                 DCN-v2 (Wang et al. 2021)
     h   = MLP([x_L, IIM(UR, IR)])                                     IIM modes (Eq. 5)
     p   = σ(w · h + b)
+    q   = σ(w_d · h + b_d)                                            `distill` (ExFM)
 
 Loss: binary cross-entropy on the click label, plus `iim_aux_loss_weight` times the module's
-own loss in the IIM modes (Sec. 5.2.2). A representation that a row cannot see (a cold-start
-key) arrives as zeros with its found indicator 0.
+own loss in the IIM modes (Sec. 5.2.2), plus `distill_loss_weight · BCE(p_up, q)` in `distill`
+(the upstream's probability as a soft target of the auxiliary head: the external
+distillation of Meta's ExFM, "External Large Foundation Model", 2025). The served prediction
+is always p. A representation that a row cannot see (a cold-start key) arrives as zeros with
+its found indicator 0.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from trainer.embeddings import SHARED_TABLES, FeatureEmbeddings
 from trainer.layers.cross import CrossNetV2
 from trainer.mlp import MLP
 from trainer.preprocessing import BUCKET_FIELDS, FeaturePreprocessor
+
+# p_up is clipped to [eps, 1 - eps] before its logit (float32: 1 - 1e-6 is exact enough).
+PREDICTION_EPSILON = 1e-6
 
 # The downstream's own fields, each embedded by the ranker (ids included).
 FIELDS = (F.SCENARIO,) + F.USER_FEATURES + F.ITEM_FEATURES
@@ -62,9 +70,11 @@ class DownstreamRanker(tfrs.models.Model):
 
     Call args:
       inputs: the raw `FIELDS` (as `features.parse_examples` gives them) and the mode's
-        representation features `[batch, d]` with their found indicators `[batch]` (float 0/1).
+        representation features `[batch, d]` with their found indicators `[batch]` (float 0/1);
+        in `distill`, `signatures.UPSTREAM_AD_PREDICTION_FEATURE` `[batch]` (a probability).
     Returns:
-      `{"logit": [batch, 1], "prediction": [batch, 1]}` (+ `"iim_logit"` in the IIM modes).
+      `{"logit": [batch, 1], "prediction": [batch, 1]}` (+ `"iim_logit"` in the IIM modes,
+      `"distill_logit"` in `distill` with a positive `distill_loss_weight`).
 
     Example:
       >>> ranker = DownstreamRanker(DownstreamConfig(mode="ur"), preprocessor, {"ur": 32})
@@ -137,6 +147,13 @@ class DownstreamRanker(tfrs.models.Model):
             metrics=[tf.keras.metrics.AUC(name="auc", from_logits=True, num_thresholds=1000)])
         self.iim_task = tfrs.tasks.Ranking(
             loss=tf.keras.losses.BinaryCrossentropy(from_logits=True)) if self.iim else None
+        self.prediction_features = config.prediction_features
+        self.distill_logit = self.distill_task = None
+        if self.mode == C.DISTILL and config.distill_loss_weight:
+            self.distill_logit = tf.keras.layers.Dense(
+                1, bias_initializer=tf.keras.initializers.Constant(bias), name="distill_logit")
+            self.distill_task = tfrs.tasks.Ranking(
+                loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
         self._warm_started = False
 
     def get_config(self) -> dict:
@@ -144,6 +161,14 @@ class DownstreamRanker(tfrs.models.Model):
                 "representation_dims": dict(self.representation_dims), "name": self.name}
 
     # -- forward ----------------------------------------------------------------------------
+    def _upstream_probability(self, inputs, name: str) -> tf.Tensor:
+        """The upstream's predicted probability `name` of each row, `[batch, 1]` float32."""
+        if name not in inputs:
+            raise ValueError(f"mode {self.mode!r} reads the feature {name!r} (the upstream's "
+                             f"{S.AD_PREDICTION!r} on the row itself): attach it with "
+                             "trainer.downstream.data.with_upstream_prediction")
+        return tf.reshape(tf.cast(inputs[name], tf.float32), [-1, 1])
+
     def _representation(self, inputs, name: str, masked, training: bool):
         """(vector [batch, d], found [batch, 1]) of representation feature `name`."""
         if self.towers is not None and name in self.towers:
@@ -161,11 +186,13 @@ class DownstreamRanker(tfrs.models.Model):
     def forward(self, inputs: dict[str, tf.Tensor], training: bool = False,
                 masked: frozenset[str] = frozenset()) -> dict[str, tf.Tensor]:
         """`call` with the inputs of `masked` (field or representation feature names) zeroed:
-        a field's embedding, a representation's vector and its found indicator (Sec. 5.3.1)."""
-        unknown = sorted(set(masked) - set(FIELDS) - set(S.REPRESENTATION_FEATURES))
+        a field's embedding, a representation's vector and its found indicator, the column
+        logit(p_up) of the upstream's prediction (Sec. 5.3.1)."""
+        maskable = S.REPRESENTATION_FEATURES + C.PREDICTION_FEATURES
+        unknown = sorted(set(masked) - set(FIELDS) - set(maskable))
         if unknown:
             raise ValueError(f"cannot mask {unknown}: not a field ({list(FIELDS)}) or a "
-                             f"representation feature ({list(S.REPRESENTATION_FEATURES)})")
+                             f"representation feature ({list(maskable)})")
         ids = self.preprocessor({k: inputs[k] for k in FIELDS})
         if training and self.config.id_dropout:
             for name in F.ID_FEATURES:  # hidden ids: the ranker must also use the features
@@ -192,6 +219,11 @@ class DownstreamRanker(tfrs.models.Model):
         if self.fusion is not None:
             parts.append(self.fusion([reps[n][0] for n in self.cr_features]
                                      + [reps[n][1] for n in self.cr_features]))  # [b, units]
+        for name in self.prediction_features:
+            p = tf.clip_by_value(self._upstream_probability(inputs, name), PREDICTION_EPSILON,
+                                 1.0 - PREDICTION_EPSILON)  # [batch, 1]
+            column = tf.math.log(p) - tf.math.log1p(-p)  # logit(p_up) [batch, 1]
+            parts.append(tf.zeros_like(column) if name in masked else column)
         x0 = tf.concat(parts, axis=-1)  # [batch, d0]
         x = x0
         for layer in self.cross:
@@ -204,6 +236,8 @@ class DownstreamRanker(tfrs.models.Model):
         h = self.mlp(x, training=training)[-1] if self.config.mlp_hidden else x
         logit = tf.cast(self.logit(h), tf.float32)  # [batch, 1]
         out.update(logit=logit, prediction=tf.sigmoid(logit))
+        if self.distill_logit is not None:
+            out["distill_logit"] = tf.cast(self.distill_logit(h), tf.float32)  # [batch, 1]
         return out
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
@@ -226,4 +260,8 @@ class DownstreamRanker(tfrs.models.Model):
         if self.iim_task is not None and self.config.iim_aux_loss_weight:
             loss += self.config.iim_aux_loss_weight * self.iim_task(
                 labels=label, predictions=outputs["iim_logit"], training=training)
+        if self.distill_task is not None:  # the upstream's probability as a soft target
+            target = self._upstream_probability(inputs, S.UPSTREAM_AD_PREDICTION_FEATURE)
+            loss += self.config.distill_loss_weight * self.distill_task(
+                labels=target, predictions=outputs["distill_logit"], training=training)
         return loss

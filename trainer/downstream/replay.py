@@ -14,7 +14,7 @@ signatures over the serialized requests in batches (vectorised: one call per bat
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -22,6 +22,7 @@ import tensorflow as tf
 from trainer import features as F
 from trainer import signatures as S
 from trainer.downstream import point_in_time as P
+from trainer.export import read_training_facts
 from trainer.mix_tower import CR_OUTPUT
 from trainer.representations import cr_domains as CD
 from trainer.representations import tables as T
@@ -85,6 +86,8 @@ class UpstreamEvents:
     outputs: name -> float32 [n, d] (at least UR, IR, CR);
     domain: object [n] bytes, each request's `domain` (None: not read; then only
     `cr_domains="all"` can fold its CR events).
+    trained_until: int64 [n], the end (unix seconds, exclusive) of the data the model that
+    scored each request was trained on (None: not recorded); `check_unseen` reads it.
     """
 
     user_id: np.ndarray
@@ -93,6 +96,7 @@ class UpstreamEvents:
     digest: np.ndarray
     outputs: dict[str, np.ndarray]
     domain: np.ndarray | None = None
+    trained_until: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.timestamp.shape[0])
@@ -101,7 +105,14 @@ class UpstreamEvents:
         """The events of `rows` (a boolean mask or indices)."""
         return UpstreamEvents(self.user_id[rows], self.item_id[rows], self.timestamp[rows],
                               self.digest[rows], {k: v[rows] for k, v in self.outputs.items()},
-                              None if self.domain is None else self.domain[rows])
+                              None if self.domain is None else self.domain[rows],
+                              None if self.trained_until is None else self.trained_until[rows])
+
+    def scored_by(self, trained_until: int) -> UpstreamEvents:
+        """These events, recorded as scored by a model trained on data before
+        `trained_until`."""
+        return dataclasses.replace(self, trained_until=np.full(len(self), trained_until,
+                                                               np.int64))
 
     def fold_mask(self, cr_domains: str) -> np.ndarray:
         """bool [n]: the events whose CR(u,i) folds under `cr_domains` (`cr_domains.fold_mask`).
@@ -143,6 +154,106 @@ def run_upstream(fn: RepresentationFn, records: Iterable[bytes] | tf.data.Datase
     return UpstreamEvents(joined["user_id"], joined["item_id"], joined["timestamp"],
                           joined["digest"], {k: np.concatenate(v) for k, v in outputs.items()},
                           joined["domain"])
+
+
+def concatenate(parts: Sequence[UpstreamEvents]) -> UpstreamEvents:
+    """The events of `parts`, one after the other (each part with the same outputs; domains
+    and `trained_until` kept only when every part has them)."""
+    if not parts:
+        raise ValueError("concatenate got no events")
+    names = set(parts[0].outputs)
+    for part in parts[1:]:
+        if set(part.outputs) != names:
+            raise ValueError(f"events with different outputs: {sorted(names)} and "
+                             f"{sorted(part.outputs)}")
+
+    def joined(field):
+        values = [getattr(p, field) for p in parts]
+        return None if any(v is None for v in values) else np.concatenate(values)
+
+    return UpstreamEvents(*(joined(f) for f in ("user_id", "item_id", "timestamp", "digest")),
+                          {k: np.concatenate([p.outputs[k] for p in parts]) for k in names},
+                          joined("domain"), joined("trained_until"))
+
+
+def record_timestamps(records: Sequence[bytes]) -> np.ndarray:
+    """int64 [n]: the `timestamp` of each serialized request."""
+    if not len(records):
+        return np.zeros(0, np.int64)
+    spec = {F.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
+    batches = tf.data.Dataset.from_tensor_slices(tf.constant(list(records), tf.string))
+    return np.concatenate([tf.io.parse_example(b, spec)[F.TIMESTAMP].numpy()
+                           for b in batches.batch(65536)]).astype(np.int64)
+
+
+def run_versions(versions: Sequence[tuple[int, RepresentationFn]],
+                 records: Iterable[bytes], batch_size: int = 4096) -> UpstreamEvents:
+    """Requests scored as production would have: each by the newest upstream version trained
+    only on data before it.
+
+    `versions`: `(trained_until, fn)` pairs, `trained_until` the end (exclusive, unix seconds)
+    of the data that version trained on. A request at `t` goes to the last version with
+    `trained_until <= t`; requests older than every version (the first version's own training
+    data: history for the tables, not rows to evaluate) go to the first. The events come back
+    in input order, each with the `trained_until` of the version that scored it.
+    """
+    versions = sorted(versions, key=lambda v: v[0])
+    if not versions:
+        raise ValueError("run_versions got no upstream versions")
+    records = list(records)
+    if not records:
+        raise ValueError("run_versions got no records")
+    stamps = record_timestamps(records)
+    starts = np.array([v[0] for v in versions], np.int64)
+    which = np.maximum(np.searchsorted(starts, stamps, side="right") - 1, 0)
+    parts, order = [], []
+    for k, (trained_until, fn) in enumerate(versions):
+        chosen = np.flatnonzero(which == k)
+        if chosen.size:
+            parts.append(run_upstream(fn, [records[j] for j in chosen], batch_size)
+                         .scored_by(trained_until))
+            order.append(chosen)
+    events = concatenate(parts)
+    return events.select(np.argsort(np.concatenate(order), kind="stable"))
+
+
+def upstream_versions(base: str) -> list[tuple[int, str]]:
+    """`(trained_until, version directory)` of every version under a model base path in TF
+    Serving's layout, oldest first: `trained_until` is the `train_end` its export recorded
+    (`trainer.export.read_training_facts`; `trainer.train` writes it). Raises ValueError when
+    there is no version or one does not say what it was trained on."""
+    if not tf.io.gfile.isdir(base):
+        raise ValueError(f"the upstream base path {base!r} is not a directory")
+    names = sorted((d.strip("/") for d in tf.io.gfile.listdir(base) if d.strip("/").isdigit()),
+                   key=int)
+    if not names:
+        raise ValueError(f"{base!r} holds no upstream version (<base>/<version>/)")
+    out = []
+    for name in names:
+        path = f"{base.rstrip('/')}/{name}"
+        end = read_training_facts(path).get("train_end")
+        if end is None:
+            raise ValueError(f"the upstream version {path!r} does not record the end of the "
+                             "data it was trained on (train_end in assets.extra, written by "
+                             "trainer.train): it cannot say which rows it never saw")
+        out.append((int(end), path))
+    return sorted(out)
+
+
+def check_unseen(events: UpstreamEvents, start: int) -> None:
+    """Raises ValueError unless every event at or after `start` was scored by a model trained
+    only on data before it (`trained_until <= timestamp`): the rows a downstream model trains
+    and is tested on never met an upstream that had seen them."""
+    if events.trained_until is None:
+        raise ValueError("these events do not record which model scored them "
+                         "(UpstreamEvents.trained_until); run them with run_versions")
+    late = np.flatnonzero((events.timestamp >= start) & (events.trained_until > events.timestamp))
+    if late.size:
+        j = late[0]
+        raise ValueError(
+            f"{late.size} request(s) from {start} on were scored by a model that had trained on "
+            f"them, e.g. user {events.user_id[j]!r}, item {events.item_id[j]!r} at "
+            f"{events.timestamp[j]} by a model trained on data up to {events.trained_until[j]}")
 
 
 def histories(events: UpstreamEvents, half_life_seconds: float,

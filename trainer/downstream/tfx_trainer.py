@@ -83,9 +83,13 @@ def run_fn(fn_args) -> None:
     custom = dict(fn_args.custom_config or {})
     config = dataclasses.replace(C.DownstreamConfig(**custom.get("model", {})),
                                  mode=custom.get("mode", C.LFM4ADS))
-    if config.mode not in C.RANKER_MODES or config.mode == C.FINETUNE:
+    # finetune loads the upstream SavedModel; distill reads the upstream's prediction on each
+    # row, which DownstreamExamples does not write.
+    unsupported = (C.FINETUNE, C.DISTILL)
+    if config.mode not in C.RANKER_MODES or config.mode in unsupported:
         raise ValueError(f"the pipeline's downstream trainer takes the modes "
-                         f"{[m for m in C.RANKER_MODES if m != C.FINETUNE]}, got {config.mode!r}")
+                         f"{[m for m in C.RANKER_MODES if m not in unsupported]}, got "
+                         f"{config.mode!r}")
     train_config = C.DownstreamTrainConfig(**custom.get("train", {}))
     files = sorted(f for pattern in fn_args.train_files for f in tf.io.gfile.glob(pattern))
     dims = _dims(files)

@@ -1,7 +1,7 @@
 """Train a downstream ranker on the ad domain with upstream representations, evaluate, export.
 
     python -m trainer.downstream.train --data DIR --upstream EXPORT_DIR [--tables DIR]
-        --mode M --export_dir DIR [--json]
+        [--upstream_protocol frozen|daily] --mode M --export_dir DIR [--json]
 
 Time split, as in production: the representations come from an upstream trained on data
 before the downstream window. `--tables` is a published representation version of that
@@ -12,6 +12,15 @@ downstream row sees UR(u), IR(i), CR(u), CR(i) exactly as the online loop would 
 before the row (`trainer.downstream.point_in_time`). The window's last `--eval_days` are the
 test window, the `--validation_days` before them the validation window (early stopping), and
 the rest trains the ranker.
+
+`--upstream_protocol daily` (an upstream that moves forward, as production's: paper Fig. 4):
+`--upstream` is a model base path whose versions each record the end of the data they were
+trained on (`train_end`, as `trainer.train` exports); each request is scored by the newest
+version trained only on data before it (`trainer.downstream.replay.run_versions`), checked for
+every row from the downstream window on. The window starts where the oldest version's training
+data ends (or `--downstream_days`), so the ranker, whatever its mode, trains on every row no
+version had seen; the modes that load the upstream read the newest version trained before the
+validation window. `--tables` does not apply.
 
 `--mode retrieval` trains the standalone retrieval model of Eq. 6 instead of a ranker and
 exports it with a top-k index (`--top_k`, `--index brute_force|scann`) over the items the item
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -42,6 +52,7 @@ from trainer.downstream import config as C
 from trainer.downstream import data as D
 from trainer.downstream import point_in_time as P
 from trainer.downstream import replay as R
+from trainer.downstream.daily import DAILY, FROZEN, PROTOCOLS
 from trainer.downstream.export import export_ranker
 from trainer.downstream.ranker import FIELDS, DownstreamRanker
 from trainer.downstream.requests import example_with_representations
@@ -276,13 +287,84 @@ def run(data: str, upstream: str, mode: str, export_dir: str | None, tables: str
         train_config: C.DownstreamTrainConfig | None = None, eval_days: float = 1.0,
         validation_days: float = 1.0, downstream_days: float | None = None,
         half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS, top_k: int = 100,
-        index: str = "brute_force", verbose: int = 0) -> dict:
+        index: str = "brute_force", verbose: int = 0,
+        upstream_protocol: str = FROZEN) -> dict:
     """The whole CLI (module doc); returns the results dict."""
+    if upstream_protocol not in PROTOCOLS:
+        raise ValueError(f"upstream_protocol must be one of {PROTOCOLS}, got "
+                         f"{upstream_protocol!r}")
     started = time.perf_counter()
     config = dataclasses.replace(config or C.DownstreamConfig(), mode=mode)
     train_config = train_config or C.DownstreamTrainConfig()
     files = data_input.list_files(data)
     data_input.check_files(files)
+    if upstream_protocol == DAILY:
+        windows, source, upstream_path, ad_prediction = _daily_inputs(
+            files, upstream, tables, eval_days, validation_days, downstream_days,
+            half_life_seconds, config.prediction_features)
+    else:
+        windows, source, upstream_path, ad_prediction = _frozen_inputs(
+            files, upstream, tables, eval_days, validation_days, downstream_days,
+            half_life_seconds, config.prediction_features)
+    features = config.representation_features
+    rows = {name: D.with_representations(D.read_rows(files, *window), source, features)
+            for name, window in (("train", windows.train), ("validation", windows.validation),
+                                 ("test", windows.test))}
+    if ad_prediction is not None:  # distill: the upstream's ad prediction on each row itself
+        rows = {name: ad_prediction(r) for name, r in rows.items()}
+    if not D.size(rows["train"]) or not D.size(rows["test"]):
+        raise data_input.DataError(f"the downstream windows hold {D.size(rows['train'])} "
+                                   f"training and {D.size(rows['test'])} test ad rows")
+    probabilities = D.oracle_probabilities(data, rows["test"], *windows.test)
+    train_items = set(rows["train"][F.ITEM_ID].tolist())
+    if mode == C.RETRIEVAL:
+        model, fit = train_retrieval(config, train_config, rows["train"], rows["validation"],
+                                     verbose=verbose)
+        results = {"mode": mode, **evaluate(rows["test"], retrieval_scores(model, rows["test"]),
+                                            train_items, probabilities, calibrated=False)}
+        # The index: every item the item table holds when the test window begins.
+        items = source.histories[T.ITEM_TABLE].last()
+        known = source.lookup(T.ITEM_TABLE, items.keys,
+                              np.full(len(items), windows.test[0], np.int64))
+        candidates, irs = items.keys[known.found], known.vectors[known.found]
+        results.update(retrieval_recall(model, rows["test"], candidates, irs))
+    else:
+        upstream_config = load_upstream_config(upstream_path) if mode in C.IIM_MODES else None
+        model, fit = train_ranker(config, train_config, rows["train"], rows["validation"],
+                                  upstream_config=upstream_config,
+                                  upstream_export=upstream_path, verbose=verbose)
+        results = {"mode": mode, **evaluate(rows["test"], predict(model, rows["test"]),
+                                            train_items, probabilities)}
+    results.update(
+        train_rows=D.size(rows["train"]), validation_rows=D.size(rows["validation"]),
+        windows=dataclasses.asdict(windows), upstream=upstream_path, tables=tables,
+        upstream_protocol=upstream_protocol, **fit)
+    if export_dir:
+        test = rows["test"]
+        warmup = [example_with_representations(
+            {name: test[name][r] for name in FIELDS},
+            {name: test[name][r] for name in test if name not in F.ALL_FEATURES})
+            for r in range(min(8, D.size(test)))]
+        if mode == C.RETRIEVAL:
+            from trainer.downstream.retrieval import export_retrieval
+
+            results["export_path"] = export_retrieval(
+                model, export_dir, candidates, irs, k=min(top_k, len(candidates)),
+                index=index, warmup_examples=warmup)
+        else:
+            results["export_path"] = export_ranker(model, export_dir, warmup)
+    results["config"] = dataclasses.asdict(config)
+    results["seconds"] = round(time.perf_counter() - started, 2)
+    return results
+
+
+
+
+def _frozen_inputs(files, upstream, tables, eval_days, validation_days, downstream_days,
+                   half_life_seconds, prediction_features):
+    """`--upstream_protocol frozen`: one upstream export replayed over the traffic (module
+    doc). Returns the windows, the representation source, the export the modes that load the
+    upstream read, and the rows -> rows with the `distill` input (None when not read)."""
     upstream_path, upstream_version = R.resolve_export(upstream)
     base = P.HistorySource.from_published(tables) if tables else None
     newest = base.newest() if base is not None else None
@@ -315,53 +397,57 @@ def run(data: str, upstream: str, mode: str, export_dir: str | None, tables: str
             f"window starts ({windows.train[0]}): they were built on the downstream rows")
     replay_start = train_start if base is not None else lo
     source = representation_source(files, upstream_path, replay_start, base, half_life_seconds)
-    features = config.representation_features
-    rows = {name: D.with_representations(D.read_rows(files, *window), source, features)
-            for name, window in (("train", windows.train), ("validation", windows.validation),
-                                 ("test", windows.test))}
-    if not D.size(rows["train"]) or not D.size(rows["test"]):
-        raise data_input.DataError(f"the downstream windows hold {D.size(rows['train'])} "
-                                   f"training and {D.size(rows['test'])} test ad rows")
-    probabilities = D.oracle_probabilities(data, rows["test"], *windows.test)
-    train_items = set(rows["train"][F.ITEM_ID].tolist())
-    if mode == C.RETRIEVAL:
-        model, fit = train_retrieval(config, train_config, rows["train"], rows["validation"],
-                                     verbose=verbose)
-        results = {"mode": mode, **evaluate(rows["test"], retrieval_scores(model, rows["test"]),
-                                            train_items, probabilities, calibrated=False)}
-        # The index: every item the item table holds when the test window begins.
-        items = source.histories[T.ITEM_TABLE].last()
-        known = source.lookup(T.ITEM_TABLE, items.keys,
-                              np.full(len(items), windows.test[0], np.int64))
-        candidates, irs = items.keys[known.found], known.vectors[known.found]
-        results.update(retrieval_recall(model, rows["test"], candidates, irs))
-    else:
-        upstream_config = load_upstream_config(upstream) if mode in C.IIM_MODES else None
-        model, fit = train_ranker(config, train_config, rows["train"], rows["validation"],
-                                  upstream_config=upstream_config,
-                                  upstream_export=upstream_path, verbose=verbose)
-        results = {"mode": mode, **evaluate(rows["test"], predict(model, rows["test"]),
-                                            train_items, probabilities)}
-    results.update(
-        train_rows=D.size(rows["train"]), validation_rows=D.size(rows["validation"]),
-        windows=dataclasses.asdict(windows), upstream=upstream_path, tables=tables, **fit)
-    if export_dir:
-        test = rows["test"]
-        warmup = [example_with_representations(
-            {name: test[name][r] for name in FIELDS},
-            {name: test[name][r] for name in test if name not in F.ALL_FEATURES})
-            for r in range(min(8, D.size(test)))]
-        if mode == C.RETRIEVAL:
-            from trainer.downstream.retrieval import export_retrieval
+    ad_prediction = None
+    if prediction_features:
+        predict = D.saved_model_ad_prediction_fn(upstream_path)
+        ad_prediction = functools.partial(D.with_upstream_prediction, predict=predict)
+    return windows, source, upstream_path, ad_prediction
 
-            results["export_path"] = export_retrieval(
-                model, export_dir, candidates, irs, k=min(top_k, len(candidates)),
-                index=index, warmup_examples=warmup)
-        else:
-            results["export_path"] = export_ranker(model, export_dir, warmup)
-    results["config"] = dataclasses.asdict(config)
-    results["seconds"] = round(time.perf_counter() - started, 2)
-    return results
+
+def _daily_inputs(files, upstream, tables, eval_days, validation_days, downstream_days,
+                  half_life_seconds, prediction_features):
+    """`--upstream_protocol daily`: every version under the model base path `upstream`, each
+    request scored by the newest version trained only on data before it (`replay.run_versions`,
+    checked by `replay.check_unseen` over the downstream windows); the modes that load the
+    upstream read the newest version trained before the validation window."""
+    if tables:
+        raise ValueError("--tables continues the tables of one upstream version; under "
+                         "--upstream_protocol daily the replay of every version starts at the "
+                         "data's beginning: leave --tables out")
+    versions = R.upstream_versions(upstream)
+    lo, hi = data_input.time_range(files)
+    if downstream_days is not None:
+        test_start = hi + 1 - int(round(eval_days * DAY))
+        train_start = test_start - int(round((validation_days + downstream_days) * DAY))
+    else:  # every row the oldest version never saw
+        train_start = versions[0][0]
+    windows = split_windows(files, eval_days, validation_days, train_start)
+    before = [path for end, path in versions if end <= windows.validation[0]]
+    if not before:
+        raise ValueError(f"no upstream version under {upstream!r} was trained only on data "
+                         f"before the validation window ({windows.validation[0]}); their "
+                         f"train_end: {[end for end, _ in versions]}")
+    fns = {path: R.saved_model_fn(path) for _, path in versions}
+    events = R.run_versions([(end, fns[path]) for end, path in versions],
+                            data_input.records_in_window(files).as_numpy_iterator())
+    R.check_unseen(events, windows.train[0])
+    source = R.histories(events, half_life_seconds)
+    ad_prediction = None
+    if prediction_features:
+        predicts = [(end, D.saved_model_ad_prediction_fn(path)) for end, path in versions]
+
+        def ad_prediction(rows):  # each row by the version that scored its request
+            which = np.maximum(np.searchsorted([e for e, _ in predicts], rows[F.TIMESTAMP],
+                                               side="right") - 1, 0)
+            out = np.zeros(D.size(rows), np.float32)
+            for k, (_, predict) in enumerate(predicts):
+                keep = which == k
+                if keep.any():
+                    out[keep] = D.with_upstream_prediction(D.select(rows, keep), predict)[
+                        S.UPSTREAM_AD_PREDICTION_FEATURE]
+            return {**rows, S.UPSTREAM_AD_PREDICTION_FEATURE: out}
+
+    return windows, source, before[-1], ad_prediction
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -369,7 +455,12 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="directory (or glob) of tf.Example TFRecords")
     p.add_argument("--upstream", required=True,
-                   help="the upstream export: a version directory or its model base path")
+                   help="the upstream export: a version directory or its model base path "
+                        "(with --upstream_protocol daily: the base path of every version)")
+    p.add_argument("--upstream_protocol", choices=PROTOCOLS, default=FROZEN,
+                   help="frozen: one upstream version scores every request; daily: each "
+                        "request is scored by the newest version trained only on data before "
+                        "it (each version's train_end)")
     p.add_argument("--tables", default=None,
                    help="a published representation version (or the publish root: its LIVE)")
     p.add_argument("--mode", choices=C.MODES, default=C.LFM4ADS)
@@ -388,6 +479,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--embedding_dim", type=int, default=model.embedding_dim)
     p.add_argument("--num_cross_layers", type=int, default=model.num_cross_layers)
     p.add_argument("--iim_warm_start", action="store_true")
+    p.add_argument("--distill_loss_weight", type=float, default=model.distill_loss_weight,
+                   help="distill: weight of the auxiliary loss on the upstream's prediction")
     training = C.DownstreamTrainConfig()
     p.add_argument("--epochs", type=int, default=training.epochs)
     p.add_argument("--batch_size", type=int, default=training.batch_size)
@@ -423,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     console.setup(args.verbose)
     config = C.DownstreamConfig(mode=args.mode, embedding_dim=args.embedding_dim,
                                 num_cross_layers=args.num_cross_layers,
-                                iim_warm_start=args.iim_warm_start)
+                                iim_warm_start=args.iim_warm_start,
+                                distill_loss_weight=args.distill_loss_weight)
     train_config = C.DownstreamTrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                                            learning_rate=args.learning_rate, seed=args.seed)
     try:
@@ -432,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
                       validation_days=args.validation_days,
                       downstream_days=args.downstream_days,
                       half_life_seconds=args.half_life_seconds, top_k=args.top_k,
-                      index=args.index, verbose=1 if sys.stdout.isatty() else 2)
+                      index=args.index, verbose=1 if sys.stdout.isatty() else 2,
+                      upstream_protocol=args.upstream_protocol)
     except (data_input.DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,7 +26,9 @@ class Upstream:
     export: str  # the version directory
     config: ModelConfig
     source: object  # HistorySource over every record
-    rows: dict  # "train" (day 4), "validation" (day 5), "test" (day 6): ad rows with features
+    # "train" (day 4), "validation" (day 5), "test" (day 6): ad rows with the representation
+    # features and the upstream's ad prediction of each row
+    rows: dict
     windows: dict
 
 
@@ -52,8 +54,10 @@ def upstream(downstream_data, tmp_path_factory) -> Upstream:
                "test": (lo + 5 * DAY, hi + 1)}
     from trainer.downstream.point_in_time import FEATURE_TABLES
 
-    rows = {name: D.with_representations(D.read_rows(files, *w), source, tuple(FEATURE_TABLES))
-            for name, w in windows.items()}
+    ad_prediction = D.saved_model_ad_prediction_fn(export)  # `distill`: the row's own p_up
+    rows = {name: D.with_upstream_prediction(
+        D.with_representations(D.read_rows(files, *w), source, tuple(FEATURE_TABLES)),
+        ad_prediction) for name, w in windows.items()}
     return Upstream(downstream_data, export, TINY, source, rows, windows)
 
 

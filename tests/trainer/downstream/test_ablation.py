@@ -65,20 +65,28 @@ def test_ablate_takes_exactly_one_data_source():
         ablation.ablate(dataset="synthetic", data="some/dir")
 
 
-def test_cr_study_reports_masking_intervals_and_spectra(downstream_data, capsys):
-    """`--cr_study` trains only the CR rows, with the paper's CR reading given as JSON; the
-    result has the masking and ordering intervals and what each representation holds."""
-    assert ablation.main(["--data", downstream_data, "--split_days", "3,1,1", "--seeds", "2",
+def test_cr_study_under_a_daily_upstream(downstream_data, capsys):
+    """`--cr_study --upstream daily` trains only the CR rows (and `distill`) on every row after
+    the upstream's first days, with the paper's CR reading given as JSON; the result has the
+    masking and ordering intervals and what each representation holds."""
+    assert ablation.main(["--data", downstream_data, "--split_days", "2,2,1", "--seeds", "2",
                           "--quick", "--cr_study", "--cr_domains", "all", "--upstream_model",
-                          '{"cr_layer": null, "cr_activation": "post"}', "--json"]) == 0
+                          '{"cr_layer": null, "cr_activation": "post"}', "--upstream", "daily",
+                          "--json"]) == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
-    assert set(result["rows"]) == set(ablation.CR_STUDY_ROWS)
+    assert set(result["rows"]) == set(ablation.CR_STUDY_ROWS) and C.DISTILL in result["rows"]
     assert result["layers"] == {} and set(result["domains"]) == {"both"}
     assert result["settings"]["upstream_model"]["cr_layer"] is None
     assert result["settings"]["cr_domains"] == "all"
+    assert result["settings"]["upstream"] == "daily" and "upstream daily" in out
+    # two seeds, each pretrained on days 1-2 and then updated after days 3, 4 and 5
+    assert result["upstream_updates"] == 2 * 3
+    split = result["split"]
+    assert split["train"][0] == split["upstream_end"]  # the rankers train from day 3 on
     assert {"masked CR(u)+CR(i)", "lfm4ads - cr_latest", "lfm4ads - cr_linear",
-            "lfm4ads - ur_ir"} <= set(result["intervals"])
+            "lfm4ads - ur_ir", "lfm4ads - distill", "distill - none"} <= set(
+                result["intervals"])
     for name, i in result["intervals"].items():
         assert i["low"] <= i["mean"] <= i["high"] and i["seeds"] == 2, name
         assert i["holds"] == (i["low"] > 0 or i["high"] < 0), name
@@ -110,3 +118,23 @@ def test_transfer_ratio_is_the_share_of_the_upstreams_gain():
     assert ratios[C.LFM4ADS] == pytest.approx(0.5)  # (0.62 - 0.60) / (0.64 - 0.60); seed 2 out
     assert ratios[C.NONE] == 0.0
     assert ablation.transfer_ratios(runs, [{"expected_auc": 0.5}] * 2)[C.LFM4ADS] is None
+
+
+def test_synthetic_studies_read_one_held_out_world_per_seed(monkeypatch, downstream_data):
+    """Without --sim_seed, study seed s reads the simulator's world 101 + s; with one, every
+    seed reads that world."""
+    worlds, runs = [], []
+    monkeypatch.setattr(ablation.datasets, "prepare",
+                        lambda dataset, cache, examples, seed, world: worlds.append(seed)
+                        or downstream_data)
+    monkeypatch.setattr(ablation.Ablation, "__init__",
+                        lambda self, data, split, seeds, *a, **k: runs.append(seeds))
+    monkeypatch.setattr(ablation.Ablation, "run", lambda self, study: {})
+    result = ablation.ablate(dataset="synthetic", seeds=3, split_days="3,1,1")
+    assert worlds == [101, 102, 103] and runs == [[0], [1], [2]]
+    assert result["settings"]["sim_seeds"] == [101, 102, 103]
+    worlds.clear(), runs.clear()
+    result = ablation.ablate(dataset="synthetic", seeds=3, split_days="3,1,1", sim_seed=1)
+    assert worlds == [1] and runs == [[0, 1, 2]] and result["settings"]["sim_seeds"] == [1]
+    with pytest.raises(ValueError, match="upstream must be one of"):
+        ablation.ablate(dataset="synthetic", upstream="weekly")

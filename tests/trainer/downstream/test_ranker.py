@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.trainer.downstream.conftest import publish
+from tests.trainer.downstream.conftest import DAY, publish
 from trainer import features as F
 from trainer import signatures as S
 from trainer.downstream import config as C
@@ -191,6 +191,34 @@ def test_cli_trains_evaluates_and_exports(upstream, tmp_path, capsys):
     assert DT.main(["--data", upstream.data, "--upstream", str(leaky),
                     "--downstream_days", "1"]) == 2
     assert "it has seen the downstream rows" in capsys.readouterr().err
+
+
+def test_cli_daily_protocol_scores_each_row_with_an_earlier_version(upstream, tmp_path,
+                                                                     capsys):
+    """`--upstream_protocol daily`: versions trained up to days 3, 3.5 and 5; the ranker trains
+    from where the oldest version's data end, the modes that load the upstream read the newest
+    version trained before the validation window, and a version that cannot say what it
+    trained on is refused."""
+    lo = upstream.windows["train"][0] - 3 * DAY
+    base = tmp_path / "daily"
+    for version, day in ((1, 3), (2, 3.5), (3, 5)):
+        shutil.copytree(upstream.export, base / str(version))
+        (base / str(version) / "assets.extra" / TRAINING_FILE).write_text(
+            json.dumps({"train_end": lo + int(day * DAY)}))
+    argv = ["--data", upstream.data, "--upstream", str(base), "--upstream_protocol", "daily",
+            "--mode", C.DISTILL, "--epochs", "1", "--embedding_dim", "4", "--json"]
+    assert DT.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["upstream_protocol"] == "daily" and result["auc"] is not None
+    assert result["windows"]["train"][0] == lo + 3 * DAY  # the oldest version's train_end
+    # the newest version trained before the validation window (the last day but one)
+    assert result["windows"]["validation"][0] < lo + 5 * DAY
+    assert result["upstream"] == str(base / "2")
+    assert DT.main(argv + ["--tables", str(tmp_path)]) == 2
+    assert "leave --tables out" in capsys.readouterr().err
+    (base / "1" / "assets.extra" / TRAINING_FILE).unlink()
+    assert DT.main(argv) == 2
+    assert "does not record the end of the data" in capsys.readouterr().err
 
 
 def test_point_in_time_rows_never_see_their_own_time(upstream):
