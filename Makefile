@@ -8,6 +8,8 @@ SEED ?= 1
 EXPORT_DIR ?= build/export/lfm4ads
 PIPELINE_ROOT ?= build/pipeline
 SERVING_ROOT ?= build/serving
+# The eval window in days (every gate's test rows); empty: LFM4ADS_EVAL_DAYS or 1.
+EVAL_DAYS ?=
 PYTEST_ARGS ?=
 # The suite runs in 2 processes (pytest-xdist), one test file per process at a time: alone it
 # keeps about one of CI's 2 cores busy (Beam's DirectRunner and TFX are one Python thread).
@@ -36,7 +38,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 run: venv
 	$(PY) -m pipelines.sources.synthetic --out $(DATA) --examples $(EXAMPLES) --seed $(SEED) --overwrite
-	$(PY) -m pipelines.local_runner --data $(DATA) --pipeline_root $(PIPELINE_ROOT) --serving_root $(SERVING_ROOT)
+	$(PY) -m pipelines.local_runner --data $(DATA) --pipeline_root $(PIPELINE_ROOT) --serving_root $(SERVING_ROOT) $(if $(EVAL_DAYS),--eval_days $(EVAL_DAYS))
 
 # The model alone, without TFX: train, print the AUC table, export.
 train: venv

@@ -2,7 +2,8 @@
 
 Every value here is only a default: `pipelines.pipeline.create_pipeline` takes each as a
 parameter, and the runners take them from flags or environment variables
-(`LFM4ADS_DATA`, `LFM4ADS_PIPELINE_ROOT`, `LFM4ADS_SERVING_ROOT`, `LFM4ADS_BEAM_WORKERS`).
+(`LFM4ADS_DATA`, `LFM4ADS_PIPELINE_ROOT`, `LFM4ADS_SERVING_ROOT`, `LFM4ADS_BEAM_WORKERS`,
+`LFM4ADS_EVAL_DAYS`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ SERVING_ROOT = os.environ.get("LFM4ADS_SERVING_ROOT", "build/serving")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA_FILE = os.path.join(REPO_ROOT, "pipelines", "schema", "schema.pbtxt")
 
-# Split: the last EVAL_DAYS of the data are the eval window (same rule as trainer.train).
-EVAL_DAYS = 1.0
+# Split: the last EVAL_DAYS of the data are the eval window (same rule as trainer.train). It is
+# every gate's test rows (the Evaluator, the embedding evaluator, the downstream BlessingGate):
+# the more clicks it holds, the smaller the differences they resolve (`LFM4ADS_EVAL_DAYS` or
+# the runners' --eval_days).
+EVAL_DAYS = float(os.environ.get("LFM4ADS_EVAL_DAYS", "1"))
 
 # Module functions (importable names: the repository is on sys.path of every worker).
 PREPROCESSING_FN = "trainer.transform.preprocessing_fn"
@@ -55,14 +59,16 @@ POINT_IN_TIME_SPLITS = "eval"
 GUARD_THRESHOLDS: dict = {}
 
 # LightweightEmbeddingEvaluator: a candidate the guard passed is published when its proxy
-# ranker's AUC on the eval split is at most LEE_TOLERANCE below the live tables' (None: no
-# evaluator, the guard publishes); LEE_CONFIG: components.lee.LeeConfig field overrides.
+# ranker is shown better on the eval split than with the live tables or, before the first
+# publication, not shown worse than with no representations by more than LEE_TOLERANCE AUC
+# (None: no evaluator, the guard publishes); LEE_CONFIG: components.lee.LeeConfig overrides.
 LEE_TOLERANCE: float | None = 0.01
 LEE_CONFIG: dict = {}
 
 # The downstream ranker the pipeline trains when the tables went live (None: none), its model
 # name under the serving root, its training window (the days before the eval split), Keras
-# training overrides, and how far below the `none` baseline's AUC it may be and be pushed.
+# training overrides, and the BlessingGate's tolerance: how far below a baseline's AUC the
+# ranker must be shown to be to count as worse (components.blessing_gate has the policy).
 DOWNSTREAM_MODE: str | None = "lfm4ads"
 DOWNSTREAM_MODEL_NAME = "lfm4ads_ranker"
 DOWNSTREAM_TRAIN_DAYS = 3.0

@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam_runner", default="DataflowRunner")
     p.add_argument("--beam_arg", action="append", default=[],
                    help="extra Beam pipeline argument (repeatable)")
+    p.add_argument("--eval_days", type=float, default=configs.EVAL_DAYS,
+                   help="the eval window: the last days of the data, every gate's test rows "
+                        "(more clicks in it resolve smaller differences)")
     p.add_argument("--cr_domains", choices=CR_DOMAIN_CHOICES, default=configs.CR_DOMAINS,
                    help="the requests whose CR(u,i) folds into CR(u), CR(i): ad (paper Sec. "
                         "4.3.1) or all (content too)")
@@ -87,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     console.add_verbose_flag(p)
     args = p.parse_args(argv)
     console.setup(args.verbose)
-    kwargs = {"cr_domains": args.cr_domains}
+    if not args.eval_days > 0:
+        p.error(f"--eval_days must be a positive number of days, got {args.eval_days}")
+    kwargs = {"cr_domains": args.cr_domains, "eval_days": args.eval_days}
     if args.strategy != "default":
         kwargs["train_overrides"] = {**configs.TRAIN_OVERRIDES, "strategy": args.strategy}
     if args.vertex_project:

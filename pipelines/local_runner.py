@@ -7,10 +7,11 @@ Three ways to start it (README):
     tfx run create --engine local --pipeline_name lfm4ads
 
 The `tfx` CLI runs this file as a script with no arguments: paths then come from the
-environment (`LFM4ADS_DATA`, `LFM4ADS_PIPELINE_ROOT`, `LFM4ADS_SERVING_ROOT`) or the defaults
-of `pipelines.configs`. With `--json` the last printed line is one JSON object (`auc_ad`,
-`gauc_ad`, `pushed_version`, `cr_users`, `cr_items`, `guard`, `lee_delta`, `lee_blessed`,
-`lee_verdict`, `published`, ...).
+environment (`LFM4ADS_DATA`, `LFM4ADS_PIPELINE_ROOT`, `LFM4ADS_SERVING_ROOT`, and the eval
+window `LFM4ADS_EVAL_DAYS`) or the defaults of `pipelines.configs`. With `--json` the last
+printed line is one JSON object (`auc_ad`, `gauc_ad`, `pushed_version`, `cr_users`,
+`cr_items`, `guard`, `lee_delta`, `lee_blessed`, `lee_verdict`, `lee_comparison`,
+`published`, ...).
 """
 
 from __future__ import annotations
@@ -185,6 +186,15 @@ def _compiling_for_tfx_cli() -> bool:
     return hasattr(tfx.orchestration.LocalDagRunner.run, "__wrapped__")
 
 
+def _positive_days(text: str) -> float:
+    """An `--eval_days` value: a positive number of days."""
+    days = float(text)
+    if not days > 0:
+        raise argparse.ArgumentTypeError(f"the eval window must be a positive number of days, "
+                                         f"got {text}")
+    return days
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=configs.DATA_ROOT, help="directory of TFRecord shards")
@@ -194,6 +204,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="pushed models go to <serving_root>/<model_name>/<version>")
     p.add_argument("--pipeline_name", default=configs.PIPELINE_NAME)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2)")
+    p.add_argument("--eval_days", type=_positive_days, default=configs.EVAL_DAYS,
+                   help="the eval window: the last days of the data, every gate's test rows "
+                        "(more clicks in it resolve smaller differences; default "
+                        "LFM4ADS_EVAL_DAYS or 1)")
     p.add_argument("--beam_workers", type=int, default=None,
                    help="DirectRunner workers (1: in-process; more: multi-processing)")
     p.add_argument("--cr_domains", choices=CR_DOMAIN_CHOICES, default=configs.CR_DOMAINS,
@@ -212,7 +226,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     console.setup(args.verbose)
-    kwargs = {"cr_domains": args.cr_domains}
+    kwargs = {"cr_domains": args.cr_domains, "eval_days": args.eval_days}
     if args.epochs is not None:
         kwargs["train_overrides"] = {**configs.TRAIN_OVERRIDES, "epochs": args.epochs}
     summary = run(args.data, args.pipeline_root, args.serving_root,

@@ -8,7 +8,8 @@
            -> LightweightEmbeddingEvaluator (publishes the tables a proxy ranker finds useful)
     (when the tables went live) DownstreamExamples (ad rows + point-in-time UR, IR, CR(u), CR(i))
            -> Trainer[lfm4ads ranker], Trainer[none baseline]
-           -> Evaluator vs none, Evaluator vs the last blessed ranker -> BlessingGate -> Pusher
+           -> Evaluator (TFMA metrics vs none), BlessingGate (paired comparisons with the none
+              ranker and the last blessed one) -> Pusher
 
 Every path, threshold and Beam argument is a parameter; `pipelines.configs` has the defaults.
 """
@@ -87,12 +88,11 @@ def eval_config(auc_threshold: float, max_drop: float) -> tfma.EvalConfig:
     )
 
 
-def downstream_eval_config(max_drop: float) -> tfma.EvalConfig:
-    """TFMA config of the downstream ranker: AUC and GAUC overall and on cold-start items; it
-    is blessed when its AUC is at most `max_drop` below the baseline model's (the `none`
-    ranker trained in the same run)."""
-    blessing = tfma.MetricThreshold(change_threshold=tfma.GenericChangeThreshold(
-        direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_drop}))
+def downstream_eval_config() -> tfma.EvalConfig:
+    """TFMA config of the downstream ranker: AUC and GAUC overall and on cold-start items,
+    beside the baseline model's (the `none` ranker trained in the same run). No thresholds:
+    the Evaluator reports, `BlessingGate` decides (on a paired bootstrap over the eval users,
+    which TFMA's change thresholds on a point estimate cannot do)."""
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name=S.SERVING_DEFAULT, label_key="label",
                                     prediction_key=S.DOWNSTREAM_PREDICTION)],
@@ -100,7 +100,7 @@ def downstream_eval_config(max_drop: float) -> tfma.EvalConfig:
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
             tfma.MetricConfig(class_name="MeanLabel"),
-            tfma.MetricConfig(class_name="AUC", threshold=blessing),
+            tfma.MetricConfig(class_name="AUC"),
             tfma.MetricConfig(class_name="GAUC", module="components.tfma_metrics",
                               config=json.dumps({"user_key": "user_id"})),
         ])],
@@ -110,9 +110,11 @@ def downstream_eval_config(max_drop: float) -> tfma.EvalConfig:
 def downstream_components(example_gen, pusher, lee, serving_root: str, mode: str,
                           model_name: str, train_days: float, train_overrides: dict,
                           max_drop: float, cr_domains: str = CD.DEFAULT) -> list:
-    """The downstream ranker in `mode`, trained with the `none` baseline, evaluated against it
-    and against the last blessed ranker (one TFMA Evaluator each, `BlessingGate` joining
-    them), pushed to `<serving_root>/<model_name>/`; run only when the new tables went live."""
+    """The downstream ranker in `mode`, trained with the `none` baseline, reported by TFMA
+    beside it, compared by `BlessingGate` with it and with the last blessed ranker (`max_drop`:
+    the gate's tolerance, how far below a baseline it must be shown to be to count as worse),
+    pushed to `<serving_root>/<model_name>/` when the gate blesses it; run only when the new
+    tables went live."""
     # Nodes created inside the Cond run only when it holds (TFX conditionals).
     published = lee.outputs["evaluation"].future()[0].custom_property("published") == 1
     with tfx.dsl.Cond(published):
@@ -138,22 +140,18 @@ def _downstream_nodes(example_gen, upstream_pusher, serving_root: str, mode: str
     }
     last_blessed = latest_blessed("DownstreamTrainer", "DownstreamBlessingGate",
                                   "LatestBlessedRankerResolver")
-    evaluators = [
-        tfx.components.Evaluator(
-            examples=examples.outputs["downstream_examples"],
-            model=trainers["candidate"].outputs["model"],
-            baseline_model=baseline_model,
-            example_splits=["eval"],
-            eval_config=downstream_eval_config(max_drop),
-        ).with_id(component_id)
-        for baseline_model, component_id in (
-            (trainers["baseline"].outputs["model"], "DownstreamEvaluator"),
-            (last_blessed.outputs["model"], "DownstreamVsLastBlessedEvaluator"))
-    ]
+    evaluator = tfx.components.Evaluator(
+        examples=examples.outputs["downstream_examples"],
+        model=trainers["candidate"].outputs["model"],
+        baseline_model=trainers["baseline"].outputs["model"],
+        example_splits=["eval"],
+        eval_config=downstream_eval_config(),
+    ).with_id("DownstreamEvaluator")
     gate = BlessingGate(model=trainers["candidate"].outputs["model"],
-                        first=evaluators[0].outputs["blessing"],
-                        second=evaluators[1].outputs["blessing"]).with_id(
-        "DownstreamBlessingGate")
+                        examples=examples.outputs["downstream_examples"],
+                        baseline_model=trainers["baseline"].outputs["model"],
+                        last_blessed_model=last_blessed.outputs["model"],
+                        tolerance=float(max_drop)).with_id("DownstreamBlessingGate")
     pusher = tfx.components.Pusher(
         model=trainers["candidate"].outputs["model"],
         model_blessing=gate.outputs["blessing"],
@@ -161,7 +159,7 @@ def _downstream_nodes(example_gen, upstream_pusher, serving_root: str, mode: str
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.join(serving_root, model_name))),
     ).with_id("DownstreamPusher")
-    return [examples, *trainers.values(), last_blessed, *evaluators, gate, pusher]
+    return [examples, *trainers.values(), last_blessed, evaluator, gate, pusher]
 
 
 def latest_blessed(trainer_id: str, blessing_id: str, resolver_id: str) -> tfx.dsl.Resolver:
@@ -244,14 +242,19 @@ def create_pipeline(
     guarded representation tables to `publish_root` (default `<serving_root>/representations`)
     and, with `store_url` (`sqlite:///...` or `redis://...`), into the serving store. The
     Trainer starts from `preset` (`trainer.config.PRESETS`) with `model_overrides` and
-    `train_overrides` (ModelConfig / TrainConfig fields) over it. Tables the guard passes are
-    published only when the embedding evaluator blesses them (AUC delta of its proxy not below
-    `-lee_tolerance`; `lee_config`: `components.lee.LeeConfig` fields); with
+    `train_overrides` (ModelConfig / TrainConfig fields) over it. The last `eval_days` of the
+    data are the eval split: the test rows of every gate, so a longer window (or more traffic)
+    resolves smaller differences. Tables the guard passes are published when the embedding
+    evaluator's paired comparison allows it (`components.lee`: shown better than the live
+    tables, or, with none live, not shown worse than no representations by more than
+    `lee_tolerance`; `lee_config`: `components.lee.LeeConfig` fields); with
     `lee_tolerance=None` there is no evaluator and the guard publishes. When the tables went
     live, a downstream ranker in `downstream_mode` (None: none) is trained on the last
-    `downstream_train_days` before the eval split with point-in-time representations, evaluated
-    on the eval split against the `none` baseline (blessed when at most `downstream_max_drop`
-    AUC below it) and pushed to `<serving_root>/<downstream_model_name>/<version>`.
+    `downstream_train_days` before the eval split with point-in-time representations, compared
+    on the eval split with the `none` baseline and the last blessed ranker
+    (`components.blessing_gate`: pushed unless worse than `none` by more than
+    `downstream_max_drop`, and, when a ranker is live, only when shown better than it) and
+    pushed to `<serving_root>/<downstream_model_name>/<version>`.
     CR(u), CR(i) fold the CR(u,i) of the requests `cr_domains` selects (`"ad"`, paper Sec.
     4.3.1, or `"all"`; `trainer.representations.cr_domains`), in the aggregator and in
     DownstreamExamples alike.

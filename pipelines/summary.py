@@ -3,7 +3,8 @@
 `run_summary(metadata_path, pipeline_name)` returns the figures the runners print: the TFMA
 AUC / GAUC per domain and on the cold-start slice, the blessing, the pushed version, the
 representation table sizes, the guard's verdict and the embedding evaluator's (whether the
-tables went live: `published`), plus each component's wall time.
+tables went live: `published`), each gate's paired comparison (better / worse / inconclusive
+with the smallest difference its test rows resolve), plus each component's wall time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components import artifacts as A
+from components.blessing_gate import VS_LAST_BLESSED, VS_NONE
+from trainer import paired_comparison as PC
 from trainer import signatures as S
 from trainer.transform import ITEM_COLD_START
 
@@ -162,13 +165,20 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
         "lee_verdict": _prop(lee, "verdict"),  # None when the pipeline has no evaluator
         # None when there was no evaluator or it did not evaluate (the guard held the tables).
         "lee_blessed": None if _prop(lee, "blessed") is None else bool(_prop(lee, "blessed")),
+        # better | worse | inconclusive (None when it did not evaluate)
+        "lee_comparison": _prop(lee, "comparison"),
         "lee_delta": rounded(_prop(lee, "delta")),
         "lee_delta_stderr": rounded(_prop(lee, "delta_stderr")),
+        "lee_delta_low": rounded(_prop(lee, "delta_low")),
+        "lee_delta_high": rounded(_prop(lee, "delta_high")),
+        "lee_detectable_effect": rounded(_prop(lee, "detectable_effect")),
         "lee_candidate_auc": rounded(_prop(lee, "candidate_auc")),
         "lee_reference_auc": rounded(_prop(lee, "reference_auc")),
         "lee_reference": _prop(lee, "reference"),
         "lee_test_rows": _prop(lee, "test_rows"),
         "lee_test_clicks": _prop(lee, "test_clicks"),
+        "lee_test_users": _prop(lee, "test_users"),
+        "lee_min_test_clicks": _prop(lee, "min_test_clicks"),
         "lee_reasons": json.loads(_prop(lee, "reasons", "[]")),
         "published": _prop(published_by, "verdict") == "published",
         "live_representations_version": _prop(published_by, "live_version") or None,
@@ -196,23 +206,24 @@ def _downstream(store, lee) -> dict:
             else None
 
     evaluation = this_run("ModelEvaluation", "DownstreamEvaluator")
-    vs_last = this_run("ModelEvaluation", "DownstreamVsLastBlessedEvaluator")
     blessing = this_run("ModelBlessing", "DownstreamBlessingGate")
     pushed = this_run("PushedModel", "DownstreamPusher")
     baseline_model = this_run("Model", "DownstreamBaselineTrainer")
     candidate = tfma_metrics(evaluation.uri) if evaluation is not None else {}
     baseline = tfma_metrics(evaluation.uri, baseline=True) if evaluation is not None else {}
-    return {
+    out = {
         "downstream_auc": _metric(candidate, "", {}, "auc"),
         "downstream_gauc": _metric(candidate, "", {}, "gauc"),
         "downstream_auc_cold_start": _metric(candidate, "", {"item_cold_start": "1"}, "auc"),
         "downstream_baseline_auc": _metric(baseline, "", {}, "auc"),
         "downstream_baseline_gauc": _metric(baseline, "", {}, "gauc"),
         "downstream_eval_examples": _count(_metric(candidate, "", {}, "example_count")),
+        "downstream_eval_rows": _prop(blessing, "eval_rows"),  # the gate's test rows
+        "downstream_eval_clicks": _prop(blessing, "eval_clicks"),
+        "downstream_min_clicks": _prop(blessing, "min_clicks"),
         # The last blessed ranker's AUC on the same rows (None before the first blessing).
-        "downstream_last_blessed_auc": _metric(
-            tfma_metrics(vs_last.uri, baseline=True) if vs_last is not None else {}, "", {},
-            "auc"),
+        "downstream_last_blessed_auc": rounded(
+            _prop(blessing, f"{VS_LAST_BLESSED}_reference_auc")),
         "downstream_blessed": None if blessing is None else bool(_prop(blessing, "blessed", 0)),
         "downstream_blessing_reasons": json.loads(_prop(blessing, "reasons", "[]")),
         "downstream_pushed": bool(_prop(pushed, "pushed", 0)),
@@ -221,6 +232,38 @@ def _downstream(store, lee) -> dict:
         "downstream_baseline_model": (os.path.join(baseline_model.uri, "Format-Serving")
                                       if baseline_model is not None else None),
     }
+    # The gate's paired comparison with each baseline: downstream_vs_none_comparison (better |
+    # worse | inconclusive), _delta, _delta_low, _delta_high, _detectable_effect; the same
+    # for vs_last_blessed (None before the first blessing).
+    for vs in (VS_NONE, VS_LAST_BLESSED):
+        out[f"downstream_{vs}_comparison"] = _prop(blessing, f"{vs}_comparison")
+        for name in ("delta", "delta_low", "delta_high", "detectable_effect"):
+            out[f"downstream_{vs}_{name}"] = rounded(_prop(blessing, f"{vs}_{name}"))
+    return out
+
+
+def gate_verdicts(summary: dict) -> dict[str, str]:
+    """Each gate's paired comparison in plain words (`trainer.paired_comparison.describe`):
+    `lee`, `downstream_vs_none`, `downstream_vs_last_blessed`, for those that compared."""
+    out = {}
+    if summary.get("lee_comparison"):
+        out["lee"] = PC.describe({
+            "verdict": summary["lee_comparison"], "delta": summary.get("lee_delta"),
+            "low": summary.get("lee_delta_low"), "high": summary.get("lee_delta_high"),
+            "detectable_effect": summary.get("lee_detectable_effect"),
+            "rows": summary.get("lee_test_rows"), "clicks": summary.get("lee_test_clicks"),
+            "min_clicks": summary.get("lee_min_test_clicks")})
+    for vs in (VS_NONE, VS_LAST_BLESSED):
+        key = f"downstream_{vs}"
+        if summary.get(f"{key}_comparison"):
+            out[key] = PC.describe({
+                "verdict": summary[f"{key}_comparison"], "delta": summary.get(f"{key}_delta"),
+                "low": summary.get(f"{key}_delta_low"), "high": summary.get(f"{key}_delta_high"),
+                "detectable_effect": summary.get(f"{key}_detectable_effect"),
+                "rows": summary.get("downstream_eval_rows"),
+                "clicks": summary.get("downstream_eval_clicks"),
+                "min_clicks": summary.get("downstream_min_clicks")})
+    return out
 
 
 def format_summary(summary: dict) -> str:
@@ -237,17 +280,20 @@ def format_summary(summary: dict) -> str:
         ("guard", summary["guard"]),
     ]
     rows += [("  reason", r) for r in summary["guard_reasons"]]
+    verdicts = gate_verdicts(summary)
     if summary.get("lee_verdict") is not None and summary.get("lee_blessed") is None:
         rows.append(("embedding evaluator", "not run (the guard held the tables)"))
     elif summary.get("lee_blessed") is not None and summary.get("lee_delta") is None:
-        rows.append(("embedding evaluator", f"blessed {summary['lee_blessed']} (not evaluated)"))
+        rows.append(("embedding evaluator", f"{summary['lee_verdict']} (not evaluated)"))
     elif summary.get("lee_blessed") is not None:
         rows.append(("embedding evaluator", (
-            f"blessed {summary['lee_blessed']}: proxy AUC {summary['lee_candidate_auc']} vs "
-            f"{summary['lee_reference_auc']} ({summary['lee_reference']}), delta "
-            f"{summary['lee_delta']} ± {summary.get('lee_delta_stderr')} on "
-            f"{summary['lee_test_rows']} rows "
-            f"({summary['lee_test_clicks']} clicks)")))
+            f"{summary['lee_verdict']}: proxy AUC {summary['lee_candidate_auc']} with the "
+            f"candidate vs {summary['lee_reference_auc']} with the {summary['lee_reference']} "
+            f"reference, on {summary['lee_test_rows']} test rows "
+            f"({summary['lee_test_clicks']} clicks, {summary.get('lee_test_users')} users)")))
+    if "lee" in verdicts:  # the comparison with the live tables (or with none)
+        rows.append((f"  vs {summary['lee_reference']}" if summary.get("lee_reference")
+                     else "  verdict", verdicts["lee"]))
     rows += [("  reason", r) for r in summary.get("lee_reasons", [])]
     rows.append(("representations", f"{'published' if summary['published'] else 'held'} "
                  f"(live version {summary['live_representations_version']})"))
@@ -261,6 +307,9 @@ def format_summary(summary: dict) -> str:
              f"last blessed ranker {summary['downstream_last_blessed_auc']}; "
              f"cold-start AUC {summary['downstream_auc_cold_start']}; "
              f"{summary['downstream_eval_examples']} eval ad rows)"),
+            ("  vs none", verdicts.get("downstream_vs_none", "not compared")),
+            ("  vs last blessed", verdicts.get(
+                "downstream_vs_last_blessed", "no ranker blessed before: nothing live to compare")),
             ("downstream blessed", f"{summary['downstream_blessed']} / pushed "
              f"{summary['downstream_pushed']} {summary['downstream_pushed_path'] or ''}"),
         ]

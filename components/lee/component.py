@@ -4,30 +4,36 @@ The guard checks the candidate tables' statistics; this component checks their u
 (`components.lee.evaluator`): a proxy ranker trained on the recent downstream rows (the ad rows
 of the last `train_days` of the train split) and tested on the later ones (the ad rows of the
 eval split, which the upstream did not train on), with the candidate tables, against the same
-proxy with the live published tables. Before the first publication nothing is live to protect:
-the candidate is published and its delta against the proxy with no representations is recorded,
-not judged (as TFMA's change thresholds need a baseline). Otherwise the candidate is blessed
-when the AUC delta is not below `-tolerance`; only then is it published (the guard's layout
-under `publish_root`, `LIVE` replaced last) and, with `store_url`, loaded into the serving
-store. Held, nothing under `publish_root` or in the store changes. When the test rows hold too
-few clicks to compare (`LeeConfig.min_test_clicks`), nothing is measured: the live version
-stays, or with none yet the candidate is published.
+proxy with the live published tables, or with no representations before the first
+publication. The paired bootstrap over the test users (`trainer.paired_comparison`) says
+`better`, `worse` or `inconclusive`, with the smallest difference the eval split could resolve
+(`detectable_effect`). The policy (`components.lee.evaluator.publishes`):
+
+    tables live already:  better -> publish;  inconclusive or worse -> the live tables stay
+    nothing live yet:     better or inconclusive -> publish;  worse (below -tolerance) -> hold
+
+Too few test clicks to measure (`LeeConfig.min_test_clicks`) count as inconclusive. Published
+means the guard's layout under `publish_root` (`LIVE` replaced last) and, with `store_url`, the
+serving store loaded; held, nothing under `publish_root` or in the store changes.
 
 Recorded in ML Metadata (custom properties of the output) and in `evaluation.json` in it:
-`verdict` (published | held), `blessed`, `delta`, `delta_stderr`, `candidate_auc`,
-`reference_auc`, `reference` (live | none), `live_version`, `train_rows`, `test_rows`,
-`test_clicks`, `reasons`, `published_path`, `store_url`, `seconds`.
+`verdict` (published | held), `blessed`, `comparison` (better | worse | inconclusive),
+`delta`, `delta_stderr`, `delta_low`, `delta_high`, `detectable_effect`, `tolerance`,
+`candidate_auc`, `reference_auc`, `reference` (live | none), `live_version`, `train_rows`,
+`test_rows`, `test_clicks`, `test_users`, `min_test_clicks`, `reasons`, `published_path`,
+`store_url`, `seconds`.
 """
 
 import glob
 import json
 import os
 
+import numpy as np
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
 from components import artifacts as A
-from components.lee.evaluator import LeeConfig, TooFewRows, evaluate, table_source
+from components.lee.evaluator import LeeConfig, TooFewRows, evaluate, publishes, table_source
 from components.representation_extractor.component import split_patterns
 from components.representation_guard.component import (
     artifact_table_dirs,
@@ -39,6 +45,7 @@ from components.representation_guard.component import (
 )
 from trainer import features as F
 from trainer import input as data_input
+from trainer import paired_comparison as PC
 from trainer.downstream import data as D
 from trainer.downstream import point_in_time as P
 from trainer.representations.statistics import STATUS_HELD, STATUS_PASSED, STATUS_PUBLISHED
@@ -61,23 +68,18 @@ def evaluate_and_publish(train: D.Rows, test: D.Rows, table_dirs: dict[str, str]
     try:
         result = evaluate(train, test, table_source(table_dirs), reference, config)
     except TooFewRows as e:
-        # Nothing measured: keep the live version; with none, nothing can get worse.
-        result = {"reasons": [f"not evaluated: {e}"], "reference": None, "blessed": live is None}
+        # Nothing measured: inconclusive, whose policy keeps the live version (with none,
+        # the candidate goes live).
+        result = {"comparison": PC.INCONCLUSIVE, "reference": None,
+                  "blessed": publishes(PC.INCONCLUSIVE, live=live is not None),
+                  "test_rows": D.size(test), "test_clicks": int(np.sum(test[F.LABEL])),
+                  "min_test_clicks": config.min_test_clicks, "tolerance": config.tolerance,
+                  "reasons": [f"not evaluated: {e}"]}
     else:
-        result["reasons"] = []
-        if live is None:  # nothing live to protect (as TFMA without a baseline)
-            result["blessed"] = True
-            result["reasons"].append(
-                "first publication: nothing live to compare with; against no representations "
-                f"the proxy's AUC delta is {result['delta']:+.4f} (recorded, not judged)")
+        result["reasons"] = [_policy_reason(result, config)]
     result.update(verdict=STATUS_HELD, live_version=live, candidate_version=int(version),
                   published_path=None)
     if not result["blessed"]:
-        if "delta" in result:
-            result["reasons"].append(
-                f"the proxy's AUC with the candidate is {result['candidate_auc']:.4f}, "
-                f"{-result['delta']:.4f} below the {result['reference']} reference "
-                f"({result['reference_auc']:.4f}; tolerance {config.tolerance})")
         return result
     if os.path.exists(os.path.join(publish_root, str(version))):
         result["reasons"].append(f"version {version} is already published")
@@ -90,6 +92,31 @@ def evaluate_and_publish(train: D.Rows, test: D.Rows, table_dirs: dict[str, str]
     return result
 
 
+def _policy_reason(result: dict, config: LeeConfig) -> str:
+    """What the policy made of a measured candidate, in words (the figures are beside it)."""
+    if result["reference"] == "none":
+        if result["comparison"] == PC.WORSE:
+            return ("first publication held: the proxy does worse with the candidate's "
+                    "representations than with none, by more than the tolerance "
+                    f"{config.tolerance}")
+        return ("first publication: nothing live to protect; published unless shown worse "
+                "than no representations")
+    if result["comparison"] == PC.BETTER:
+        return "better than the live tables: published"
+    if result["comparison"] == PC.WORSE:
+        return "worse than the live tables: the live tables stay"
+    return "not shown better than the live tables: the live tables stay"
+
+
+def comparison_fields(result: dict) -> dict:
+    """The LEE's result under the keys of `trainer.paired_comparison.describe`."""
+    return {"verdict": result["comparison"], "delta": result.get("delta"),
+            "low": result.get("delta_low"), "high": result.get("delta_high"),
+            "detectable_effect": result.get("detectable_effect"),
+            "rows": result.get("test_rows"), "clicks": result.get("test_clicks"),
+            "min_clicks": result.get("min_test_clicks")}
+
+
 def _record(out, result: dict) -> None:
     out.set_string_custom_property("verdict", result["verdict"])
     out.set_int_custom_property("published", int(result["verdict"] == STATUS_PUBLISHED))
@@ -97,13 +124,14 @@ def _record(out, result: dict) -> None:
         out.set_int_custom_property("blessed", int(bool(result["blessed"])))
     out.set_string_custom_property("reasons", json.dumps(result["reasons"]))
     out.set_int_custom_property("live_version", int(result.get("live_version") or 0))
-    for name in ("delta", "delta_stderr", "candidate_auc", "reference_auc", "seconds"):
+    for name in ("delta", "delta_stderr", "delta_low", "delta_high", "detectable_effect",
+                 "tolerance", "candidate_auc", "reference_auc", "seconds"):
         if result.get(name) is not None:
             out.set_float_custom_property(name, float(result[name]))
-    for name in ("train_rows", "test_rows", "test_clicks"):
+    for name in ("train_rows", "test_rows", "test_clicks", "test_users", "min_test_clicks"):
         if result.get(name) is not None:
             out.set_int_custom_property(name, int(result[name]))
-    for name in ("reference", "published_path", "store_url"):
+    for name in ("comparison", "reference", "published_path", "store_url"):
         if result.get(name):
             out.set_string_custom_property(name, str(result[name]))
     os.makedirs(out.uri, exist_ok=True)

@@ -1,5 +1,5 @@
 """The Light-weight Embedding Evaluator (paper Sec. 4.3.3), without TFX: is a candidate
-representation version at least as useful to a downstream model as the live one?
+representation version more useful to a downstream model than the live one?
 
 A small proxy ranker (`trainer.downstream`, `lfm4ads` mode, few parameters, few epochs) is
 trained twice on the same recent downstream rows, once with the candidate tables' UR(u),
@@ -11,7 +11,24 @@ later rows:
     AUC_c   = AUC(test | proxy trained with the candidate tables)
     AUC_r   = AUC(test | proxy trained with the reference: the live tables, or no
               representations (`none` mode) before the first publication)
-    delta   = AUC_c - AUC_r;  blessed  <=>  delta >= -tolerance
+    delta   = AUC_c - AUC_r
+
+Both proxies start from the same seed and see the same rows in the same order, so the delta
+is paired: `trainer.paired_comparison` resamples the test users (the label draw; the proxy's
+own training noise comes on top) and gives its standard error, 95% interval, the smallest
+difference the test rows could resolve (`detectable_effect`, 2.8 SE) and a verdict:
+`better` (interval above 0), `worse` (interval below `-tolerance`) or `inconclusive`.
+
+The policy (`publishes`), per verdict and reference:
+
+    reference       better    inconclusive    worse        too few clicks to measure
+    live tables     publish   keep live       keep live    keep live
+    none (first)    publish   publish         hold         publish
+
+A candidate replaces the live tables only when it is shown better; while nothing is live,
+any candidate not shown worse than no representations (by more than `tolerance`) goes live,
+since there is nothing to protect. Too few test clicks (`min_test_clicks`) measure nothing and
+count as inconclusive; the proxies are then not trained at all.
 
 The features are the tables as they would be served: each key's one stored row, looked up by
 the row's user and item (a key a table lacks is a cold start: zeros, found 0). They are not
@@ -19,11 +36,8 @@ point in time: the candidate's CR(u), CR(i) already fold in the window's own imp
 upstream's view of those rows' features, never their labels). What this catches that the
 guard's statistics cannot is a table whose vectors are fine but belong to the wrong keys, a
 model that learnt less, or a representation that stopped carrying what the downstream uses.
-
-Both proxies start from the same seed and see the same rows in the same order, so the delta
-is paired; `delta_stderr` is its bootstrap standard error over the test rows (the label draw;
-the proxy's own training noise comes on top). With the ~100 test clicks of the quickstart's
-data it is about 0.01 AUC (docs/BENCHMARKS.md): a smaller effect is not seen.
+With the 108 test clicks of the quickstart's one-day eval window the detectable effect is
+about 0.08 AUC: only a longer window (`eval_days`) or more traffic resolves smaller ones.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from trainer import features as F
+from trainer import paired_comparison as PC
 from trainer.downstream import config as C
 from trainer.downstream import data as D
 from trainer.downstream import point_in_time as P
@@ -52,7 +67,9 @@ class TooFewRows(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class LeeConfig:
-    """The proxy and the blessing rule (module doc)."""
+    """The proxy and the comparison (module doc). `tolerance`: how far below the reference a
+    candidate must be shown to be to count as `worse`; `resamples`: bootstrap resamples of the
+    test users; `seed`: the proxies' and the resamples' seed."""
 
     tolerance: float = 0.01
     embedding_dim: int = 8
@@ -62,8 +79,10 @@ class LeeConfig:
     batch_size: int = 256
     learning_rate: float = 1e-3
     seed: int = 0
-    # Fewer clicks (or non-clicks) than this among the test rows: no verdict (`TooFewRows`).
-    min_test_clicks: int = 20
+    resamples: int = PC.RESAMPLES
+    # Fewer clicks (or non-clicks) than this among the test rows: nothing measured
+    # (`TooFewRows`; inconclusive).
+    min_test_clicks: int = PC.MIN_CLICKS
 
     def __post_init__(self):
         if self.tolerance < 0:
@@ -97,18 +116,12 @@ def served_features(rows: D.Rows, source: P.RepresentationSource,
     return {**rows, **extra}
 
 
-def bootstrap_stderr(labels: np.ndarray, a: np.ndarray, b: np.ndarray, samples: int = 200,
-                     seed: int = 0) -> float | None:
-    """Standard error of `AUC(labels, a) - AUC(labels, b)` over resamplings of the rows."""
-    rng = np.random.default_rng(seed)
-    n = labels.shape[0]
-    deltas = []
-    for _ in range(samples):
-        pick = rng.integers(0, n, n)
-        da, db = auc(labels[pick], a[pick]), auc(labels[pick], b[pick])
-        if da is not None and db is not None:
-            deltas.append(da - db)
-    return float(np.std(deltas, ddof=1)) if len(deltas) > 1 else None
+def publishes(comparison: str, live: bool) -> bool:
+    """The policy (module doc): does a candidate with this verdict (`better`, `worse`,
+    `inconclusive`) go live, when tables are `live` already or not?"""
+    if comparison not in PC.VERDICTS:
+        raise ValueError(f"unknown verdict {comparison!r}; expected one of {PC.VERDICTS}")
+    return comparison == PC.BETTER if live else comparison != PC.WORSE
 
 
 def proxy_auc(config: LeeConfig, mode: str, train: D.Rows, test: D.Rows,
@@ -129,9 +142,11 @@ def evaluate(train: D.Rows, test: D.Rows, candidate: P.RepresentationSource,
     the ad rows `train`, tested on the later ad rows `test`. `probabilities`: the test rows'
     true click probabilities where known (the simulator's oracle), for the expected AUCs.
 
-    Returns `blessed`, `delta`, `delta_stderr`, `candidate_auc`, `reference_auc` (and their
-    expected AUCs), `reference` (`"live"` or `"none"`), `train_rows`, `test_rows`,
-    `test_clicks`, `seconds`.
+    Returns `comparison` (better | worse | inconclusive), `blessed` (whether the policy
+    publishes the candidate, `publishes`), `delta`, `delta_stderr`, `delta_low`, `delta_high`
+    (the 95% interval), `detectable_effect`, `tolerance`, `candidate_auc`, `reference_auc`
+    (and their expected AUCs), `reference` (`"live"` or `"none"`), `train_rows`,
+    `test_rows`, `test_clicks`, `test_users`, `seconds`.
     Raises `TooFewRows` when the test rows hold fewer than `min_test_clicks` clicks or
     non-clicks (an AUC on them says nothing).
     """
@@ -143,7 +158,7 @@ def evaluate(train: D.Rows, test: D.Rows, candidate: P.RepresentationSource,
     if min(clicks, D.size(test) - clicks) < max(1, config.min_test_clicks):
         raise TooFewRows(f"the LEE test rows ({D.size(test)} rows, {clicks} clicks) are too few "
                          f"to compare AUCs (min_test_clicks={config.min_test_clicks}); give it "
-                         "a longer window")
+                         "a longer window (eval_days)")
     features = C.MODE_FEATURES[C.LFM4ADS]
     with_candidate = proxy_auc(config, C.LFM4ADS,
                                served_features(train, candidate, features),
@@ -156,13 +171,18 @@ def evaluate(train: D.Rows, test: D.Rows, candidate: P.RepresentationSource,
                                    served_features(test, reference, features), p_test)
     if with_candidate["auc"] is None or with_reference["auc"] is None:
         raise ValueError("the LEE proxy gave no AUC on its test rows")
-    delta = with_candidate["auc"] - with_reference["auc"]
-    stderr = bootstrap_stderr(test[F.LABEL], with_candidate["scores"], with_reference["scores"],
-                              seed=config.seed)
+    c = PC.paired_comparison(test[F.USER_ID], test[F.LABEL], with_candidate["scores"],
+                             with_reference["scores"], tolerance=config.tolerance,
+                             resamples=config.resamples, seed=config.seed,
+                             min_clicks=config.min_test_clicks)
     return {
-        "blessed": bool(delta >= -config.tolerance),
-        "delta": round(delta, 6),
-        "delta_stderr": None if stderr is None else round(stderr, 6),
+        "comparison": c.verdict,
+        "blessed": publishes(c.verdict, live=reference is not None),
+        "delta": round(c.delta, 6),
+        "delta_stderr": _rounded(c.stderr),
+        "delta_low": _rounded(c.low),
+        "delta_high": _rounded(c.high),
+        "detectable_effect": _rounded(c.detectable_effect),
         "tolerance": config.tolerance,
         "candidate_auc": round(with_candidate["auc"], 6),
         "reference_auc": round(with_reference["auc"], 6),
@@ -172,5 +192,11 @@ def evaluate(train: D.Rows, test: D.Rows, candidate: P.RepresentationSource,
         "train_rows": D.size(train),
         "test_rows": D.size(test),
         "test_clicks": clicks,
+        "test_users": c.users,
+        "min_test_clicks": config.min_test_clicks,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)

@@ -48,9 +48,9 @@ def first_run(workdir):
         # Transform graph's ids); run 2 with the defaults.
         model_overrides={"feature_path": True},
         train_overrides={**FAST, "feature_path_epochs": 2},
-        # The eval day of 4000 examples has a handful of ad clicks: bless on any AUC here
-        # (the upstream and the downstream ranker); run 2 uses the default thresholds, and its
-        # test accepts either verdict.
+        # The eval day of 4000 examples has a handful of ad clicks: bless the upstream on any
+        # AUC, and let no comparison call the downstream ranker worse (a tolerance of 1 AUC);
+        # run 2 uses the defaults, and its test accepts either verdict.
         auc_threshold=0.0,
         downstream_max_drop=1.0,
     )
@@ -98,8 +98,8 @@ def test_first_run_pushes_and_publishes(first_run, workdir):
         "ValidationGate", "Transform", "Trainer", "Evaluator", "Pusher",
         "RepresentationExtractor", "CrossRepresentationAggregator", "RepresentationGuard",
         "LightweightEmbeddingEvaluator", "DownstreamExamples", "DownstreamTrainer",
-        "DownstreamBaselineTrainer", "DownstreamEvaluator", "DownstreamVsLastBlessedEvaluator",
-        "DownstreamBlessingGate", "DownstreamPusher",
+        "DownstreamBaselineTrainer", "DownstreamEvaluator", "DownstreamBlessingGate",
+        "DownstreamPusher",
     }
     assert expected_components <= set(s["component_seconds"])
     assert s["blessed"] and s["pushed"]
@@ -109,6 +109,7 @@ def test_first_run_pushes_and_publishes(first_run, workdir):
     # day it has too few clicks to measure, and with no live version nothing can get worse).
     assert s["guard"] == "passed" and s["published"]
     assert s["lee_blessed"] is True and s["lee_reasons"], s
+    assert s["lee_comparison"] == "inconclusive" and s["lee_detectable_effect"] is None
     assert live_version(str(workdir / "serving" / "representations")) == s["pushed_version"]
     for key in ("auc_ad", "auc_content", "gauc_content"):
         assert 0.0 < s[key] < 1.0, key
@@ -233,10 +234,16 @@ def test_online_loop_serves_the_pushed_model_and_updates_the_store(first_run, wo
 
 def test_downstream_ranker_is_trained_evaluated_against_none_and_pushed(first_run, workdir):
     """The tables went live, so the downstream branch ran: the ranker and the `none` baseline
-    trained on point-in-time rows, TFMA compared them on the eval split, and the Pusher acted
-    on the blessing."""
+    trained on point-in-time rows, TFMA reported them on the eval split, the gate compared them
+    there (no ranker was live: pushed unless worse than `none`), and the Pusher acted on the
+    blessing."""
+    from trainer.paired_comparison import VERDICTS
+
     s = first_run
-    assert s["downstream_blessed"] and s["downstream_pushed"], s  # any AUC blesses in run 1
+    assert s["downstream_blessed"] and s["downstream_pushed"], s  # nothing is worse in run 1
+    assert s["downstream_vs_none_comparison"] in VERDICTS
+    assert s["downstream_vs_last_blessed_comparison"] is None  # nothing blessed before run 1
+    assert s["downstream_eval_rows"] == s["downstream_eval_examples"]
     assert s["downstream_eval_examples"] == s["eval_ad_examples"]
     assert s["downstream_baseline_auc"] is None or 0.0 < s["downstream_baseline_auc"] < 1.0
     assert s["downstream_last_blessed_auc"] is None  # no ranker was blessed before run 1
@@ -351,6 +358,10 @@ def test_point_in_time_examples_for_downstream_training(first_run, workdir):
 def test_second_run_compares_with_the_blessed_model(first_run, second_run, workdir):
     summary, stdout = second_run
     assert "guard" in stdout and "ad AUC" in stdout  # the CLI run printed its summary
+    from pipelines.summary import gate_verdicts
+
+    for words in gate_verdicts(summary).values():  # each gate's verdict in plain words
+        assert words in stdout
     # The CLI default runs the online loop through the in-process server when tables went live.
     assert "embedding evaluator" in stdout
     assert ("online loop" in stdout) == summary["published"]
