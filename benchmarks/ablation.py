@@ -124,12 +124,11 @@ SPECTRA = {"ur": S.UR_FEATURE, "ir": S.IR_FEATURE, "cr": None, "cr_user": S.CR_U
 
 @dataclasses.dataclass
 class UpstreamRun:
-    """An upstream under a protocol (`Ablation.upstream_run`): the model (under `daily`, as it
-    ends, trained on every day), the export the downstream reads (under `daily`, the model as
-    the validation window begins), its events over every request, and its ad prediction on
-    each downstream row by the model that scored the row (`{window: float32 [n]}`)."""
+    """An upstream under a protocol (`Ablation.upstream_run`): the export the downstream reads
+    (under `daily`, the model as the validation window begins), its events over every request,
+    and its ad prediction on each downstream row by the model that scored the row
+    (`{window: float32 [n]}`)."""
 
-    model: object
     export: str
     events: R.UpstreamEvents
     predictions: dict[str, np.ndarray]
@@ -355,8 +354,8 @@ class Ablation:
             exported = []
 
             def before_day(model, window):
-                if window[0] <= self.split.validation[0] < window[1] or (
-                        not exported and window[0] >= self.split.validation[0]):
+                if not exported and window[1] > self.split.validation[0]:
+                    # the model as it stands when the validation window begins
                     exported.append(export_saved_model(model, path, warmup))
                 predict_rows(model, window)
 
@@ -369,7 +368,7 @@ class Ablation:
                                                   self.split.hi + 1)) - 1
             export = exported[0]
         R.check_unseen(events, self.split.upstream_end)
-        return UpstreamRun(model, export, events, predictions)
+        return UpstreamRun(export, events, predictions)
 
     def record_domains(self) -> np.ndarray:
         """object [n]: each request's domain."""

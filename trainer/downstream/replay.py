@@ -186,6 +186,13 @@ def record_timestamps(records: Sequence[bytes]) -> np.ndarray:
                            for b in batches.batch(65536)]).astype(np.int64)
 
 
+def version_index(trained_until: Sequence[int], timestamps: np.ndarray) -> np.ndarray:
+    """int [n]: for each timestamp, the index of the last of `trained_until` (ascending) that
+    is <= it, or 0 when none is (`run_versions`' rule)."""
+    ends = np.asarray(trained_until, np.int64)
+    return np.maximum(np.searchsorted(ends, np.asarray(timestamps), side="right") - 1, 0)
+
+
 def run_versions(versions: Sequence[tuple[int, RepresentationFn]],
                  records: Iterable[bytes], batch_size: int = 4096) -> UpstreamEvents:
     """Requests scored as production would have: each by the newest upstream version trained
@@ -204,8 +211,7 @@ def run_versions(versions: Sequence[tuple[int, RepresentationFn]],
     if not records:
         raise ValueError("run_versions got no records")
     stamps = record_timestamps(records)
-    starts = np.array([v[0] for v in versions], np.int64)
-    which = np.maximum(np.searchsorted(starts, stamps, side="right") - 1, 0)
+    which = version_index([v[0] for v in versions], stamps)
     parts, order = [], []
     for k, (trained_until, fn) in enumerate(versions):
         chosen = np.flatnonzero(which == k)

@@ -437,8 +437,7 @@ def _daily_inputs(files, upstream, tables, eval_days, validation_days, downstrea
         predicts = [(end, D.saved_model_ad_prediction_fn(path)) for end, path in versions]
 
         def ad_prediction(rows):  # each row by the version that scored its request
-            which = np.maximum(np.searchsorted([e for e, _ in predicts], rows[F.TIMESTAMP],
-                                               side="right") - 1, 0)
+            which = R.version_index([e for e, _ in predicts], rows[F.TIMESTAMP])
             out = np.zeros(D.size(rows), np.float32)
             for k, (_, predict) in enumerate(predicts):
                 keep = which == k
