@@ -1,4 +1,5 @@
-# The two commands: `make run` and `make test`. Both create .venv from requirements.lock first.
+# The two commands: `make run` and `make test` (`make test-fast` while editing). All create .venv
+# from requirements.lock first.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,7 +21,7 @@ PYTEST_WORKERS ?= 2
 PYTHON310 ?= $(shell for p in python3.10 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10 2>/dev/null | sort -V -r) /usr/bin/python3.10; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 
-.PHONY: venv run train test lint figures lock clean
+.PHONY: venv run train test test-fast lint figures lock clean
 
 venv: $(VENV)/.installed
 
@@ -45,10 +46,18 @@ train: venv
 	$(PY) -m pipelines.sources.synthetic --out $(DATA) --examples $(EXAMPLES) --seed $(SEED) --overwrite
 	$(PY) -m trainer.train --data $(DATA) --export_dir $(EXPORT_DIR)
 
+# Everything (what CI runs); the 15 slowest tests are listed at the end.
 test: venv
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+
+# The same without the tests marked `slow` (pipeline runs, notebooks, clusters, model training,
+# benchmark studies; pyproject.toml's markers).
+test-fast: venv
+	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 # Run the four notebooks at their defaults and write their figures (about 11 minutes).
 figures: venv

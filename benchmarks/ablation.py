@@ -49,7 +49,7 @@ trains its own upstreams and downstream models. `--json` prints one JSON object 
 line: `{"rows", "layers", "domains", "importance", "seconds", ...}`.
 """
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
 
 # isort: split
 import argparse
@@ -64,31 +64,29 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from benchmarks import datasets
-from benchmarks import intervals as I
-from trainer import console
-from trainer import features as F
-from trainer import input as data_input
-from trainer import signatures as S
+from benchmarks import datasets, intervals
+from common import cli, features, signatures
+from common.representations import cr_folding, tables
+from common.representations.ema import DEFAULT_HALF_LIFE_SECONDS
+from common.representations.spectrum import spectrum
+from trainer import data_input
 from trainer.config import ModelConfig, TrainConfig
-from trainer.downstream import config as C
-from trainer.downstream import daily
-from trainer.downstream import data as D
-from trainer.downstream import point_in_time as P
-from trainer.downstream import replay as R
-from trainer.downstream import train as DT
+from trainer.downstream import config as downstream_config
+from trainer.downstream import daily, point_in_time, replay
+from trainer.downstream import data as ranker_data
+from trainer.downstream import train as downstream_train
 from trainer.downstream.ranker import FIELD_GROUPS
 from trainer.export import export_saved_model
-from trainer.representations import cr_domains as CD
-from trainer.representations import tables as T
-from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
-from trainer.representations.spectrum import spectrum
 from trainer.train import fit_and_evaluate
 
-DAY = F.DAY
+DAY = features.DAY
 IIM_WARM = "iim (warm start)"
-TABLE_ROWS = (C.NONE, C.UR, C.UR_SAME_BRANCH, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS,
-              C.DISTILL, C.IIM, IIM_WARM, C.LFM4ADS_IIM, C.FINETUNE, C.RETRIEVAL)
+TABLE_ROWS = (downstream_config.NONE, downstream_config.UR, downstream_config.UR_SAME_BRANCH,
+              downstream_config.UR_IR, downstream_config.CR_LINEAR, downstream_config.CR_LATEST,
+              downstream_config.LFM4ADS,
+              downstream_config.DISTILL, downstream_config.IIM, IIM_WARM,
+              downstream_config.LFM4ADS_IIM, downstream_config.FINETUNE,
+              downstream_config.RETRIEVAL)
 # How the upstream that feeds the rankers is trained (issue 26 §1): `frozen` trains it once on
 # the days before the downstream windows; `daily` pretrains it on those days and then moves it
 # forward one day at a time (`trainer.downstream.daily`): each day scored by yesterday's model.
@@ -102,24 +100,37 @@ DEFAULT_SPLIT = {FROZEN: "0.6,0.8,0.9", DAILY: "0.3,0.8,0.9"}
 # HELD_OUT_SIM_SEED + s, which no development choice read (seed 1 is the development world).
 HELD_OUT_SIM_SEED = 101
 METRICS = ("auc", "expected_auc", "gauc", "logloss", "auc_cold_start")
-CR_GROUP = (S.CR_USER_FEATURE, S.CR_ITEM_FEATURE)
+CR_GROUP = (signatures.CR_USER_FEATURE, signatures.CR_ITEM_FEATURE)
 REPRESENTATION_GROUPS = {
-    "UR": (S.UR_FEATURE,), "IR": (S.IR_FEATURE,), "CR(u)": (S.CR_USER_FEATURE,),
-    "CR(i)": (S.CR_ITEM_FEATURE,), "CR(u)+CR(i)": CR_GROUP,
-    "all representations": (S.UR_FEATURE, S.IR_FEATURE, S.CR_USER_FEATURE, S.CR_ITEM_FEATURE),
+    "UR": (signatures.UR_FEATURE,), "IR": (signatures.IR_FEATURE,),
+    "CR(u)": (signatures.CR_USER_FEATURE,),
+    "CR(i)": (signatures.CR_ITEM_FEATURE,), "CR(u)+CR(i)": CR_GROUP,
+    "all representations": (signatures.UR_FEATURE, signatures.IR_FEATURE,
+                            signatures.CR_USER_FEATURE, signatures.CR_ITEM_FEATURE),
 }
-ALL_FEATURES = tuple(P.FEATURE_TABLES)  # every representation feature a mode may read
+ALL_FEATURES = tuple(point_in_time.FEATURE_TABLES)  # every representation feature a mode may read
 # `--cr_study`: the rows that say whether CR carries weight (Sec. 5.3.1 masking on lfm4ads;
 # lfm4ads against cr_latest, the aggregation, and cr_linear, the adapter).
-CR_STUDY_ROWS = (C.NONE, C.UR, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.DISTILL)
+CR_STUDY_ROWS = (downstream_config.NONE, downstream_config.UR, downstream_config.UR_IR,
+                 downstream_config.CR_LINEAR, downstream_config.CR_LATEST,
+                 downstream_config.LFM4ADS, downstream_config.DISTILL)
 # Differences reported with a 95% interval (`benchmarks.intervals`): (a, b) for a - b.
 # lfm4ads - ur_ir is CR's own share; lfm4ads - ur mixes IR in.
-INTERVAL_PAIRS = ((C.LFM4ADS, C.NONE), (C.LFM4ADS, C.UR), (C.LFM4ADS, C.UR_IR),
-                  (C.LFM4ADS, C.CR_LATEST), (C.LFM4ADS, C.CR_LINEAR), (C.LFM4ADS, C.DISTILL),
-                  (C.UR, C.NONE), (C.UR_IR, C.NONE), (C.DISTILL, C.NONE))
+INTERVAL_PAIRS = (
+    (downstream_config.LFM4ADS, downstream_config.NONE),
+    (downstream_config.LFM4ADS, downstream_config.UR),
+    (downstream_config.LFM4ADS, downstream_config.UR_IR),
+    (downstream_config.LFM4ADS, downstream_config.CR_LATEST),
+    (downstream_config.LFM4ADS, downstream_config.CR_LINEAR),
+    (downstream_config.LFM4ADS, downstream_config.DISTILL),
+    (downstream_config.UR, downstream_config.NONE),
+    (downstream_config.UR_IR, downstream_config.NONE),
+    (downstream_config.DISTILL, downstream_config.NONE),
+)
 # What each representation holds (`representation_spectra`): name -> feature (None: CR(u,i)).
-SPECTRA = {"ur": S.UR_FEATURE, "ir": S.IR_FEATURE, "cr": None, "cr_user": S.CR_USER_FEATURE,
-           "cr_item": S.CR_ITEM_FEATURE}
+SPECTRA = {"ur": signatures.UR_FEATURE, "ir": signatures.IR_FEATURE, "cr": None,
+           "cr_user": signatures.CR_USER_FEATURE,
+           "cr_item": signatures.CR_ITEM_FEATURE}
 
 
 @dataclasses.dataclass
@@ -130,7 +141,7 @@ class UpstreamRun:
     (`{window: float32 [n]}`)."""
 
     export: str
-    events: R.UpstreamEvents
+    events: replay.UpstreamEvents
     predictions: dict[str, np.ndarray]
 
 
@@ -157,8 +168,8 @@ class Study:
     def result(self) -> dict:
         """The `--json` object (module doc)."""
         runs = self.runs
-        intervals = {name: I.interval([d for d, _ in v], [b for _, b in v])
-                     for name, v in self.paired.items()}
+        paired = {name: intervals.interval([d for d, _ in v], [b for _, b in v])
+                  for name, v in self.paired.items()}
         first = self.windows[0]
         total = {k: sum(w[k] for w in self.windows)
                  for k in ("test_rows", "test_clicks", "train_rows", "validation_rows")}
@@ -171,8 +182,8 @@ class Study:
             "upstream": {name: summarize(r, ("auc_ad", "auc_content", "expected_auc_ad"))
                          for name, r in self.upstream.items()},
             "reference": {"upstream ad head": summarize(self.reference)},
-            "orderings": with_intervals(orderings(runs), intervals),
-            "intervals": intervals,
+            "orderings": with_intervals(orderings(runs), paired),
+            "intervals": paired,
             "interval_metric": self.metric,
             "transfer_ratio": transfer_ratios(runs, self.reference),
             "representations": summarize_spectra(self.spectra),
@@ -188,31 +199,32 @@ class Study:
         }
 
 
-def representation_spectra(rows: D.Rows, events: R.UpstreamEvents,
+def representation_spectra(rows: ranker_data.Rows, events: replay.UpstreamEvents,
                            window: tuple[int, int]) -> dict:
     """What UR, IR, CR(u,i), CR(u) and CR(i) hold on a window's ad rows
-    (`trainer.representations.spectrum`): UR, IR and CR(u,i) as the upstream computed them on
+    (`common.representations.spectrum`): UR, IR and CR(u,i) as the upstream computed them on
     those rows; CR(u) and CR(i) one vector per user / item, the point-in-time value its first
     row in the window sees (keys with no earlier folded event left out)."""
     out = {}
     lo, hi = window
     ad = (events.timestamp >= lo) & (events.timestamp < hi)
     # the replay's events are every request; the window's ad rows are the downstream's rows
-    keys = set(zip(rows[F.USER_ID].tolist(), rows[F.ITEM_ID].tolist(),
-                   rows[F.TIMESTAMP].tolist(), strict=True))
+    keys = set(zip(rows[features.USER_ID].tolist(), rows[features.ITEM_ID].tolist(),
+                   rows[features.TIMESTAMP].tolist(), strict=True))
     ad &= np.array([(u, i, t) in keys for u, i, t in zip(
         events.user_id.tolist(), events.item_id.tolist(), events.timestamp.tolist(),
         strict=True)])
     for name, feature in SPECTRA.items():
         if feature is None:
-            matrix = events.outputs[R.CR][ad]
+            matrix = events.outputs[replay.CR][ad]
         elif feature in CR_GROUP:
-            key = F.USER_ID if feature == S.CR_USER_FEATURE else F.ITEM_ID
-            found = rows[S.found_feature(feature)].astype(bool)
+            key = features.USER_ID if feature == signatures.CR_USER_FEATURE else features.ITEM_ID
+            found = rows[signatures.found_feature(feature)].astype(bool)
             first = np.unique(rows[key][found], return_index=True)[1]
             matrix = rows[feature][found][first]
         else:
-            matrix = events.outputs[R.UR if feature == S.UR_FEATURE else R.IR][ad]
+            matrix = events.outputs[replay.UR if feature == signatures.UR_FEATURE
+                                    else replay.IR][ad]
         out[name] = spectrum(matrix).to_dict()
     return out
 
@@ -240,8 +252,8 @@ def split_by_fractions(files, fractions):
     """Cut points at the given fractions of the rows by time, moved back to the start of
     their day (so each later window only grows: the test window keeps >= its share)."""
     lo, hi = data_input.time_range(files)
-    stamps = np.concatenate([b[F.TIMESTAMP].numpy() for b in data_input.make_dataset(
-        files, 65536, names=(F.TIMESTAMP,))])
+    stamps = np.concatenate([b[features.TIMESTAMP].numpy() for b in data_input.make_dataset(
+        files, 65536, names=(features.TIMESTAMP,))])
     cuts = []
     for q in fractions:
         t = int(np.quantile(stamps, q))
@@ -263,9 +275,9 @@ def domain_copy(files, domain: bytes, out: str) -> str:
     path = os.path.join(out, f"part-{domain.decode()}.tfrecord.gz")
     if os.path.exists(path):
         return out
-    spec = F.feature_spec((F.DOMAIN,))
+    spec = features.feature_spec((features.DOMAIN,))
     records = data_input.records_in_window(files).filter(
-        lambda s: tf.equal(tf.io.parse_single_example(s, spec)[F.DOMAIN], domain))
+        lambda s: tf.equal(tf.io.parse_single_example(s, spec)[features.DOMAIN], domain))
     options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=1)
     with tf.io.TFRecordWriter(path + ".tmp", options) as writer:
         for record in records.batch(4096):
@@ -279,17 +291,17 @@ class Ablation:
     """One ablation run: data, split, upstreams per seed, downstream runs (module doc)."""
 
     def __init__(self, data: str, split: Split, seeds: list[int], work: str,
-                 upstream_epochs: int, train_config: C.DownstreamTrainConfig,
-                 config: C.DownstreamConfig, layers: tuple[str, ...] | None,
+                 upstream_epochs: int, train_config: downstream_config.DownstreamTrainConfig,
+                 config: downstream_config.DownstreamConfig, layers: tuple[str, ...] | None,
                  half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS, log=print,
-                 cr_domains: str = CD.DEFAULT, upstream_model: dict | None = None,
+                 cr_domains: str = cr_folding.DEFAULT, upstream_model: dict | None = None,
                  cr_study: bool = False, upstream_protocol: str = FROZEN):
         if upstream_protocol not in PROTOCOLS:
             raise ValueError(f"upstream_protocol must be one of {PROTOCOLS}, got "
                              f"{upstream_protocol!r}")
         self.protocol = upstream_protocol
         self.data, self.split, self.seeds, self.work = data, split, seeds, work
-        self.cr_domains = CD.check(cr_domains)
+        self.cr_domains = cr_folding.check(cr_domains)
         self.upstream_model = dict(upstream_model or {})
         self.base_config = ModelConfig.from_dict(self.upstream_model)  # fails on a bad field
         self.cr_study = cr_study
@@ -299,10 +311,10 @@ class Ablation:
         self.layers = layers
         self.half_life = half_life_seconds
         self.log = log
-        self.rows = {name: D.read_rows(self.files, *window) for name, window in (
+        self.rows = {name: ranker_data.read_rows(self.files, *window) for name, window in (
             ("train", split.train), ("validation", split.validation), ("test", split.test))}
-        self.train_items = set(self.rows["train"][F.ITEM_ID].tolist())
-        self.probabilities = D.oracle_probabilities(data, self.rows["test"], *split.test)
+        self.train_items = set(self.rows["train"][features.ITEM_ID].tolist())
+        self.probabilities = ranker_data.oracle_probabilities(data, self.rows["test"], *split.test)
         self.records = [r.numpy() for r in data_input.records_in_window(self.files)]
         self.upstream_metrics: dict[str, list[dict]] = {}
         self.updates = 0  # daily updates of the upstreams (`--upstream daily`)
@@ -334,22 +346,29 @@ class Ablation:
             self.files, domain, os.path.join(self.work, f"data-{domain.decode()}"))
         model, warmup = self.upstream(name, seed, model_config, data)
         path = os.path.join(self.work, f"upstream-{name.replace(' ', '-')}-{seed}")
-        fn = functools.partial(R.keras_model_fn, cr_layers=layers)
-        predictions = {k: np.zeros(D.size(v), np.float32) for k, v in self.rows.items()}
-        predict = D.keras_ad_prediction_fn(model)  # the model as it stands when called
+        fn = functools.partial(replay.keras_model_fn, cr_layers=layers)
+        predictions = {k: np.zeros(ranker_data.size(v), np.float32) for k, v in self.rows.items()}
+        predict = ranker_data.keras_ad_prediction_fn(model)  # the model as it stands when called
 
         def predict_rows(model, window=None):
             for k, rows in self.rows.items():
-                keep = np.ones(D.size(rows), bool) if window is None else (
-                    (rows[F.TIMESTAMP] >= window[0]) & (rows[F.TIMESTAMP] < window[1]))
+                keep = (
+                    np.ones(ranker_data.size(rows), bool)
+                    if window is None
+                    else (
+                        (rows[features.TIMESTAMP] >= window[0])
+                        & (rows[features.TIMESTAMP] < window[1])
+                    )
+                )
                 if keep.any():
-                    predictions[k][keep] = D.with_upstream_prediction(
-                        D.select(rows, keep), predict)[S.UPSTREAM_AD_PREDICTION_FEATURE]
+                    predictions[k][keep] = ranker_data.with_upstream_prediction(
+                        ranker_data.select(rows, keep),
+                        predict)[signatures.UPSTREAM_AD_PREDICTION_FEATURE]
 
         if self.protocol == FROZEN:
             export = export_saved_model(model, path, warmup)
             predict_rows(model)
-            events = R.run_upstream(fn(model), self.records).scored_by(self.split.upstream_end)
+            events = replay.run_upstream(fn(model), self.records).scored_by(self.split.upstream_end)
         else:
             exported = []
 
@@ -367,15 +386,15 @@ class Ablation:
             self.updates += len(daily.day_windows(self.split.upstream_end,
                                                   self.split.hi + 1)) - 1
             export = exported[0]
-        R.check_unseen(events, self.split.upstream_end)
+        replay.check_unseen(events, self.split.upstream_end)
         return UpstreamRun(export, events, predictions)
 
     def record_domains(self) -> np.ndarray:
         """object [n]: each request's domain."""
         if not hasattr(self, "_domains"):
-            spec = F.feature_spec((F.DOMAIN,))
+            spec = features.feature_spec((features.DOMAIN,))
             self._domains = np.concatenate([
-                tf.io.parse_example(b, spec)[F.DOMAIN].numpy().astype(object)
+                tf.io.parse_example(b, spec)[features.DOMAIN].numpy().astype(object)
                 for b in tf.data.Dataset.from_tensor_slices(
                     tf.constant(self.records, tf.string)).batch(65536)])
         return self._domains
@@ -384,61 +403,68 @@ class Ablation:
         """The upstream's own ad head on the test rows: not a downstream mode, a yardstick
         (under `frozen` the upstream saw ~5x the ad rows the downstream trains on, plus the
         content rows; under `daily` each test day is scored by the model of the day before)."""
-        return DT.evaluate(self.rows["test"], run.predictions["test"], self.train_items,
+        return downstream_train.evaluate(self.rows["test"], run.predictions["test"],
+                                         self.train_items,
                            self.probabilities)
 
-    def attach(self, source, run: UpstreamRun | None = None) -> dict[str, D.Rows]:
+    def attach(self, source, run: UpstreamRun | None = None) -> dict[str, ranker_data.Rows]:
         """The rows with every representation feature of `source` (and, with `run`, the
         upstream's ad prediction on each row, the `distill` input)."""
-        out = {k: D.with_representations(v, source, ALL_FEATURES) for k, v in self.rows.items()}
+        out = {k: ranker_data.with_representations(v, source, ALL_FEATURES) for k,
+               v in self.rows.items()}
         if run is not None:
             for k, rows in out.items():
-                rows[S.UPSTREAM_AD_PREDICTION_FEATURE] = run.predictions[k]
+                rows[signatures.UPSTREAM_AD_PREDICTION_FEATURE] = run.predictions[k]
         return out
 
-    def histories(self, events: R.UpstreamEvents, **kwargs):
+    def histories(self, events: replay.UpstreamEvents, **kwargs):
         """The replayed tables (`replay.histories`) with this run's half-life and
         `cr_domains`."""
-        return R.histories(events, self.half_life, cr_domains=self.cr_domains, **kwargs)
+        return replay.histories(events, self.half_life, cr_domains=self.cr_domains, **kwargs)
 
     # -- downstream -------------------------------------------------------------------------
     def ranker(self, rows, mode: str, seed: int, upstream_config=None, upstream_export=None,
                **overrides):
         config = dataclasses.replace(self.config, mode=mode, **overrides)
         train_config = dataclasses.replace(self.train_config, seed=seed)
-        model, fit = DT.train_ranker(config, train_config, rows["train"], rows["validation"],
+        model, fit = downstream_train.train_ranker(config, train_config, rows["train"],
+                                                   rows["validation"],
                                      upstream_config=upstream_config,
                                      upstream_export=upstream_export)
         return model, fit
 
     def score(self, model, rows, masked=(), keep: list | None = None) -> dict:
         """The test window's metrics; `keep` gets the scores `[n]` appended."""
-        scores = DT.predict(model, rows["test"], masked)
+        scores = downstream_train.predict(model, rows["test"], masked)
         if keep is not None:
             keep.append(scores)
-        return DT.evaluate(rows["test"], scores, self.train_items, self.probabilities)
+        return downstream_train.evaluate(rows["test"], scores, self.train_items, self.probabilities)
 
     def paired(self, a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, float]:
         """metric(a) - metric(b) on the test rows, and its bootstrap variance over users."""
         test = self.rows["test"]
-        diff = I.metric(test, a, self.probabilities) - I.metric(test, b, self.probabilities)
-        draws = I.paired_bootstrap(test[F.USER_ID], (test, a, self.probabilities),
+        diff = intervals.metric(test, a, self.probabilities) - intervals.metric(
+            test, b, self.probabilities
+        )
+        draws = intervals.paired_bootstrap(test[features.USER_ID], (test, a, self.probabilities),
                                    (test, b, self.probabilities), seed)
         return float(diff), float(np.var(draws, ddof=1))
 
     def retrieval(self, rows, source, seed: int) -> dict:
         """Eq. 6 as the whole model: AUC of its score on the test rows, recall@k against every
         item known before the window, as the item table held them when the window began."""
-        model, fit = DT.train_retrieval(self.config, dataclasses.replace(self.train_config,
+        model, fit = downstream_train.train_retrieval(self.config,
+                                                      dataclasses.replace(self.train_config,
                                                                          seed=seed),
                                         rows["train"], rows["validation"])
         test = rows["test"]
-        result = {**DT.evaluate(test, DT.retrieval_scores(model, test), self.train_items,
+        result = {**downstream_train.evaluate(test, downstream_train.retrieval_scores(model, test),
+                                              self.train_items,
                                 self.probabilities, calibrated=False), **fit}
         items = self.items_before(self.split.test[0])
-        known = source.lookup(T.ITEM_TABLE, items,
+        known = source.lookup(tables.ITEM_TABLE, items,
                               np.full(items.shape[0], self.split.test[0], np.int64))
-        result.update(DT.retrieval_recall(model, test, items[known.found],
+        result.update(downstream_train.retrieval_recall(model, test, items[known.found],
                                           known.vectors[known.found]))
         result["recall_candidates"] = int(known.found.sum())
         return result
@@ -447,12 +473,17 @@ class Ablation:
         """Every item of a request before `t` (the retrieval's candidates: what the item
         table holds when the test window begins, not only the window's own items)."""
         if not hasattr(self, "_item_times"):
-            parsed = [tf.io.parse_example(batch, F.feature_spec((F.ITEM_ID, F.TIMESTAMP)))
-                      for batch in tf.data.Dataset.from_tensor_slices(
-                          tf.constant(self.records, tf.string)).batch(8192)]
+            parsed = [
+                tf.io.parse_example(
+                    batch, features.feature_spec((features.ITEM_ID, features.TIMESTAMP))
+                )
+                for batch in tf.data.Dataset.from_tensor_slices(
+                    tf.constant(self.records, tf.string)
+                ).batch(8192)
+            ]
             self._item_times = (
-                np.concatenate([p[F.ITEM_ID].numpy() for p in parsed]).astype(object),
-                np.concatenate([p[F.TIMESTAMP].numpy() for p in parsed]).astype(np.int64))
+                np.concatenate([p[features.ITEM_ID].numpy() for p in parsed]).astype(object),
+                np.concatenate([p[features.TIMESTAMP].numpy() for p in parsed]).astype(np.int64))
         ids, times = self._item_times
         return np.unique(ids[times < t])
 
@@ -462,10 +493,10 @@ class Ablation:
         for seed in self.seeds:
             self.run_seed(seed, study)
         study.windows.append({"data": self.data, "split": dataclasses.asdict(self.split),
-                              "test_rows": D.size(self.rows["test"]),
-                              "test_clicks": int(self.rows["test"][F.LABEL].sum()),
-                              "train_rows": D.size(self.rows["train"]),
-                              "validation_rows": D.size(self.rows["validation"]),
+                              "test_rows": ranker_data.size(self.rows["test"]),
+                              "test_clicks": int(self.rows["test"][features.LABEL].sum()),
+                              "train_rows": ranker_data.size(self.rows["train"]),
+                              "validation_rows": ranker_data.size(self.rows["validation"]),
                               "seeds": self.seeds})
         for name, metrics in self.upstream_metrics.items():
             study.upstream.setdefault(name, []).extend(metrics)
@@ -487,8 +518,10 @@ class Ablation:
         study.spectra.append(representation_spectra(rows["test"], dual.events, self.split.test))
         scores: dict[str, np.ndarray] = {}
         modes = CR_STUDY_ROWS if self.cr_study else (
-            C.NONE, C.UR, C.UR_IR, C.CR_LINEAR, C.CR_LATEST, C.LFM4ADS, C.DISTILL, C.IIM,
-            C.LFM4ADS_IIM, C.FINETUNE)
+            downstream_config.NONE, downstream_config.UR, downstream_config.UR_IR,
+            downstream_config.CR_LINEAR, downstream_config.CR_LATEST, downstream_config.LFM4ADS,
+            downstream_config.DISTILL, downstream_config.IIM,
+            downstream_config.LFM4ADS_IIM, downstream_config.FINETUNE)
         for mode in modes:
             model, fit = self.ranker(rows, mode, seed, upstream_config=base,
                                      upstream_export=dual.export)
@@ -496,7 +529,7 @@ class Ablation:
             runs[mode].append({**self.score(model, rows, keep=keep), **fit})
             scores[mode] = keep[0]
             self._log_run(mode, runs[mode][-1])
-            if mode == C.LFM4ADS:
+            if mode == downstream_config.LFM4ADS:
                 study.domains["both"].append(runs[mode][-1])
                 base_scores = runs[mode][-1]
                 for group, names in {**FIELD_GROUPS, **REPRESENTATION_GROUPS}.items():
@@ -507,7 +540,7 @@ class Ablation:
                          for k in ("auc", "expected_auc")})
                     if group in REPRESENTATION_GROUPS:
                         paired.setdefault(f"masked {group}", []).append(
-                            self.paired(scores[C.LFM4ADS], keep[0], seed))
+                            self.paired(scores[downstream_config.LFM4ADS], keep[0], seed))
         for a, b in INTERVAL_PAIRS:
             if a in scores and b in scores:
                 paired.setdefault(f"{a} - {b}", []).append(self.paired(scores[a], scores[b],
@@ -518,35 +551,35 @@ class Ablation:
             return
         # The module warm-started from the upstream's ad branch (an option; the paper
         # re-initialises it, the `iim` row).
-        model, fit = self.ranker(rows, C.IIM, seed, upstream_config=base,
+        model, fit = self.ranker(rows, downstream_config.IIM, seed, upstream_config=base,
                                  upstream_export=dual.export, iim_warm_start=True)
         runs[IIM_WARM].append({**self.score(model, rows), **fit})
         self._log_run(IIM_WARM, runs[IIM_WARM][-1])
-        runs[C.RETRIEVAL].append(self.retrieval(rows, source, seed))
-        self._log_run(C.RETRIEVAL, runs[C.RETRIEVAL][-1])
+        runs[downstream_config.RETRIEVAL].append(self.retrieval(rows, source, seed))
+        self._log_run(downstream_config.RETRIEVAL, runs[downstream_config.RETRIEVAL][-1])
         for layer in layers:  # Fig. 5: CR of one layer, linearly fused, on the baseline
             layer_rows = self.attach(self.histories(dual.events,
-                                                    cr_output=f"{R.CR}:{layer}"))
-            model, fit = self.ranker(layer_rows, C.CR_LINEAR, seed, use_ur_ir=False)
+                                                    cr_output=f"{replay.CR}:{layer}"))
+            model, fit = self.ranker(layer_rows, downstream_config.CR_LINEAR, seed, use_ur_ir=False)
             study.layers.setdefault(layer, []).append({**self.score(model, layer_rows), **fit})
             self._log_run(f"layer {layer}", study.layers[layer][-1])
         del dual, rows, source
         shared = self.upstream_run("shared", seed, dataclasses.replace(base, branches="shared"))
         rows = self.attach(self.histories(shared.events))
-        model, fit = self.ranker(rows, C.UR_SAME_BRANCH, seed)
-        runs[C.UR_SAME_BRANCH].append({**self.score(model, rows), **fit})
-        self._log_run(C.UR_SAME_BRANCH, runs[C.UR_SAME_BRANCH][-1])
+        model, fit = self.ranker(rows, downstream_config.UR_SAME_BRANCH, seed)
+        runs[downstream_config.UR_SAME_BRANCH].append({**self.score(model, rows), **fit})
+        self._log_run(downstream_config.UR_SAME_BRANCH, runs[downstream_config.UR_SAME_BRANCH][-1])
         del shared
         # Sec. 5.3.6: one domain only. Content only trains one shared branch (a dual model's
         # ad branch would see no data); ads only keeps the dual architecture. The upstream
         # trains (and, under `daily`, updates) on its domain only; it scores every request.
         for name, domain, config in (
-                ("content only", F.DOMAIN_CONTENT, dataclasses.replace(base,
+                ("content only", features.DOMAIN_CONTENT, dataclasses.replace(base,
                                                                        branches="shared")),
-                ("ads only", F.DOMAIN_AD, base)):
+                ("ads only", features.DOMAIN_AD, base)):
             one = self.upstream_run(name, seed, config, domain=domain)
             rows = self.attach(self.histories(one.events))
-            ranker, fit = self.ranker(rows, C.LFM4ADS, seed)
+            ranker, fit = self.ranker(rows, downstream_config.LFM4ADS, seed)
             study.domains[name].append({**self.score(ranker, rows), **fit})
             self._log_run(f"lfm4ads, upstream on {name}", study.domains[name][-1])
         tf.keras.backend.clear_session()
@@ -561,7 +594,7 @@ def transfer_ratios(runs: dict[str, list[dict]], reference: list[dict]) -> dict:
     expected AUC where the oracle exists, else the AUC: the share of the upstream's own gain
     over the baseline that the ranker keeps (None when the upstream does not beat `none`)."""
     out = {}
-    base = runs.get(C.NONE, [])
+    base = runs.get(downstream_config.NONE, [])
     if not base or not reference:
         return out
     key = "expected_auc" if base[0].get("expected_auc") is not None else "auc"
@@ -601,10 +634,14 @@ def _drop(base, masked):
 # The issue's orderings: (better, worse, metric); compared per seed (the same upstream and the
 # same downstream seed on both sides), so the upstream's own seed-to-seed spread cancels.
 ORDERINGS = (
-    (C.LFM4ADS, C.NONE, None), (C.LFM4ADS, C.UR, None), (C.LFM4ADS, C.UR_IR, None),
-    (C.UR, C.NONE, None),
-    (C.LFM4ADS, C.CR_LINEAR, None), (C.LFM4ADS, C.CR_LATEST, None),
-    (C.UR, C.UR_SAME_BRANCH, None), (C.LFM4ADS, C.UR, "auc_cold_start"),
+    (downstream_config.LFM4ADS, downstream_config.NONE, None),
+    (downstream_config.LFM4ADS, downstream_config.UR, None),
+    (downstream_config.LFM4ADS, downstream_config.UR_IR, None),
+    (downstream_config.UR, downstream_config.NONE, None),
+    (downstream_config.LFM4ADS, downstream_config.CR_LINEAR, None),
+    (downstream_config.LFM4ADS, downstream_config.CR_LATEST, None),
+    (downstream_config.UR, downstream_config.UR_SAME_BRANCH, None),
+    (downstream_config.LFM4ADS, downstream_config.UR, "auc_cold_start"),
 )
 
 
@@ -628,7 +665,7 @@ def orderings(runs: dict[str, list[dict]]) -> list[dict]:
                     "seeds_holding": int(sum(d > 0 for d in diffs)), "seeds": len(diffs),
                     # the seeds' spread only; `Ablation.run` puts in the interval with the
                     # test window's sampling where it scored both rows (`INTERVAL_PAIRS`)
-                    "interval": (I.interval(diffs, [0.0] * len(diffs)) if len(diffs) > 1
+                    "interval": (intervals.interval(diffs, [0.0] * len(diffs)) if len(diffs) > 1
                                  else None),
                     "test_sampling": False})
     return out
@@ -687,7 +724,7 @@ def format_tables(result: dict) -> str:
 
     def table(title, rows):
         lines.extend(["", title, header])
-        base = result["rows"][C.NONE]
+        base = result["rows"][downstream_config.NONE]
         for name, r in rows.items():
             lines.append(f"{name:<28}{fmt(r['auc'], r.get('auc_std')):>18}"
                          f"{fmt(r['expected_auc'], r.get('expected_auc_std')):>18}"
@@ -695,7 +732,11 @@ def format_tables(result: dict) -> str:
                          f"{fmt(r['auc_cold_start']):>10}"
                          f"{r.get('trainable_parameters') or 0:>10,.0f}"
                          f"{fmt(ratios.get(name), None, 2):>7}")
-            if name != C.NONE and r.get("auc") is not None and base.get("auc") is not None:
+            if (
+                name != downstream_config.NONE
+                and r.get("auc") is not None
+                and base.get("auc") is not None
+            ):
                 lines[-1] += f"   Δ AUC {r['auc'] - base['auc']:+.4f}"
             if r.get("recall_at_10") is not None:
                 lines[-1] += (f"   recall@10 {r['recall_at_10']:.4f}, recall@100 "
@@ -716,7 +757,7 @@ def format_tables(result: dict) -> str:
                   "it is positive",
                   f"{'ordering':<30}{'metric':<16}{'difference [95% interval]':<58}{'seeds':>6}"])
     for o in result.get("orderings", []):
-        verdict = I.describe(o["interval"]) if o.get("interval") else fmt(o["difference"])
+        verdict = intervals.describe(o["interval"]) if o.get("interval") else fmt(o["difference"])
         mark = "" if o.get("test_sampling", True) else " *"
         lines.append(f"{o['better'] + ' > ' + o['worse']:<30}{o['metric']:<16}"
                      f"{verdict + mark:<58}{o['seeds_holding']:>4}/{o['seeds']}")
@@ -725,7 +766,7 @@ def format_tables(result: dict) -> str:
                       "(benchmarks.intervals: seeds' spread and a bootstrap over test users)",
                       f"{'difference':<36}{'mean [95% interval]':<48}"])
         for name, i in result["intervals"].items():
-            lines.append(f"{name:<36}{I.describe(i)}")
+            lines.append(f"{name:<36}{intervals.describe(i)}")
     if result.get("representations"):
         lines.extend(["", "What each representation holds on the test window's ad rows "
                       "(median over seeds)",
@@ -763,7 +804,7 @@ def ablate(dataset: str | None = None, data: str | None = None, seeds: int = 5,
            quick: bool = False, examples: int = 200_000, split_days: str | None = None,
            split: str | None = None, upstream_epochs: int = TrainConfig().epochs,
            cache: str = os.path.join("build", "ablation"), log=None,
-           cr_domains: str = CD.DEFAULT, world: str = "two_tower",
+           cr_domains: str = cr_folding.DEFAULT, world: str = "two_tower",
            upstream_model: dict | None = None, cr_study: bool = False,
            sim_seed: int | None = None, upstream: str = FROZEN) -> dict:
     """Runs the ablation (the arguments are the command line's); returns the `--json` object.
@@ -777,7 +818,7 @@ def ablate(dataset: str | None = None, data: str | None = None, seeds: int = 5,
                          "directory in the project's schema)")
     if upstream not in PROTOCOLS:
         raise ValueError(f"upstream must be one of {PROTOCOLS}, got {upstream!r}")
-    CD.check(cr_domains)
+    cr_folding.check(cr_domains)
     args = argparse.Namespace(dataset=dataset, data=data, examples=examples,
                               split_days=split_days, split=split, cache=cache, world=world,
                               upstream=upstream)
@@ -785,8 +826,12 @@ def ablate(dataset: str | None = None, data: str | None = None, seeds: int = 5,
         worlds = [(HELD_OUT_SIM_SEED + s, [s]) for s in range(seeds)]
     else:
         worlds = [(1 if sim_seed is None else sim_seed, list(range(seeds)))]
-    train_config = C.DownstreamTrainConfig(epochs=3) if quick else C.DownstreamTrainConfig()
-    config = C.DownstreamConfig()
+    train_config = (
+        downstream_config.DownstreamTrainConfig(epochs=3)
+        if quick
+        else downstream_config.DownstreamTrainConfig()
+    )
+    config = downstream_config.DownstreamConfig()
     study = Study()
     for world_seed, study_seeds in worlds:
         data, split = _prepare(args, world_seed)
@@ -816,8 +861,8 @@ def ablate(dataset: str | None = None, data: str | None = None, seeds: int = 5,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ablation",
-                                description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m benchmarks.ablation",
+                           description=__doc__.split("\n")[0])
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", choices=("synthetic", "movielens"))
     source.add_argument("--data", help="any directory in the project's schema "
@@ -828,13 +873,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="1 upstream epoch, 3 downstream epochs, 2 layers: a smoke run")
     p.add_argument("--examples", type=int, default=200_000, help="synthetic data size")
-    p.add_argument("--split_days", default=None,
+    p.add_argument("--split_days", type=three_numbers, default=None,
                    help="U,T,V: upstream, downstream training and validation days")
-    p.add_argument("--split", default=None, help="three cut fractions of the rows by time")
+    p.add_argument("--split", type=three_numbers, default=None,
+                   help="three cut fractions of the rows by time")
     p.add_argument("--upstream_epochs", type=int, default=TrainConfig().epochs)
     p.add_argument("--cache", default=os.path.join("build", "ablation"),
                    help="where generated data sets are kept")
-    p.add_argument("--cr_domains", choices=CD.CHOICES, default=CD.DEFAULT,
+    p.add_argument("--cr_domains", choices=cr_folding.CHOICES, default=cr_folding.DEFAULT,
                    help="the requests whose CR(u,i) folds into CR(u), CR(i): ad (paper Sec. "
                         "4.3.1) or all (content too)")
     p.add_argument("--world", default="two_tower",
@@ -850,25 +896,41 @@ def main(argv: list[str] | None = None) -> int:
                         "scored by yesterday's model and trained on (every ranker trains on "
                         "every row after the first days; default split 4,7,1 days or "
                         "0.3,0.8,0.9)")
-    p.add_argument("--upstream_model", type=json.loads, default=None,
+    p.add_argument("--upstream_model", type=model_fields, default=None,
                    help='ModelConfig fields of the upstream, as JSON (e.g. \'{"cr_layer": null, '
                         '"cr_activation": "post"}\': the paper\'s CR reading)')
     p.add_argument("--cr_study", action="store_true",
                    help="only the rows that say whether CR carries weight (none, ur, "
                         "cr_linear, cr_latest, lfm4ads with the masking table)")
-    p.add_argument("--json", action="store_true")
-    console.add_verbose_flag(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    console.setup(args.verbose)
-    result = ablate(args.dataset, args.data, args.seeds, args.quick, args.examples,
-                    args.split_days, args.split, args.upstream_epochs, args.cache,
-                    cr_domains=args.cr_domains, world=args.world,
-                    upstream_model=args.upstream_model, cr_study=args.cr_study,
-                    sim_seed=args.sim_seed, upstream=args.upstream)
-    print(format_tables(result))
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    return cli.run(lambda: ablate(args.dataset, args.data, args.seeds, args.quick, args.examples,
+                                  args.split_days, args.split, args.upstream_epochs, args.cache,
+                                  cr_domains=args.cr_domains, world=args.world,
+                                  upstream_model=args.upstream_model, cr_study=args.cr_study,
+                                  sim_seed=args.sim_seed, upstream=args.upstream),
+                   args, show=format_tables, errors=(data_input.DataError,))
+
+
+def three_numbers(text: str) -> str:
+    """A `--split_days` / `--split` value: three comma-separated numbers (kept as text)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+    return text
+
+
+def model_fields(text: str) -> dict:
+    """An `--upstream_model` value: `ModelConfig` fields as a JSON object."""
+    try:
+        fields = json.loads(text)
+        ModelConfig.from_dict(fields)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise argparse.ArgumentTypeError(f"expected ModelConfig fields as JSON, got {text!r}: "
+                                         f"{e}") from None
+    return fields
 
 
 if __name__ == "__main__":

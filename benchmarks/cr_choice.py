@@ -15,7 +15,7 @@ after them), this
 1. trains the upstream and replays it over the traffic as the online loop would, folding
    CR(u,i) into CR(u) and CR(i) on ad requests only (`cr_domains`, paper Sec. 4.3.1);
 2. measures what UR, IR, CR(u,i), CR(u) and CR(i) hold on the validation window's ad rows
-   (`trainer.representations.spectrum`: dead units, the top direction's share of the
+   (`common.representations.spectrum`: dead units, the top direction's share of the
    variance, participation ratio, entropy effective rank; CR(u) and CR(i) one row per user /
    item, as of the window's start);
 3. unless `--spectrum_only`: trains the `lfm4ads` ranker (early stopping on the validation
@@ -33,12 +33,10 @@ window's users within seed s, 200 draws), and the smallest difference such a run
 `--json` ends with one JSON object.
 """
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
 
 # isort: split
-import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -48,17 +46,15 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from benchmarks import ablation as A
-from benchmarks import datasets
-from benchmarks import intervals as I
-from trainer import console
-from trainer import features as F
+from benchmarks import ablation, datasets, intervals
+from common import cli, features
+from common.representations import cr_folding
+from trainer import data_input
 from trainer.config import ModelConfig
-from trainer.downstream import config as C
-from trainer.downstream import data as D
-from trainer.downstream import replay as R
-from trainer.downstream import train as DT
-from trainer.representations import cr_domains as CD
+from trainer.downstream import config as downstream_config
+from trainer.downstream import data as ranker_data
+from trainer.downstream import replay
+from trainer.downstream import train as downstream_train
 
 # name -> the ModelConfig fields of the reading (every reading field given, so a variant does
 # not move with the defaults). `last` is the paper's reading (the last hidden MLP layer, after
@@ -83,36 +79,38 @@ VARIANTS = {name: {**_READ, **fields} for name, fields in {
 class Choice:
     """One run: the ablation's data and split, and the variants over seeds (module doc)."""
 
-    def __init__(self, data: str, split: A.Split, seeds: list[int], work: str,
-                 upstream_epochs: int, cr_domains: str = CD.DEFAULT, log=print):
-        self.ablation = A.Ablation(data, split, seeds, work, upstream_epochs,
-                                   C.DownstreamTrainConfig(), C.DownstreamConfig(), layers=(),
+    def __init__(self, data: str, split: ablation.Split, seeds: list[int], work: str,
+                 upstream_epochs: int, cr_domains: str = cr_folding.DEFAULT, log=print):
+        self.ablation = ablation.Ablation(data, split, seeds, work, upstream_epochs,
+                                   downstream_config.DownstreamTrainConfig(),
+                                          downstream_config.DownstreamConfig(), layers=(),
                                    log=log)
         self.data, self.split, self.seeds = data, split, seeds
-        self.cr_domains = CD.check(cr_domains)
+        self.cr_domains = cr_folding.check(cr_domains)
         self.log = log
-        self.probabilities = D.oracle_probabilities(data, self.ablation.rows["validation"],
+        self.probabilities = ranker_data.oracle_probabilities(data,
+                                                              self.ablation.rows["validation"],
                                                     *split.validation)
 
     def one(self, variant: str, seed: int, spectrum_only: bool) -> dict:
         ab = self.ablation
         config = ModelConfig(**VARIANTS[variant])
         model, _ = ab.upstream(variant, seed, config)
-        events = R.run_upstream(R.keras_model_fn(model), ab.records)
-        rows = ab.attach(R.histories(events, ab.half_life, cr_domains=self.cr_domains))
+        events = replay.run_upstream(replay.keras_model_fn(model), ab.records)
+        rows = ab.attach(replay.histories(events, ab.half_life, cr_domains=self.cr_domains))
         result = {"variant": variant, "seed": seed,
-                  "spectra": A.representation_spectra(rows["validation"], events,
+                  "spectra": ablation.representation_spectra(rows["validation"], events,
                                                       self.split.validation),
                   "upstream": ab.upstream_metrics[variant][-1]}
         del events
         if not spectrum_only:
-            ranker, fit = ab.ranker(rows, C.LFM4ADS, seed)
+            ranker, fit = ab.ranker(rows, downstream_config.LFM4ADS, seed)
             validation = rows["validation"]
-            scores = DT.predict(ranker, validation)
-            masked = DT.predict(ranker, validation, A.CR_GROUP)
+            scores = downstream_train.predict(ranker, validation)
+            masked = downstream_train.predict(ranker, validation, ablation.CR_GROUP)
             result.update(fit)
-            result["validation"] = I.metric(validation, scores, self.probabilities)
-            result["cr_masked_drop"] = result["validation"] - I.metric(
+            result["validation"] = intervals.metric(validation, scores, self.probabilities)
+            result["cr_masked_drop"] = result["validation"] - intervals.metric(
                 validation, masked, self.probabilities)
             result["_scores"] = scores
         tf.keras.backend.clear_session()
@@ -133,8 +131,8 @@ class Choice:
                 runs.append(result)
         return {"variants": variants, "seeds": self.seeds, "cr_domains": self.cr_domains,
                 "metric": "expected_auc" if self.probabilities is not None else "auc",
-                "validation_rows": D.size(self.ablation.rows["validation"]),
-                "validation_clicks": int(self.ablation.rows["validation"][F.LABEL].sum()),
+                "validation_rows": ranker_data.size(self.ablation.rows["validation"]),
+                "validation_clicks": int(self.ablation.rows["validation"][features.LABEL].sum()),
                 "split": dataclasses.asdict(self.split),
                 "summary": self.summarize(runs, variants, spectrum_only),
                 "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs],
@@ -147,7 +145,7 @@ class Choice:
         for variant in variants:
             mine = [by[(variant, s)] for s in self.seeds]
             row = {"variant": variant, "config": VARIANTS[variant]}
-            for name in A.SPECTRA:
+            for name in ablation.SPECTRA:
                 row[name] = {k: float(np.median([r["spectra"][name][k] or 0.0 for r in mine]))
                              for k in ("dim", "dead_units", "top_share", "participation_ratio",
                                        "effective_rank")}
@@ -156,17 +154,18 @@ class Choice:
                                        and row["cr"]["participation_ratio"] >= 0.5 * pr_ur)
             if not spectrum_only:
                 row["validation"] = float(np.mean([r["validation"] for r in mine]))
-                row["cr_masked_drop"] = I.interval([r["cr_masked_drop"] for r in mine], [0.0])
+                row["cr_masked_drop"] = intervals.interval([r["cr_masked_drop"] for r in mine],
+                                                           [0.0])
                 base = [by[(variants[0], s)] for s in self.seeds]
                 diffs, boot = [], []
                 for s, (r, b) in enumerate(zip(mine, base, strict=True)):
                     diffs.append(r["validation"] - b["validation"])
-                    boot.append(float(np.var(I.paired_bootstrap(
-                        validation[F.USER_ID],
+                    boot.append(float(np.var(intervals.paired_bootstrap(
+                        validation[features.USER_ID],
                         (validation, r["_scores"], self.probabilities),
                         (validation, b["_scores"], self.probabilities), s), ddof=1))
                         if variant != variants[0] else 0.0)
-                row["vs_first"] = I.interval(diffs, boot)
+                row["vs_first"] = intervals.interval(diffs, boot)
             out.append(row)
         return out
 
@@ -205,8 +204,8 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.cr_choice",
-                                description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m benchmarks.cr_choice",
+                           description=__doc__.split("\n")[0])
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", choices=("synthetic", "movielens"))
     source.add_argument("--data", help="any directory in the project's schema")
@@ -217,39 +216,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="last,mlp_1_pre,last_pre_l2",
                    help=f"comma-separated, the first is the reference; of {sorted(VARIANTS)}")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--split_days", default=None, help="U,T,V as benchmarks.ablation")
-    p.add_argument("--split", default=None, help="three cut fractions of the rows by time")
+    p.add_argument("--split_days", type=ablation.three_numbers, default=None,
+                   help="U,T,V as benchmarks.ablation")
+    p.add_argument("--split", type=ablation.three_numbers, default=None,
+                   help="three cut fractions of the rows by time")
     p.add_argument("--upstream_epochs", type=int, default=2)
-    p.add_argument("--cr_domains", default=CD.DEFAULT, choices=CD.CHOICES)
+    p.add_argument("--cr_domains", default=cr_folding.DEFAULT, choices=cr_folding.CHOICES)
     p.add_argument("--spectrum_only", action="store_true",
                    help="measure the representations only (no downstream ranker)")
     p.add_argument("--cache", default=os.path.join("build", "ablation"))
-    p.add_argument("--json", action="store_true")
-    console.add_verbose_flag(p)
     args = p.parse_args(argv)
-    console.setup(args.verbose)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
-    if args.dataset == "synthetic":
-        data = datasets.prepare("synthetic", args.cache, args.examples, args.sim_seed,
-                                world=args.world)
-        if not args.split:  # the ablation's 14-day split
-            args.split_days = args.split_days or "10,2,1"
-    else:
-        data = datasets.prepare(args.dataset, args.cache) if args.dataset else args.data
-    args.data = data
-    data, split = A._prepare(args)
-    with tempfile.TemporaryDirectory() as work:
-        result = Choice(data, split, list(range(args.seeds)), work, args.upstream_epochs,
-                        args.cr_domains, log=lambda m: print(m, file=sys.stderr, flush=True)
-                        ).run(variants, args.spectrum_only)
-    result.update(data=data, machine=f"{platform.machine()}, {os.cpu_count()} cpus")
-    print(format_table(result))
-    if args.json:
-        print(json.dumps(result))
-    return 0
+
+    def choose() -> dict:
+        if args.dataset == "synthetic":
+            data = datasets.prepare("synthetic", args.cache, args.examples, args.sim_seed,
+                                    world=args.world)
+            if not args.split:  # the ablation's 14-day split
+                args.split_days = args.split_days or "10,2,1"
+        else:
+            data = datasets.prepare(args.dataset, args.cache) if args.dataset else args.data
+        args.data = data
+        data, split = ablation._prepare(args)
+        with tempfile.TemporaryDirectory() as work:
+            result = Choice(data, split, list(range(args.seeds)), work, args.upstream_epochs,
+                            args.cr_domains, log=lambda m: print(m, file=sys.stderr, flush=True)
+                            ).run(variants, args.spectrum_only)
+        result.update(data=data, machine=f"{platform.machine()}, {os.cpu_count()} cpus")
+        return result
+
+    return cli.run(choose, args, show=format_table, errors=(data_input.DataError,))
 
 
 if __name__ == "__main__":

@@ -25,14 +25,13 @@ With `--json` the last line of stdout is one JSON object with every figure and t
 (ours / tfrs, mix / naive, fm / pairwise; > 1 means ours is faster).
 """
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
 
 # isort: split
-import argparse
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from trainer import console
+from common import cli
 from trainer.layers.cross import CrossNetV2
 from trainer.layers.cross_mix import CrossNetMix
 from trainer.layers.fm import FactorizationMachine
@@ -235,18 +234,26 @@ def print_table(results: Sequence[dict[str, Any]], speedups: Sequence[dict[str, 
               f"{r['examples_per_s']:>12,.0f}  {versus}")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.ArgumentParser(prog="python -m benchmarks.cross_layers",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--steps", type=int, default=10, help="steps per timed repetition")
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--models", nargs="+", default=[m for pair in COMPARISONS for m in pair])
-    parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
-    console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    console.setup(args.verbose)
+    unknown = sorted(set(args.models) - {m for pair in COMPARISONS for m in pair})
+    if unknown:
+        parser.error(f"unknown --models {unknown}; known: "
+                     f"{sorted({m for pair in COMPARISONS for m in pair})}")
+    if min(args.batch_sizes) < 1 or args.steps < 1 or args.repeats < 1 or args.warmup < 0:
+        parser.error("--batch_sizes, --steps and --repeats must be >= 1, --warmup >= 0")
+    return cli.run(lambda: measure(args), args)
 
+
+def measure(args) -> dict[str, Any]:
+    """The timings and the printed tables of `main` (module doc)."""
     devices = ["CPU"] + (["GPU"] if tf.config.list_physical_devices("GPU") else [])
     started = time.perf_counter()
     results = []
@@ -272,11 +279,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"TF {tf.__version__}, {os.cpu_count()} CPUs, GPUs: {settings['gpus'] or 'none'}")
     print_table(results, speedups)
     print(f"total {settings['seconds']} s")
-    report = {"settings": settings, "results": results, "ratios": speedups}
-    if args.json:
-        print(json.dumps(report))
-    return report
+    return {"settings": settings, "results": results, "ratios": speedups}
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

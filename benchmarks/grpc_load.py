@@ -24,7 +24,6 @@ on the machine, whatever it does per request.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
@@ -32,6 +31,8 @@ import time
 import grpc
 import numpy as np
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from common import cli
 
 
 async def _run(target: str, request: predict_pb2.PredictRequest, clients: int,
@@ -109,7 +110,9 @@ async def serve_echo(port: int, response: predict_pb2.PredictResponse,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # the result is always printed, as JSON: the serving benchmark reads it
+    p = cli.ArgumentParser(prog="python -m benchmarks.grpc_load",
+                           description=__doc__.split("\n\n")[0], json_flag=False)
     p.add_argument("--target", help="host:port of the gRPC server")
     p.add_argument("--request", help="file with one serialized PredictRequest")
     p.add_argument("--serve_echo", action="store_true",
@@ -126,23 +129,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_echo:
         if args.port is None or not args.response:
             p.error("--serve_echo needs --port and --response")
-        response = predict_pb2.PredictResponse()
-        with open(args.response, "rb") as f:
-            response.ParseFromString(f.read())
-        asyncio.run(serve_echo(args.port, response))
-        return 0
+
+        def echo() -> None:
+            response = predict_pb2.PredictResponse()
+            with open(args.response, "rb") as f:
+                response.ParseFromString(f.read())
+            asyncio.run(serve_echo(args.port, response))
+
+        return cli.run(echo, args)
     if not args.target or not args.request:
         p.error("--target and --request are required (or --serve_echo)")
     if args.clients < 1 or args.seconds <= 0:
         p.error("--clients must be >= 1 and --seconds > 0")
     if args.requests_per_client is not None and args.requests_per_client < 1:
         p.error("--requests_per_client must be >= 1")
-    request = predict_pb2.PredictRequest()
-    with open(args.request, "rb") as f:
-        request.ParseFromString(f.read())
-    print(json.dumps(drive(args.target, request, args.clients, args.seconds,
-                           args.warmup_seconds, args.timeout, args.requests_per_client)))
-    return 0
+
+    def load() -> dict:
+        request = predict_pb2.PredictRequest()
+        with open(args.request, "rb") as f:
+            request.ParseFromString(f.read())
+        return drive(args.target, request, args.clients, args.seconds, args.warmup_seconds,
+                     args.timeout, args.requests_per_client)
+
+    return cli.run(load, args, show=json.dumps)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import math
 import numpy as np
 from scipy import stats as scipy_stats
 
-from trainer import features as F
+from common import features
 from trainer.evaluation import auc, expected_auc
 
 BOOTSTRAP = 200
@@ -46,7 +46,7 @@ def metric(rows, scores, probabilities) -> float | None:
     `rows[F.LABEL]`; None when it is undefined (one class only)."""
     if probabilities is not None:
         return expected_auc(probabilities, scores)
-    return auc(rows[F.LABEL], scores)
+    return auc(rows[features.LABEL], scores)
 
 
 def paired_bootstrap(users, a, b, seed: int, draws: int = BOOTSTRAP) -> np.ndarray:
@@ -66,7 +66,7 @@ def paired_bootstrap(users, a, b, seed: int, draws: int = BOOTSTRAP) -> np.ndarr
         take = np.concatenate([members[k] for k in rng.integers(0, len(uniq), len(uniq))])
         values = []
         for rows, scores, probabilities in (a, b):
-            sub = {F.LABEL: rows[F.LABEL][take]}
+            sub = {features.LABEL: rows[features.LABEL][take]}
             values.append(metric(sub, scores[take],
                                  None if probabilities is None else probabilities[take]))
         if None not in values:

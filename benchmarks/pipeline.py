@@ -16,12 +16,10 @@ event stream that run extracted, time in the same process, one after the other a
 With `--json` the last line of stdout is one JSON object with every figure.
 """
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
 
 # isort: split
-import argparse
 import glob
-import json
 import os
 import platform
 import shutil
@@ -32,17 +30,16 @@ import time
 import apache_beam as beam
 import numpy as np
 
-from components import artifacts as A
+from common import cli
+from common.representations import ema, tables
+from components import artifacts
 from components.cr_aggregation.beam_transforms import AggregateCrossRepresentations
 from pipelines import configs, local_runner
 from pipelines.sources import synthetic
-from trainer import console
-from trainer.representations import ema
-from trainer.representations import tables as tables
 
 
 def _events(representations_uri: str) -> tuple[list[str], dict]:
-    files = sorted(glob.glob(os.path.join(representations_uri, A.CROSS_EVENTS,
+    files = sorted(glob.glob(os.path.join(representations_uri, artifacts.CROSS_EVENTS,
                                           "*" + tables.FILE_SUFFIX)))
     import tensorflow as tf
 
@@ -90,7 +87,7 @@ def run_size(examples: int, workers: int, repeats: int, keep: str | None) -> dic
     from pipelines.summary import latest_artifact, metadata_file, open_metadata
 
     store = open_metadata(metadata_file(os.path.join(work, "root")))
-    representations = latest_artifact(store, A.Representations.TYPE_NAME)
+    representations = latest_artifact(store, artifacts.Representations.TYPE_NAME)
     if not summary["pushed"]:
         raise RuntimeError(f"the model of the {examples}-example run was not blessed "
                            f"(ad AUC {summary['auc_ad']}): no CR events to time")
@@ -155,25 +152,27 @@ def _cell(result: dict, key: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m benchmarks.pipeline",
+                           description=__doc__.split("\n\n")[0])
     p.add_argument("--examples", type=int, nargs="+", default=[100_000])
     p.add_argument("--beam_workers", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--keep", default=None, help="work directory to keep (one size only)")
-    p.add_argument("--json", action="store_true")
-    console.add_verbose_flag(p)
     args = p.parse_args(argv)
-    console.setup(args.verbose)
-    results = [run_size(n, args.beam_workers, args.repeats,
-                        args.keep if len(args.examples) == 1 else None)
-               for n in args.examples]
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    print(f"\nPipeline benchmark on {machine}, Beam workers {args.beam_workers}\n")
-    print(format_table(results))
-    if args.json:
-        print(json.dumps({"machine": machine, "beam_workers": args.beam_workers,
-                          "results": results}))
-    return 0
+    if min(args.examples) < 1 or args.beam_workers < 1 or args.repeats < 1:
+        p.error(f"--examples, --beam_workers and --repeats must be >= 1, got "
+                f"{args.examples}, {args.beam_workers} and {args.repeats}")
+
+    def measure() -> dict:
+        results = [run_size(n, args.beam_workers, args.repeats,
+                            args.keep if len(args.examples) == 1 else None)
+                   for n in args.examples]
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+        print(f"\nPipeline benchmark on {machine}, Beam workers {args.beam_workers}\n")
+        print(format_table(results))
+        return {"machine": machine, "beam_workers": args.beam_workers, "results": results}
+
+    return cli.run(measure, args)
 
 
 if __name__ == "__main__":

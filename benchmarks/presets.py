@@ -14,10 +14,9 @@ draw, the metric for comparisons there), and each preset's difference to `defaul
 seed. `--json` ends with one JSON line.
 """
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
 
 # isort: split
-import argparse
 import json
 import os
 import platform
@@ -27,7 +26,8 @@ import time
 import numpy as np
 
 from benchmarks import datasets
-from trainer import console
+from common import cli
+from trainer import data_input
 from trainer.config import PRESETS, from_preset
 from trainer.train import fit_and_evaluate
 
@@ -96,8 +96,8 @@ def format_table(summary: list[dict], header: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.presets",
-                                description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m benchmarks.presets",
+                           description=__doc__.split("\n")[0])
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", choices=datasets.DATASETS)
     source.add_argument("--data", help="any directory in the project's schema")
@@ -110,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=200_000, help="synthetic data size")
     p.add_argument("--cache", default=os.path.join("build", "ablation"),
                    help="where generated data sets are kept")
-    p.add_argument("--json", action="store_true")
-    console.add_verbose_flag(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    console.setup(args.verbose)
     presets = [name for name in args.presets.split(",") if name]
     unknown = sorted(set(presets) - set(PRESETS))
     if unknown:
@@ -121,23 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     if "default" not in presets:
         presets.insert(0, "default")  # the reference of every difference
     windows = [w for w in args.windows.split(",") if w]
-    data = args.data or datasets.prepare(args.dataset, args.cache, args.examples)
-    eval_days = args.eval_days or DEFAULT_EVAL_DAYS.get(args.dataset, 1.0)
-    runs, started = [], time.perf_counter()
-    for window in windows:
-        for seed in range(args.seeds):
-            for preset in presets:
-                runs.append(run_one(data, preset, seed, eval_days, window))
-                print(json.dumps(runs[-1]), flush=True)
-    summary = summarize(runs, presets, windows)
-    header = (f"{data}: windows of {eval_days:g} days, {args.seeds} seeds, medians; "
-              f"{time.perf_counter() - started:.0f} s on {platform.machine()} "
-              f"({os.cpu_count()} cores)")
-    print(format_table(summary, header))
-    if args.json:
-        print(json.dumps({"data": data, "eval_days": eval_days, "summary": summary,
-                          "runs": runs}))
-    return 0
+
+    def compare() -> dict:
+        data = args.data or datasets.prepare(args.dataset, args.cache, args.examples)
+        eval_days = args.eval_days or DEFAULT_EVAL_DAYS.get(args.dataset, 1.0)
+        runs, started = [], time.perf_counter()
+        for window in windows:
+            for seed in range(args.seeds):
+                for preset in presets:
+                    runs.append(run_one(data, preset, seed, eval_days, window))
+                    print(json.dumps(runs[-1]), flush=True)
+        summary = summarize(runs, presets, windows)
+        header = (f"{data}: windows of {eval_days:g} days, {args.seeds} seeds, medians; "
+                  f"{time.perf_counter() - started:.0f} s on {platform.machine()} "
+                  f"({os.cpu_count()} cores)")
+        print(format_table(summary, header))
+        return {"data": data, "eval_days": eval_days, "summary": summary, "runs": runs}
+
+    return cli.run(compare, args, errors=(data_input.DataError,))
 
 
 if __name__ == "__main__":

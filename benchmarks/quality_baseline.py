@@ -17,26 +17,23 @@ With `--json` the last line is one JSON object: `auc_ad`, `auc_content`, the ora
 same rows, and the AUCs after every epoch.
 """
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
 
 # isort: split
-import argparse
-import json
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from trainer import console, oracle
-from trainer import features as F
-from trainer import input as data_input
+from common import cli, features
+from trainer import data_input, oracle
 from trainer.config import ModelConfig
 from trainer.evaluation import auc
 from trainer.feature_path import BIAS_FIELDS, ITEM_FIELDS, USER_FIELDS, FeatureAffinityPath
 from trainer.preprocessing import HashingPreprocessor
 
 PATH_FIELDS = USER_FIELDS + ITEM_FIELDS + BIAS_FIELDS
-FIELDS = PATH_FIELDS + (F.DOMAIN, F.LABEL, F.TIMESTAMP)
+FIELDS = PATH_FIELDS + (features.DOMAIN, features.LABEL, features.TIMESTAMP)
 HEADS = ("content", "ad")
 
 
@@ -57,7 +54,7 @@ class StructuredBaseline(tf.keras.Model):
 
     def call(self, x: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         logits = self.path(self.preprocessor(x))
-        is_ad = tf.equal(x[F.DOMAIN], F.DOMAIN_AD)
+        is_ad = tf.equal(x[features.DOMAIN], features.DOMAIN_AD)
         return tf.where(is_ad, logits["ad"][:, 0], logits["content"][:, 0])
 
 
@@ -65,10 +62,10 @@ def _evaluate(model: StructuredBaseline, dataset: tf.data.Dataset) -> dict[str, 
     labels, scores, domains = [], [], []
     for batch in dataset:
         scores.append(model(batch).numpy())
-        labels.append(batch[F.LABEL].numpy())
-        domains.append(batch[F.DOMAIN].numpy())
+        labels.append(batch[features.LABEL].numpy())
+        domains.append(batch[features.DOMAIN].numpy())
     y, p, d = np.concatenate(labels), np.concatenate(scores), np.concatenate(domains)
-    ad = d == F.DOMAIN_AD
+    ad = d == features.DOMAIN_AD
     return {"auc_ad": auc(y[ad], p[ad]), "auc_content": auc(y[~ad], p[~ad])}
 
 
@@ -89,7 +86,7 @@ def run(data: str, epochs: int = 30, seed: int = 0, eval_days: float = 1.0,
     @tf.function
     def step(batch):
         with tf.GradientTape() as tape:
-            loss = loss_fn(tf.cast(batch[F.LABEL], tf.float32), model(batch, training=True))
+            loss = loss_fn(tf.cast(batch[features.LABEL], tf.float32), model(batch, training=True))
             if model.losses:  # the biases' penalty
                 loss += tf.add_n(model.losses)
         variables = model.trainable_variables
@@ -109,24 +106,23 @@ def run(data: str, epochs: int = 30, seed: int = 0, eval_days: float = 1.0,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m benchmarks.quality_baseline",
+                           description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="directory of the synthetic generator")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval_days", type=float, default=1.0)
-    p.add_argument("--json", action="store_true")
-    console.add_verbose_flag(p)
     args = p.parse_args(argv)
-    console.setup(args.verbose)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
-    result = run(args.data, args.epochs, args.seed, args.eval_days)
-    for key in ("auc_ad", "oracle_auc_ad", "auc_content", "oracle_auc_content"):
-        if result.get(key) is not None:
-            print(f"{key:20}{result[key]:.4f}")
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    return cli.run(lambda: run(args.data, args.epochs, args.seed, args.eval_days), args,
+                   show=_aucs, errors=(data_input.DataError,))
+
+
+def _aucs(result: dict) -> str:
+    return "\n".join(f"{key:20}{result[key]:.4f}"
+                     for key in ("auc_ad", "oracle_auc_ad", "auc_content", "oracle_auc_content")
+                     if result.get(key) is not None)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,9 @@ commits to compare an implementation change on the same data.
 With `--json` the last line of stdout is one JSON object with every figure.
 """
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
 
 # isort: split
-import argparse
 import json
 import os
 import platform
@@ -50,7 +49,7 @@ import time
 
 import psutil
 
-from trainer import console
+from common import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GB = 1e9
@@ -188,8 +187,7 @@ def _worker(kind: str, workers: int, data: str, steps: int) -> dict:
     """One training configuration in this process (a child of `run_training`)."""
     import tensorflow as tf
 
-    from trainer import distribute
-    from trainer import input as data_input
+    from trainer import data_input, distribute
     from trainer.config import ModelConfig, TrainConfig
     from trainer.model import LFM4AdsModel
 
@@ -344,37 +342,42 @@ def _stage(name: str, root: str, out: str) -> dict:
     if name == "RepresentationExtractor":
         from tfx.types import standard_artifacts
 
-        from components import artifacts as A
-        from components.representation_extractor import component as C
+        from components import artifacts
+        from components.representation_extractor import component as extractor_component
         from pipelines.summary import latest_artifact, metadata_file, open_metadata
 
         pushed = standard_artifacts.PushedModel()  # its push destination and version
         pushed.set_mlmd_artifact(latest_artifact(open_metadata(metadata_file(root)),
                                                  "PushedModel", "Pusher"))  # the upstream's
-        representations = A.Representations()
+        representations = artifacts.Representations()
         representations.uri = out
-        rows = _run_executor(C.RepresentationExtractor, representations,
-                             (A.USER_TABLE, A.ITEM_TABLE), examples=_examples(examples),
+        rows = _run_executor(extractor_component.RepresentationExtractor, representations,
+                             (artifacts.USER_TABLE, artifacts.ITEM_TABLE),
+                             examples=_examples(examples),
                              pushed_model=pushed, representations=representations)
     elif name == "DownstreamExamples":
-        from components.downstream_examples import component as C
+        from components.downstream_examples import component as downstream_examples_component
 
         split_files = {s: sorted(glob.glob(os.path.join(examples, f"Split-{s}", "*")))
-                       for s in C.SPLITS}
-        rows = C.build(split_files, _artifact(root, "Pusher", "pushed_model"),
-                       {s: os.path.join(out, f"Split-{s}") for s in C.SPLITS},
-                       configs.DOWNSTREAM_TRAIN_DAYS, configs.CR_HALF_LIFE_SECONDS)
+                       for s in downstream_examples_component.SPLITS}
+        rows = downstream_examples_component.build(
+            split_files,
+            _artifact(root, "Pusher", "pushed_model"),
+            {s: os.path.join(out, f"Split-{s}") for s in downstream_examples_component.SPLITS},
+            configs.DOWNSTREAM_TRAIN_DAYS,
+            configs.CR_HALF_LIFE_SECONDS,
+        )
     elif name == "CrossRepresentationAggregator":
-        from components import artifacts as A
-        from components.cr_aggregation import component as C
-
-        representations = A.Representations()
+        from components import artifacts
+        from components.cr_aggregation import component as cr_aggregation_component
+        representations = artifacts.Representations()
         representations.uri = _artifact(root, "RepresentationExtractor", "representations")
         representations.set_int_custom_property("model_version", 1)
-        tables = A.CrossRepresentationTables()
+        tables = artifacts.CrossRepresentationTables()
         tables.uri = out
         rows = _run_executor(
-            C.CrossRepresentationAggregator, tables, (A.CROSS_USER_TABLE, A.CROSS_ITEM_TABLE),
+            cr_aggregation_component.CrossRepresentationAggregator, tables,
+            (artifacts.CROSS_USER_TABLE, artifacts.CROSS_ITEM_TABLE),
             representations=representations, cross_tables=tables, examples=_examples(examples),
             half_life_seconds=configs.CR_HALF_LIFE_SECONDS, num_buckets=64,
             point_in_time_splits=configs.POINT_IN_TIME_SPLITS)
@@ -438,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--_stage":  # a child of run_stages
         print(json.dumps(_stage(*argv[1:4])), flush=True)
         return 0
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m benchmarks.scaling",
+                           description=__doc__.split("\n\n")[0])
     p.add_argument("--examples", type=int, nargs="+", default=[200_000])
     p.add_argument("--part", nargs="+", choices=("pipeline", "training", "stages"),
                    default=["pipeline", "training"])
@@ -449,54 +453,60 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train_steps", type=int, default=150)
     p.add_argument("--work", default=None, help="work directory to keep (default: a temporary "
                    "one, removed)")
-    p.add_argument("--json", action="store_true")
-    console.add_verbose_flag(p)
     args = p.parse_args(argv)
-    console.setup(args.verbose)
+    if min(args.examples) < 1 or args.train_steps < 1:
+        p.error(f"--examples and --train_steps must be >= 1, got {args.examples} and "
+                f"{args.train_steps}")
+    if "stages" in args.part and args.root is not None and not os.path.isdir(args.root):
+        p.error(f"--root {args.root}: no such directory")
     work = args.work or tempfile.mkdtemp(prefix="lfm4ads-scaling-")
     os.makedirs(work, exist_ok=True)
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-               f"{psutil.virtual_memory().total / GB:.0f} GB")
-    report: dict = {"machine": machine, "pipeline": [], "training": None, "stages": None}
-    saved = os.path.join(work, "report.json")  # kept up to date, for a run cut short
 
-    def save() -> None:
-        with open(saved, "w") as f:
-            json.dump(report, f)
+    def measure() -> dict:
+        machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                   f"{psutil.virtual_memory().total / GB:.0f} GB")
+        report: dict = {"machine": machine, "pipeline": [], "training": None, "stages": None}
+        saved = os.path.join(work, "report.json")  # kept up to date, for a run cut short
 
-    if "pipeline" in args.part:
-        for examples in args.examples:
-            report["pipeline"].append(run_pipeline(examples, work))
+        def save() -> None:
+            with open(saved, "w") as f:
+                json.dump(report, f)
+
+        if "pipeline" in args.part:
+            for examples in args.examples:
+                report["pipeline"].append(run_pipeline(examples, work))
+                save()
+                print(f"{examples:,} examples: pipeline "
+                      f"{report['pipeline'][-1]['pipeline_seconds']} s, peak "
+                      f"{report['pipeline'][-1]['pipeline_peak_gb']} GB", flush=True)
+        if "training" in args.part:
+            data = data_dir(work, args.examples[0])
+            if not os.path.exists(os.path.join(data, "manifest.json")):
+                from pipelines.sources import synthetic
+
+                synthetic.generate(data, examples=args.examples[0], seed=1, progress=False,
+                                   overwrite=True)
+            report["training"] = run_training(data, args.train_steps, work)
             save()
-            print(f"{examples:,} examples: pipeline {report['pipeline'][-1]['pipeline_seconds']}"
-                  f" s, peak {report['pipeline'][-1]['pipeline_peak_gb']} GB", flush=True)
-    if "training" in args.part:
-        data = data_dir(work, args.examples[0])
-        if not os.path.exists(os.path.join(data, "manifest.json")):
-            from pipelines.sources import synthetic
+        if "stages" in args.part:
+            report["stages"] = run_stages(
+                args.root or os.path.join(work, f"root-{args.examples[0]}"), work, args.stages)
+            save()
+        print(f"\nScaling benchmark on {machine}\n")
+        if report["pipeline"]:
+            print(format_pipeline(report["pipeline"]) + "\n")
+        if report["training"]:
+            print(format_training(report["training"]))
+        if report["stages"]:
+            print(format_stages(report["stages"]))
+        return report
 
-            synthetic.generate(data, examples=args.examples[0], seed=1, progress=False,
-                               overwrite=True)
-        report["training"] = run_training(data, args.train_steps, work)
-        save()
-    if "stages" in args.part:
-        report["stages"] = run_stages(
-            args.root or os.path.join(work, f"root-{args.examples[0]}"), work, args.stages)
-        save()
-    print(f"\nScaling benchmark on {machine}\n")
-    if report["pipeline"]:
-        print(format_pipeline(report["pipeline"]) + "\n")
-    if report["training"]:
-        print(format_training(report["training"]))
-    if report["stages"]:
-        print(format_stages(report["stages"]))
-    if args.json:
-        print(json.dumps(report))
-    if args.work is None:
+    code = cli.run(measure, args)
+    if code == 0 and args.work is None:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ With `--json` the last line of stdout is one JSON object (`grpc_p50_ms_b1`,
 the batching speedup is the median of the per-run ratios.
 """
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow is imported)
 
 # isort: split
 import argparse
@@ -61,17 +61,17 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from benchmarks.store_throughput import measure_update_throughput, redis_server
+from common import cli, features, signatures
 from pipelines.sources import synthetic
 from serving.model_server import BatchingParameters
-from trainer import features as F
-from trainer import input as data_input
-from trainer import signatures as S
+from serving.model_server.errors import ServingError
+from trainer import data_input
 from trainer.config import ModelConfig
 from trainer.export import export_saved_model
 from trainer.model import LFM4AdsModel
 
 MODEL = "lfm4ads"
-SIGNATURE = S.USER_REPRESENTATION
+SIGNATURE = signatures.USER_REPRESENTATION
 # Tuned for the 32 closed-loop batch-1 clients of the target row: a batch is cut when all 32
 # are waiting (a full batch runs at once), else after 20 ms; one batch thread, so the next
 # batch fills while one runs. The cost is latency at low concurrency: one client waits the
@@ -94,7 +94,7 @@ def _export(work: str) -> tuple[str, list[bytes]]:
     files = data_input.list_files(data)
     examples = [r.numpy() for r in tf.data.TFRecordDataset(files, "GZIP").take(512)]
     model = LFM4AdsModel(ModelConfig())  # the default architecture
-    model(F.parse_examples(tf.constant(examples[:8])))
+    model(features.parse_examples(tf.constant(examples[:8])))
     base = os.path.join(work, "export")
     export_saved_model(model, base, warmup_examples=examples[:4], version=1)
     return base, examples
@@ -206,7 +206,7 @@ def _grpc_request(examples: list[bytes], batch: int) -> predict_pb2.PredictReque
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL
     request.model_spec.signature_name = SIGNATURE
-    request.inputs[S.INPUT_KEY].CopyFrom(tf.make_tensor_proto(examples[:batch], tf.string))
+    request.inputs[signatures.INPUT_KEY].CopyFrom(tf.make_tensor_proto(examples[:batch], tf.string))
     return request
 
 
@@ -235,7 +235,7 @@ def _drive_rest(server: ServerProcess, examples: list[bytes], batch: int, client
                 seconds: float) -> dict:
     """REST clients: `clients` threads here, one keep-alive connection each."""
     body = json.dumps({"signature_name": SIGNATURE, "instances": [
-        {S.INPUT_KEY: {"b64": base64.b64encode(e).decode()}} for e in examples[:batch]]})
+        {signatures.INPUT_KEY: {"b64": base64.b64encode(e).decode()}} for e in examples[:batch]]})
     payload = body.encode()
     warm = time.perf_counter() + 0.3
     _rest_worker(server.rest_port, payload, warm, [], [])
@@ -313,7 +313,7 @@ def _load(text: str) -> tuple[int, int]:
     return clients, requests
 
 
-def _queueing(loads: list[tuple[int, int]], as_json: bool) -> int:
+def _queueing(loads: list[tuple[int, int]]) -> dict:
     """The `--queueing` comparison (module doc): one server per queue setting, same export."""
     from serving.model_server.config import DEFAULT_GRPC_MAX_QUEUED_REQUESTS, ServerOptions
 
@@ -351,20 +351,18 @@ def _queueing(loads: list[tuple[int, int]], as_json: bool) -> int:
         detail = ", ".join(f"{n} {code}" for code, n in sorted(r["failed"].items()))
         print(f"{load:>19}{r['queue']:>7}{r['answered']:>10}{failed:>8}{r['p50_ms']:>9.2f}"
               f"{r['p99_ms']:>9.2f}{r['seconds']:>8.2f}  {detail or '-'}")
-    if as_json:
-        print(json.dumps({"machine": machine, "grpc_max_threads": threads, "rows": rows}))
-    return 0
+    return {"machine": machine, "grpc_max_threads": threads, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m benchmarks.serving",
+                           description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
     p.add_argument("--transports", nargs="+", default=["grpc", "rest"])
     p.add_argument("--repeats", type=int, default=1,
                    help="run every row this many times (servers restarted); report medians")
-    p.add_argument("--json", action="store_true")
     p.add_argument("--batching_parameters", default=DEFAULT_BATCHING,
                    help="the batching_parameters_file text of the batching server")
     p.add_argument("--queueing", action="store_true",
@@ -373,103 +371,110 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --queueing: CLIENTSxREQUESTS per client, e.g. 16x50 64x20")
     args = p.parse_args(argv)
     if args.queueing:
-        return _queueing(args.loads, args.json)
+        return cli.run(lambda: _queueing(args.loads), args)
+    if args.seconds <= 0 or args.repeats < 1 or min(args.clients + args.batches) < 1:
+        p.error("--seconds must be > 0, --repeats, --clients and --batches >= 1")
     batching_text = args.batching_parameters
     # refuse a bad one before any run; requests over its max_batch_size are not driven there
-    max_batch = BatchingParameters.from_text(batching_text).max_batch_size
-    work = tempfile.mkdtemp(prefix="lfm4ads-serving-bench-")
-    runs: list[list[dict]] = []  # one list of rows per repeat
     try:
-        base, examples = _export(work)
-        for _ in range(args.repeats):
-            rows = []
-            for batch in args.batches:
-                rows.append({"transport": "inprocess", "batching": False, "batch": batch,
-                             "clients": 1, **_inprocess(base, examples, batch, args.seconds)})
-            responses = {}
-            for batching in (False, True):
-                server = ServerProcess(base, batching_text if batching else None, work)
-                try:
-                    if not batching and "grpc" in args.transports:
-                        responses = {b: server.response(examples, b) for b in args.batches}
-                    for transport in args.transports:
-                        for batch in args.batches:
-                            if batching and batch > max_batch:
-                                continue  # INVALID_ARGUMENT by design: no row
-                            for clients in args.clients:
-                                if transport == "grpc":
-                                    row = _drive_grpc(server, examples, batch, clients,
-                                                      args.seconds, work)
-                                else:
-                                    row = _drive_rest(server, examples, batch, clients,
-                                                      args.seconds)
-                                rows.append({"transport": transport, "batching": batching,
-                                             "batch": batch, "clients": clients, **row})
-                finally:
-                    server.stop()
-            for batch, response in responses.items():  # the transport floor
-                echo = _EchoServer(response, work)
-                try:
-                    for clients in args.clients:
-                        rows.append({"transport": "grpc-echo", "batching": False,
-                                     "batch": batch, "clients": clients,
-                                     **_drive_grpc(echo, examples, batch, clients,
-                                                   args.seconds, work)})
-                finally:
-                    echo.stop()
-            runs.append(rows)
-        store = _store_throughput(work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    rows = _median_rows(runs)
-    find = functools.partial(_find, rows)
+        max_batch = BatchingParameters.from_text(batching_text).max_batch_size
+    except ServingError as e:
+        cli.fail(f"--batching_parameters: {e.message}")
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    print(f"\nuser_representation serving benchmark on {machine}, {args.seconds} s per row, "
-          f"median of {args.repeats} run(s)\n")
-    print(f"{'transport':10}{'batching':>9}{'batch':>7}{'clients':>8}{'p50 ms':>9}"
-          f"{'p99 ms':>9}{'QPS':>9}{'errors':>8}")
-    for r in rows:
-        print(f"{r['transport']:10}{str(r['batching']):>9}{r['batch']:>7}{r['clients']:>8}"
-              f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['qps']:>9.1f}{r['errors']:>8}")
-    summary = {
-        "machine": machine,
-        "inprocess_p50_ms_b1": find("inprocess", 1, 1)["p50_ms"],
-        "grpc_p50_ms_b1": (find("grpc", 1, 1) or {}).get("p50_ms"),
-        "rest_p50_ms_b1": (find("rest", 1, 1) or {}).get("p50_ms"),
-        "qps_nobatching_c32": (find("grpc", 1, 32) or {}).get("qps"),
-        "qps_batching_c32": (find("grpc", 1, 32, True) or {}).get("qps"),
-        "store_update_events_per_s": store,
-        "repeats": args.repeats,
-        "rows": rows,
-    }
-    overheads = _per_run(runs, lambda find_in: find_in("grpc", 1, 1)["p50_ms"]
-                         - find_in("inprocess", 1, 1)["p50_ms"])
-    if overheads:  # gRPC p50 minus in-process p50 at batch 1 within each run, then the median
-        summary["grpc_overhead_p50_ms_b1"] = float(np.median(overheads))
-    speedups = _per_run(runs, lambda find_in: find_in("grpc", 1, 32, True)["qps"]
-                        / find_in("grpc", 1, 32)["qps"])
-    if speedups:  # the ratio within each run, then the median: both sides share the machine
-        summary["batching_speedup_c32"] = float(np.median(speedups))
-        summary["batching_speedups_c32"] = speedups
-    floor = find("grpc-echo", 1, 32)
-    if floor is not None:
-        summary["qps_floor_c32"] = floor["qps"]
-        ceilings = _per_run(runs, lambda find_in: find_in("grpc-echo", 1, 32)["qps"]
+    def measure() -> dict:
+        work = tempfile.mkdtemp(prefix="lfm4ads-serving-bench-")
+        runs: list[list[dict]] = []  # one list of rows per repeat
+        try:
+            base, examples = _export(work)
+            for _ in range(args.repeats):
+                rows = []
+                for batch in args.batches:
+                    rows.append({"transport": "inprocess", "batching": False, "batch": batch,
+                                 "clients": 1, **_inprocess(base, examples, batch, args.seconds)})
+                responses = {}
+                for batching in (False, True):
+                    server = ServerProcess(base, batching_text if batching else None, work)
+                    try:
+                        if not batching and "grpc" in args.transports:
+                            responses = {b: server.response(examples, b) for b in args.batches}
+                        for transport in args.transports:
+                            for batch in args.batches:
+                                if batching and batch > max_batch:
+                                    continue  # INVALID_ARGUMENT by design: no row
+                                for clients in args.clients:
+                                    if transport == "grpc":
+                                        row = _drive_grpc(server, examples, batch, clients,
+                                                          args.seconds, work)
+                                    else:
+                                        row = _drive_rest(server, examples, batch, clients,
+                                                          args.seconds)
+                                    rows.append({"transport": transport, "batching": batching,
+                                                 "batch": batch, "clients": clients, **row})
+                    finally:
+                        server.stop()
+                for batch, response in responses.items():  # the transport floor
+                    echo = _EchoServer(response, work)
+                    try:
+                        for clients in args.clients:
+                            rows.append({"transport": "grpc-echo", "batching": False,
+                                         "batch": batch, "clients": clients,
+                                         **_drive_grpc(echo, examples, batch, clients,
+                                                       args.seconds, work)})
+                    finally:
+                        echo.stop()
+                runs.append(rows)
+            store = _store_throughput(work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        rows = _median_rows(runs)
+        find = functools.partial(_find, rows)
+
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+        print(f"\nuser_representation serving benchmark on {machine}, {args.seconds} s per row, "
+              f"median of {args.repeats} run(s)\n")
+        print(f"{'transport':10}{'batching':>9}{'batch':>7}{'clients':>8}{'p50 ms':>9}"
+              f"{'p99 ms':>9}{'QPS':>9}{'errors':>8}")
+        for r in rows:
+            print(f"{r['transport']:10}{str(r['batching']):>9}{r['batch']:>7}{r['clients']:>8}"
+                  f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['qps']:>9.1f}{r['errors']:>8}")
+        summary = {
+            "machine": machine,
+            "inprocess_p50_ms_b1": find("inprocess", 1, 1)["p50_ms"],
+            "grpc_p50_ms_b1": (find("grpc", 1, 1) or {}).get("p50_ms"),
+            "rest_p50_ms_b1": (find("rest", 1, 1) or {}).get("p50_ms"),
+            "qps_nobatching_c32": (find("grpc", 1, 32) or {}).get("qps"),
+            "qps_batching_c32": (find("grpc", 1, 32, True) or {}).get("qps"),
+            "store_update_events_per_s": store,
+            "repeats": args.repeats,
+            "rows": rows,
+        }
+        overheads = _per_run(runs, lambda find_in: find_in("grpc", 1, 1)["p50_ms"]
+                             - find_in("inprocess", 1, 1)["p50_ms"])
+        if overheads:  # gRPC p50 minus in-process p50 at batch 1 within each run, then the median
+            summary["grpc_overhead_p50_ms_b1"] = float(np.median(overheads))
+        speedups = _per_run(runs, lambda find_in: find_in("grpc", 1, 32, True)["qps"]
                             / find_in("grpc", 1, 32)["qps"])
-        # no server that answers these clients can beat the echo server: this bounds the
-        # batching speedup measurable here, whatever the batching does
-        summary["batching_speedup_ceiling_c32"] = float(np.median(ceilings))
-    print()
-    for key in ("inprocess_p50_ms_b1", "grpc_p50_ms_b1", "grpc_overhead_p50_ms_b1",
-                "qps_nobatching_c32", "qps_batching_c32", "batching_speedup_c32",
-                "qps_floor_c32", "batching_speedup_ceiling_c32"):
-        if summary.get(key) is not None:
-            print(f"{key:28}{summary[key]:10.2f}")
-    print(f"{'store update_cross events/s':28}{json.dumps(store)}")
-    if args.json:
-        print(json.dumps(summary))
-    return 0
+        if speedups:  # the ratio within each run, then the median: both sides share the machine
+            summary["batching_speedup_c32"] = float(np.median(speedups))
+            summary["batching_speedups_c32"] = speedups
+        floor = find("grpc-echo", 1, 32)
+        if floor is not None:
+            summary["qps_floor_c32"] = floor["qps"]
+            ceilings = _per_run(runs, lambda find_in: find_in("grpc-echo", 1, 32)["qps"]
+                                / find_in("grpc", 1, 32)["qps"])
+            # no server that answers these clients can beat the echo server: this bounds the
+            # batching speedup measurable here, whatever the batching does
+            summary["batching_speedup_ceiling_c32"] = float(np.median(ceilings))
+        print()
+        for key in ("inprocess_p50_ms_b1", "grpc_p50_ms_b1", "grpc_overhead_p50_ms_b1",
+                    "qps_nobatching_c32", "qps_batching_c32", "batching_speedup_c32",
+                    "qps_floor_c32", "batching_speedup_ceiling_c32"):
+            if summary.get(key) is not None:
+                print(f"{key:28}{summary[key]:10.2f}")
+        print(f"{'store update_cross events/s':28}{json.dumps(store)}")
+        return summary
+
+    return cli.run(measure, args)
 
 
 if __name__ == "__main__":

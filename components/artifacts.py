@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tfx.types import artifact
 
-from trainer.representations.tables import (  # noqa: F401 (the table names, defined there)
+from common.representations.tables import (  # noqa: F401 (the table names, defined there)
     CROSS_ITEM_TABLE,
     CROSS_USER_TABLE,
     ITEM_TABLE,

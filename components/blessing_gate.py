@@ -40,9 +40,8 @@ from tfx import v1 as tfx
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import path_utils
 
-from trainer import features as F
-from trainer import paired_comparison as PC
-from trainer import signatures as S
+from common import features, signatures
+from trainer import paired_comparison
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
 _InputArtifact = tfx.dsl.components.InputArtifact
@@ -63,19 +62,21 @@ def objection(baseline: str, comparison: str | None) -> str | None:
     if baseline not in _BASELINE_WORDS:
         raise ValueError(f"unknown baseline {baseline!r}; expected one of "
                          f"{list(_BASELINE_WORDS)}")
-    if comparison is not None and comparison not in PC.VERDICTS:
-        raise ValueError(f"unknown verdict {comparison!r}; expected one of {PC.VERDICTS}")
-    if comparison == PC.WORSE:
+    if comparison is not None and comparison not in paired_comparison.VERDICTS:
+        raise ValueError(
+            f"unknown verdict {comparison!r}; expected one of {paired_comparison.VERDICTS}"
+        )
+    if comparison == paired_comparison.WORSE:
         return f"worse than {_BASELINE_WORDS[baseline]}: not pushed"
-    if baseline == VS_LAST_BLESSED and comparison == PC.INCONCLUSIVE:
+    if baseline == VS_LAST_BLESSED and comparison == paired_comparison.INCONCLUSIVE:
         return "not shown better than the last blessed ranker: the live ranker stays"
     return None
 
 
 def judge(users: np.ndarray, labels: np.ndarray, candidate: np.ndarray,
           baselines: dict[str, np.ndarray | None], tolerance: float = 0.0,
-          resamples: int = PC.RESAMPLES, seed: int = 0,
-          min_clicks: int = PC.MIN_CLICKS) -> dict:
+          resamples: int = paired_comparison.RESAMPLES, seed: int = 0,
+          min_clicks: int = paired_comparison.MIN_CLICKS) -> dict:
     """The gate on scores (module doc): the candidate's `[rows]` scores against each baseline's
     (`{vs_none | vs_last_blessed: [rows] scores, or None when there is no such model}`).
 
@@ -87,7 +88,8 @@ def judge(users: np.ndarray, labels: np.ndarray, candidate: np.ndarray,
         if scores is None:
             objection(name, None)  # checks the name; no baseline objects to nothing
             continue
-        c = PC.paired_comparison(users, labels, candidate, scores, tolerance=tolerance,
+        c = paired_comparison.paired_comparison(users, labels, candidate, scores,
+                                                tolerance=tolerance,
                                  resamples=resamples, seed=seed, min_clicks=min_clicks)
         fields = c.as_dict()
         fields["objection"] = objection(name, c.verdict)
@@ -109,9 +111,15 @@ def split_records(examples, split: str = "eval") -> list[bytes]:
 def predictions(model_dir: str, records: list[bytes]) -> np.ndarray:
     """`[rows]` the ranker's click probability (`serving_default`'s `prediction`) of each
     serialized tf.Example, the SavedModel at `model_dir` called as it is served."""
-    predict = tf.saved_model.load(model_dir).signatures[S.SERVING_DEFAULT]
-    out = [predict(**{S.INPUT_KEY: tf.constant(records[i:i + _BATCH])})[
-        S.DOWNSTREAM_PREDICTION].numpy().reshape(-1) for i in range(0, len(records), _BATCH)]
+    predict = tf.saved_model.load(model_dir).signatures[signatures.SERVING_DEFAULT]
+    out = [
+        predict(**{signatures.INPUT_KEY: tf.constant(records[i : i + _BATCH])})[
+            signatures.DOWNSTREAM_PREDICTION
+        ]
+        .numpy()
+        .reshape(-1)
+        for i in range(0, len(records), _BATCH)
+    ]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -152,15 +160,15 @@ def BlessingGate(  # noqa: N802 (TFX component naming)
     blessing: _OutputArtifact[standard_artifacts.ModelBlessing],
     last_blessed_model: _InputArtifact[standard_artifacts.Model] = None,
     tolerance: _Parameter[float] = 0.0,
-    resamples: _Parameter[int] = PC.RESAMPLES,
-    min_clicks: _Parameter[int] = PC.MIN_CLICKS,
+    resamples: _Parameter[int] = paired_comparison.RESAMPLES,
+    min_clicks: _Parameter[int] = paired_comparison.MIN_CLICKS,
     seed: _Parameter[int] = 0,
 ) -> None:
     """Blesses `model` when neither baseline objects (module doc); `examples`' eval split is
     the test rows."""
     records = split_records(examples)
-    parsed = F.parse_examples(tf.constant(records), (F.USER_ID, F.LABEL))
-    users, labels = parsed[F.USER_ID].numpy(), parsed[F.LABEL].numpy()
+    parsed = features.parse_examples(tf.constant(records), (features.USER_ID, features.LABEL))
+    users, labels = parsed[features.USER_ID].numpy(), parsed[features.LABEL].numpy()
     candidate = predictions(path_utils.serving_model_path(model.uri), records)
     baselines = {VS_NONE: predictions(path_utils.serving_model_path(baseline_model.uri),
                                       records),

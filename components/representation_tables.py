@@ -1,4 +1,4 @@
-"""Beam writer of the published representation tables (format: `trainer.representations.tables`).
+"""Beam writer of the published representation tables (format: `common.representations.tables`).
 """
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 
-from trainer.representations.tables import FILE_SUFFIX, encode_row
+from common.representations.tables import FILE_SUFFIX, encode_row
 
 
 def _encode_element(element: tuple, model_version: int) -> bytes:

@@ -25,7 +25,7 @@ SMALL: dict[str, dict] = {
     "01_quickstart.ipynb": {"examples": 4000, "days": 4, "epochs": 2, "auc_threshold": 0.0},
     "02_representations.ipynb": {"examples": 12_000, "days": 4, "epochs": 1, "tsne_users": 300},
     # The shipped ablation results (its default): a quick ablation inside it would take 2.5 min
-    # more, and tests/trainer/downstream/test_ablation.py already runs `ablation.ablate`.
+    # more, and tests/benchmarks/test_ablation.py already runs `ablation.ablate`.
     "03_transfer.ipynb": {},
     "04_serving.ipynb": {"examples": 4000, "days": 4, "epochs": 1, "requests": 64},
 }

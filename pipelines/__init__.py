@@ -1,3 +1,3 @@
 """pipelines package of LFM4Ads on TFX."""
 
-from trainer import legacy_keras  # noqa: F401  (must run before tensorflow is imported)
+from common import legacy_keras  # noqa: F401  (must run before tensorflow is imported)

@@ -1,7 +1,8 @@
 """Defaults of the pipeline: names, paths, thresholds and Beam arguments.
 
-Every value here is only a default: `pipelines.pipeline.create_pipeline` takes each as a
-parameter, and the runners take them from flags or environment variables
+Every value here is only a default: of a field of `pipelines.pipeline_config.PipelineConfig`,
+which `pipelines.pipeline.create_pipeline` builds the pipeline from, and which the runners
+build from flags (`pipelines.pipeline_config.add_flags`) or environment variables
 (`LFM4ADS_DATA`, `LFM4ADS_PIPELINE_ROOT`, `LFM4ADS_SERVING_ROOT`, `LFM4ADS_BEAM_WORKERS`,
 `LFM4ADS_EVAL_DAYS`).
 """
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import os
 
-from trainer.representations import cr_domains
-from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
+from common.representations import cr_folding
+from common.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 
 PIPELINE_NAME = "lfm4ads"
 MODEL_NAME = "lfm4ads"
@@ -30,8 +31,8 @@ SCHEMA_FILE = os.path.join(REPO_ROOT, "pipelines", "schema", "schema.pbtxt")
 EVAL_DAYS = float(os.environ.get("LFM4ADS_EVAL_DAYS", "1"))
 
 # Module functions (importable names: the repository is on sys.path of every worker).
-PREPROCESSING_FN = "trainer.transform.preprocessing_fn"
-RUN_FN = "trainer.tfx_trainer.run_fn"
+PREPROCESSING_FN = "trainer.tfx.transform_module.preprocessing_fn"
+RUN_FN = "trainer.tfx.upstream_module.run_fn"
 
 # Trainer custom_config: a preset of trainer.config.PRESETS, and ModelConfig / TrainConfig field
 # overrides over it.
@@ -49,7 +50,7 @@ CR_HALF_LIFE_SECONDS = DEFAULT_HALF_LIFE_SECONDS  # one day, shared with serving
 # The requests whose CR(u,i) folds into CR(u), CR(i): "ad" (paper Sec. 4.3.1: when a user
 # meets an ad) or "all" (content requests too); the aggregator, DownstreamExamples and the
 # online check read the same value.
-CR_DOMAINS = cr_domains.DEFAULT
+CR_DOMAINS = cr_folding.DEFAULT
 # Splits whose examples get CR(u), CR(i) as of strictly before each row: the downstream
 # models' training window (the latest data). All splits cost about as much as the rest of the
 # pipeline at 1M examples (docs/BENCHMARKS.md), hence only eval by default.
@@ -74,7 +75,7 @@ DOWNSTREAM_MODEL_NAME = "lfm4ads_ranker"
 DOWNSTREAM_TRAIN_DAYS = 3.0
 DOWNSTREAM_TRAIN_OVERRIDES: dict = {}
 DOWNSTREAM_MAX_DROP = 0.0
-DOWNSTREAM_RUN_FN = "trainer.downstream.tfx_trainer.run_fn"
+DOWNSTREAM_RUN_FN = "trainer.tfx.ranker_module.run_fn"
 
 # The serving store the guard loads published tables into; the local runner's default is
 # SQLite under the serving root (`LFM4ADS_STORE_URL` overrides it; "none" disables it).

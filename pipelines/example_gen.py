@@ -28,9 +28,9 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_component_specs
 from tfx.utils import proto_utils
 
-from trainer import features as F
+from common import features
 
-DAY = F.DAY
+DAY = features.DAY
 SPLITS = ("train", "eval")
 DATA_PATTERN = "*.tfrecord.gz"
 
@@ -38,9 +38,9 @@ DATA_PATTERN = "*.tfrecord.gz"
 def _timestamp(record: bytes | tf.train.Example) -> int:
     """The record's `timestamp` (ImportExampleGen's reader yields parsed tf.Examples)."""
     example = tf.train.Example.FromString(record) if isinstance(record, bytes) else record
-    values = example.features.feature[F.TIMESTAMP].int64_list.value
+    values = example.features.feature[features.TIMESTAMP].int64_list.value
     if len(values) != 1:
-        raise ValueError(f"a record has {len(values)} {F.TIMESTAMP!r} values, expected 1")
+        raise ValueError(f"a record has {len(values)} {features.TIMESTAMP!r} values, expected 1")
     return int(values[0])
 
 

@@ -8,9 +8,13 @@
          --workers 4 --parameter_servers 2 --machine_type n1-standard-16]
 
 Compiling needs no cluster. Running it needs a container image with this repository and its
-requirements (the image's entry point is TFX's), submitted with e.g.
+requirements (the repository's Dockerfile builds it; TFX sets each container's command),
+submitted with e.g.
 `google.cloud.aiplatform.PipelineJob(template_path=..., ...).submit()`. The same
 `create_pipeline` as the local runner; ML Metadata is the cluster's own, so none is set here.
+
+Every field of `pipelines.pipeline_config.PipelineConfig` is a flag, with `--preset` and the
+Trainer's `ModelConfig` / `TrainConfig` fields over it (`--help` lists them).
 
 With `--vertex_project`, the Trainer runs as a Vertex AI custom job with its own machines: a
 chief, `--workers` and `--parameter_servers` (`pipelines.pipeline.vertex_trainer_config`);
@@ -19,17 +23,17 @@ Vertex sets each replica's TF_CONFIG and `--strategy` picks the `tf.distribute` 
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
 
 import trainer  # noqa: F401  (selects tf-keras before TensorFlow loads)
-from pipelines import configs
-from trainer import console
-from trainer.config import STRATEGIES
-from trainer.representations.cr_domains import CHOICES as CR_DOMAIN_CHOICES
+from common import cli
+from pipelines import configs, pipeline_config
 
-DEFAULT_IMAGE = "gcr.io/tfx-oss-public/tfx:1.16.0"
+# The image the repository's Dockerfile builds (docs/GUIDE.md: build and push it to your
+# project; TFX's own image lacks this repository's modules).
+DEFAULT_IMAGE = "gcr.io/PROJECT/lfm4ads:latest"
 
 
 def compile_pipeline(
@@ -63,52 +67,41 @@ def compile_pipeline(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="lfm4ads_pipeline.json")
     p.add_argument("--image", default=DEFAULT_IMAGE)
-    p.add_argument("--pipeline_root", default=configs.PIPELINE_ROOT)
-    p.add_argument("--data", default=configs.DATA_ROOT)
-    p.add_argument("--serving_root", default=configs.SERVING_ROOT)
     p.add_argument("--beam_runner", default="DataflowRunner")
     p.add_argument("--beam_arg", action="append", default=[],
                    help="extra Beam pipeline argument (repeatable)")
-    p.add_argument("--eval_days", type=float, default=configs.EVAL_DAYS,
-                   help="the eval window: the last days of the data, every gate's test rows "
-                        "(more clicks in it resolve smaller differences)")
-    p.add_argument("--cr_domains", choices=CR_DOMAIN_CHOICES, default=configs.CR_DOMAINS,
-                   help="the requests whose CR(u,i) folds into CR(u), CR(i): ad (paper Sec. "
-                        "4.3.1) or all (content too)")
-    g = p.add_argument_group("the Trainer as a Vertex AI custom job (a cluster of its own)")
-    g.add_argument("--vertex_project", help="run the Trainer on Vertex AI in this project")
-    g.add_argument("--vertex_region", default="us-central1")
-    g.add_argument("--strategy", choices=STRATEGIES, default="default",
-                   help="tf.distribute strategy of the Trainer (trainer.distribute)")
-    g.add_argument("--workers", type=int, default=1, help="training workers, the chief's "
-                   "included for multi_worker, besides it for parameter_server")
-    g.add_argument("--parameter_servers", type=int, default=0)
-    g.add_argument("--machine_type", default="n1-standard-8")
-    console.add_verbose_flag(p)
+    flags = pipeline_config.add_flags(p)
+    vertex_flags = cli.add_dataclass_flags(
+        p, pipeline_config.VertexTraining, skip=("image", "strategy"),
+        rename={"project": "vertex_project", "region": "vertex_region"},
+        help_texts={"project": "run the Trainer on Vertex AI in this project",
+                    "workers": "training workers, the chief's included for multi_worker, "
+                               "besides it for parameter_server"},
+        title="the Trainer as a Vertex AI custom job (a cluster of its own; --strategy picks "
+              "the tf.distribute strategy)")
     args = p.parse_args(argv)
-    console.setup(args.verbose)
-    if not args.eval_days > 0:
-        p.error(f"--eval_days must be a positive number of days, got {args.eval_days}")
-    kwargs = {"cr_domains": args.cr_domains, "eval_days": args.eval_days}
-    if args.strategy != "default":
-        kwargs["train_overrides"] = {**configs.TRAIN_OVERRIDES, "strategy": args.strategy}
+    config = flags.build(args)
+    strategy = config.trainer_configs()[1].strategy
     if args.vertex_project:
-        kwargs["vertex_training"] = {
-            "project": args.vertex_project, "region": args.vertex_region, "image": args.image,
-            "strategy": args.strategy, "workers": args.workers,
-            "parameter_servers": args.parameter_servers, "machine_type": args.machine_type}
-    elif args.strategy in ("multi_worker", "parameter_server"):
-        p.error(f"--strategy {args.strategy} needs a cluster: give --vertex_project")
-    spec = compile_pipeline(
-        args.output, args.image, args.pipeline_root, args.data, args.serving_root,
-        beam_pipeline_args=[f"--runner={args.beam_runner}", *args.beam_arg], **kwargs,
-    )
-    tasks = spec.get("pipelineSpec", spec).get("root", {}).get("dag", {}).get("tasks", {})
-    print(f"wrote {args.output}: {len(tasks)} tasks")
-    return 0
+        config = dataclasses.replace(config, vertex=vertex_flags.build(
+            args, project=args.vertex_project, image=args.image, strategy=strategy))
+    elif strategy in ("multi_worker", "parameter_server"):
+        cli.fail(f"--strategy {strategy} needs a cluster: give --vertex_project")
+
+    def compile_spec() -> dict:
+        spec = compile_pipeline(
+            args.output, args.image, config.pipeline_root, config.data_root,
+            config.serving_root, beam_pipeline_args=[f"--runner={args.beam_runner}",
+                                                     *args.beam_arg],
+            **config.arguments("pipeline_root", "data_root", "serving_root"))
+        tasks = spec.get("pipelineSpec", spec).get("root", {}).get("dag", {}).get("tasks", {})
+        return {"output": args.output, "tasks": sorted(tasks)}
+
+    return cli.run(compile_spec, args,
+                   show=lambda result: f"wrote {result['output']}: {len(result['tasks'])} tasks")
 
 
 if __name__ == "__main__":

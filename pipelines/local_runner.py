@@ -2,13 +2,16 @@
 
 Three ways to start it (README):
 
-    python -m pipelines.local_runner --data DIR --pipeline_root DIR --serving_root DIR [--json]
+    python -m pipelines.local_runner --data DIR --pipeline_root DIR --serving_root DIR \\
+        [--preset NAME] [--<field> VALUE ...] [--json]
     tfx pipeline create --engine local --pipeline_path pipelines/local_runner.py
     tfx run create --engine local --pipeline_name lfm4ads
 
 The `tfx` CLI runs this file as a script with no arguments: paths then come from the
 environment (`LFM4ADS_DATA`, `LFM4ADS_PIPELINE_ROOT`, `LFM4ADS_SERVING_ROOT`, and the eval
-window `LFM4ADS_EVAL_DAYS`) or the defaults of `pipelines.configs`. With `--json` the last
+window `LFM4ADS_EVAL_DAYS`) or the defaults of `pipelines.configs`. Every field of
+`pipelines.pipeline_config.PipelineConfig` is a flag, with `--preset` and the Trainer's
+`ModelConfig` / `TrainConfig` fields over it (`--help` lists them). With `--json` the last
 printed line is one JSON object (`auc_ad`, `gauc_ad`, `pushed_version`, `cr_users`,
 `cr_items`, `guard`, `lee_delta`, `lee_blessed`, `lee_verdict`, `lee_comparison`,
 `published`, ...).
@@ -17,7 +20,7 @@ printed line is one JSON object (`auc_ad`, `gauc_ad`, `pushed_version`, `cr_user
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import sys
 import time
@@ -28,10 +31,8 @@ if __package__ in (None, ""):  # run as a script by `tfx run create`: no pipelin
     sys.path.insert(0, os.path.dirname(_here))
 
 import trainer  # noqa: E402,F401  (selects tf-keras before TensorFlow loads)
-from pipelines import configs, memory  # noqa: E402
-from pipelines.summary import format_summary, metadata_file, run_summary  # noqa: E402
-from trainer import console  # noqa: E402
-from trainer.representations.cr_domains import CHOICES as CR_DOMAIN_CHOICES  # noqa: E402
+from common import cli  # noqa: E402
+from pipelines import configs, memory, pipeline_config  # noqa: E402
 
 
 def build(
@@ -46,6 +47,7 @@ def build(
     from tfx import v1 as tfx
 
     from pipelines.pipeline import create_pipeline
+    from pipelines.summary import metadata_file
 
     kwargs.setdefault("store_url", configs.default_store_url(serving_root))
     return create_pipeline(
@@ -66,17 +68,21 @@ def run(data_root: str, pipeline_root: str, serving_root: str, online_requests: 
 
     With `online_requests`, then serves the pushed model in-process and runs the online loop
     over that many of the latest examples (`online_check`, with the pipeline's `cr_domains`)."""
-    from tfx import v1 as tfx
-
-    from trainer import input as data_input
+    from trainer import data_input
 
     if _compiling_for_tfx_cli():
+        from tfx import v1 as tfx
+
         # `tfx pipeline create` runs this file to read the pipeline; nothing runs and the
         # data need not exist yet.
         tfx.orchestration.LocalDagRunner().run(build(data_root, pipeline_root, serving_root,
                                                      **kwargs))
         return {}
     data_input.check_files(data_input.list_files(data_root))  # clear error before any TFX work
+    from tfx import v1 as tfx
+
+    from pipelines.summary import metadata_file, run_summary
+
     os.makedirs(pipeline_root, exist_ok=True)
     memory.return_freed_memory()  # every component runs in this process
     pipeline = build(data_root, pipeline_root, serving_root, **kwargs)
@@ -114,7 +120,7 @@ def online_check(data_root: str, summary: dict, requests: int, shift: int = 86_4
     ad requests is returned beside the `none` baseline's on the same requests
     (`online_downstream_auc`, `online_baseline_auc`)."""
     from serving.online import serve_and_replay
-    from trainer import input as data_input
+    from trainer import data_input
 
     files = data_input.list_files(data_root)
     _, hi = data_input.time_range(files)
@@ -141,19 +147,18 @@ def _online_downstream(records: list[bytes], scores, baseline_model: str) -> dic
     import numpy as np
     import tensorflow as tf
 
+    from common import features, signatures
     from pipelines.summary import rounded
-    from trainer import features as F
-    from trainer import signatures as S
     from trainer.evaluation import auc
 
-    parsed = F.parse_examples(tf.constant(records), (F.DOMAIN, F.LABEL))
-    ad = parsed[F.DOMAIN].numpy() == F.DOMAIN_AD
-    labels = parsed[F.LABEL].numpy()[ad]
+    parsed = features.parse_examples(tf.constant(records), (features.DOMAIN, features.LABEL))
+    ad = parsed[features.DOMAIN].numpy() == features.DOMAIN_AD
+    labels = parsed[features.LABEL].numpy()[ad]
     ad_records = [r for r, keep in zip(records, ad, strict=True) if keep]
-    predict = tf.saved_model.load(baseline_model).signatures[S.SERVING_DEFAULT]
+    predict = tf.saved_model.load(baseline_model).signatures[signatures.SERVING_DEFAULT]
     baseline = np.concatenate([
-        predict(**{S.INPUT_KEY: tf.constant(ad_records[i:i + 1024])})[
-            S.DOWNSTREAM_PREDICTION].numpy().reshape(-1)
+        predict(**{signatures.INPUT_KEY: tf.constant(ad_records[i:i + 1024])})[
+            signatures.DOWNSTREAM_PREDICTION].numpy().reshape(-1)
         for i in range(0, len(ad_records), 1024)]) if ad_records else np.zeros(0)
 
     return {"online_ad_requests": int(ad.sum()), "online_ad_clicks": int(labels.sum()),
@@ -180,65 +185,77 @@ def write_model_config(serving_root: str, summary: dict) -> str | None:
 
 
 def _compiling_for_tfx_cli() -> bool:
-    """True inside `tfx pipeline create`: its patcher wraps LocalDagRunner.run."""
+    """True inside `tfx pipeline create`: its patcher wraps LocalDagRunner.run (TFX is loaded
+    before it runs this file)."""
+    if "tfx" not in sys.modules:
+        return False
     from tfx import v1 as tfx
 
     return hasattr(tfx.orchestration.LocalDagRunner.run, "__wrapped__")
 
 
-def _positive_days(text: str) -> float:
-    """An `--eval_days` value: a positive number of days."""
-    days = float(text)
-    if not days > 0:
-        raise argparse.ArgumentTypeError(f"the eval window must be a positive number of days, "
-                                         f"got {text}")
-    return days
+# The runner's online loop and models.config serve the models under `configs`' names.
+_NOT_FLAGS = ("model_name", "downstream_model_name")
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=configs.DATA_ROOT, help="directory of TFRecord shards")
-    p.add_argument("--pipeline_root", default=configs.PIPELINE_ROOT,
-                   help="artifacts and the SQLite ML Metadata file")
-    p.add_argument("--serving_root", default=configs.SERVING_ROOT,
-                   help="pushed models go to <serving_root>/<model_name>/<version>")
-    p.add_argument("--pipeline_name", default=configs.PIPELINE_NAME)
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2)")
-    p.add_argument("--eval_days", type=_positive_days, default=configs.EVAL_DAYS,
-                   help="the eval window: the last days of the data, every gate's test rows "
-                        "(more clicks in it resolve smaller differences; default "
-                        "LFM4ADS_EVAL_DAYS or 1)")
+def _parser() -> tuple[cli.ArgumentParser, pipeline_config.PipelineFlags]:
+    """The flags: every `PipelineConfig` field (`pipelines.pipeline_config.add_flags`: the
+    paths, `--preset` and the Trainer's config fields, the guard's, the downstream ranker's)
+    but `_NOT_FLAGS`, and the local run's own."""
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--beam_workers", type=int, default=None,
                    help="DirectRunner workers (1: in-process; more: multi-processing)")
-    p.add_argument("--cr_domains", choices=CR_DOMAIN_CHOICES, default=configs.CR_DOMAINS,
-                   help="the requests whose CR(u,i) folds into CR(u), CR(i): ad (paper Sec. "
-                        "4.3.1) or all (content too); the aggregator, DownstreamExamples and "
-                        "the online check alike")
     p.add_argument("--online_requests", type=int, default=20_000,
                    help="after the run, serve the pushed model (and the downstream ranker) "
                         "in-process and run the online loop (Fig. 4) over this many of the "
                         "latest day's examples, replayed as the next day (0: skip)")
-    p.add_argument("--json", action="store_true", help="last line: one JSON object")
-    console.add_verbose_flag(p)
-    return p.parse_args(argv)
+    flags = pipeline_config.add_flags(p, skip=_NOT_FLAGS, help_texts={
+        "data_root": "directory of TFRecord shards",
+        "pipeline_root": "artifacts and the SQLite ML Metadata file",
+        "store_url": "the serving store the published tables go into (sqlite:///... or "
+                     "redis://...; default: LFM4ADS_STORE_URL, else SQLite under "
+                     "--serving_root; empty: none)"})
+    return p, flags
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return _parser()[0].parse_args(argv)
+
+
+def _run(config: pipeline_config.PipelineConfig, args: argparse.Namespace) -> dict | None:
+    """`run` with the config's fields (None: nothing ran, as under `tfx pipeline create`); the
+    data failing the curated schema is an input error (`common.cli.Failure`)."""
+    try:
+        summary = run(config.data_root, config.pipeline_root, config.serving_root,
+                      beam_workers=args.beam_workers, online_requests=args.online_requests,
+                      **config.arguments("data_root", "pipeline_root", "serving_root"))
+    except RuntimeError as e:
+        from pipelines.validation_gate import DataValidationError  # tfx is loaded by now
+
+        if isinstance(e, DataValidationError):
+            raise cli.Failure("; ".join(str(e).splitlines())) from e
+        raise
+    return summary or None
+
+
+def _show(summary: dict | None) -> str | None:
+    if summary is None:
+        return None
+    from pipelines.summary import format_summary
+
+    return f"{format_summary(summary)}\npipeline run in {summary['seconds']} s"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    console.setup(args.verbose)
-    kwargs = {"cr_domains": args.cr_domains, "eval_days": args.eval_days}
-    if args.epochs is not None:
-        kwargs["train_overrides"] = {**configs.TRAIN_OVERRIDES, "epochs": args.epochs}
-    summary = run(args.data, args.pipeline_root, args.serving_root,
-                  pipeline_name=args.pipeline_name, beam_workers=args.beam_workers,
-                  online_requests=args.online_requests, **kwargs)
-    if not summary:
-        return 0
-    print(format_summary(summary))
-    print(f"pipeline run in {summary['seconds']} s")
-    if args.json:
-        print(json.dumps(summary))
-    return 0
+    from trainer import data_input
+
+    parser, flags = _parser()
+    args = parser.parse_args(argv)
+    config = flags.build(args)
+    if "store_url" not in flags.given(args):  # the local default: SQLite under serving_root
+        config = dataclasses.replace(
+            config, store_url=configs.default_store_url(config.serving_root))
+    return cli.run(lambda: _run(config, args), args, show=_show, errors=(data_input.DataError,))
 
 
 if __name__ == "__main__":

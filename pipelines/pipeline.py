@@ -11,17 +11,23 @@
            -> Evaluator (TFMA metrics vs none), BlessingGate (paired comparisons with the none
               ranker and the last blessed one) -> Pusher
 
-Every path, threshold and Beam argument is a parameter; `pipelines.configs` has the defaults.
+Every path and threshold is a field of one frozen `pipelines.pipeline_config.PipelineConfig`
+(`create_pipeline(config, metadata_connection_config=..., beam_pipeline_args=...)`), whose
+defaults are `pipelines.configs`'.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
+from common import signatures
+from common.representations import cr_folding
+from common.representations.statistics import GuardThresholds
 from components.blessing_gate import BlessingGate
 from components.cr_aggregation.component import CrossRepresentationAggregator
 from components.downstream_examples.component import ITEM_COLD_START as DOWNSTREAM_COLD_START
@@ -31,9 +37,9 @@ from components.representation_extractor.component import RepresentationExtracto
 from components.representation_guard.component import RepresentationGuard
 from pipelines import configs
 from pipelines.example_gen import time_split_example_gen
+from pipelines.pipeline_config import PipelineConfig, VertexTraining, changed_fields
 from pipelines.validation_gate import ValidationGate
-from trainer import signatures as S
-from trainer.representations import cr_domains as CD
+from trainer.downstream.config import DownstreamTrainConfig
 from trainer.transform import ITEM_COLD_START
 
 
@@ -55,9 +61,9 @@ def eval_config(auc_threshold: float, max_drop: float) -> tfma.EvalConfig:
                              config=json.dumps({"user_key": "user_id"}))
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
-            signature_name=S.SERVING_DEFAULT,
-            label_keys={S.AD_PREDICTION: "label", S.CONTENT_PREDICTION: "label"},
-            preprocessing_function_names=[S.TRANSFORM_FEATURES],
+            signature_name=signatures.SERVING_DEFAULT,
+            label_keys={signatures.AD_PREDICTION: "label", signatures.CONTENT_PREDICTION: "label"},
+            preprocessing_function_names=[signatures.TRANSFORM_FEATURES],
         )],
         slicing_specs=[
             tfma.SlicingSpec(),
@@ -67,7 +73,7 @@ def eval_config(auc_threshold: float, max_drop: float) -> tfma.EvalConfig:
         ],
         metrics_specs=[
             tfma.MetricsSpec(
-                output_names=[S.AD_PREDICTION],
+                output_names=[signatures.AD_PREDICTION],
                 metrics=[
                     tfma.MetricConfig(class_name="ExampleCount"),
                     tfma.MetricConfig(class_name="MeanLabel"),
@@ -80,7 +86,7 @@ def eval_config(auc_threshold: float, max_drop: float) -> tfma.EvalConfig:
                 ],
             ),
             tfma.MetricsSpec(
-                output_names=[S.CONTENT_PREDICTION],
+                output_names=[signatures.CONTENT_PREDICTION],
                 metrics=[tfma.MetricConfig(class_name="MeanLabel"),
                          tfma.MetricConfig(class_name="AUC"), gauc],
             ),
@@ -94,8 +100,8 @@ def downstream_eval_config() -> tfma.EvalConfig:
     the Evaluator reports, `BlessingGate` decides (on a paired bootstrap over the eval users,
     which TFMA's change thresholds on a point estimate cannot do)."""
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name=S.SERVING_DEFAULT, label_key="label",
-                                    prediction_key=S.DOWNSTREAM_PREDICTION)],
+        model_specs=[tfma.ModelSpec(signature_name=signatures.SERVING_DEFAULT, label_key="label",
+                                    prediction_key=signatures.DOWNSTREAM_PREDICTION)],
         slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[DOWNSTREAM_COLD_START])],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
@@ -109,7 +115,7 @@ def downstream_eval_config() -> tfma.EvalConfig:
 
 def downstream_components(example_gen, pusher, lee, serving_root: str, mode: str,
                           model_name: str, train_days: float, train_overrides: dict,
-                          max_drop: float, cr_domains: str = CD.DEFAULT) -> list:
+                          max_drop: float, cr_domains: str = cr_folding.DEFAULT) -> list:
     """The downstream ranker in `mode`, trained with the `none` baseline, reported by TFMA
     beside it, compared by `BlessingGate` with it and with the last blessed ranker (`max_drop`:
     the gate's tolerance, how far below a baseline it must be shown to be to count as worse),
@@ -182,15 +188,8 @@ def vertex_trainer_config(project: str, region: str, image: str, strategy: str =
     the chief, pool 1 `workers - 1` more workers (`multi_worker`) or `workers` workers
     (`parameter_server`), pool 2 the parameter servers. Vertex sets each replica's TF_CONFIG;
     every replica runs `run_fn` from `image` (TFX sets the command)."""
-    if strategy == "parameter_server" and (workers < 1 or parameter_servers < 1):
-        raise ValueError("the parameter_server strategy needs workers >= 1 and "
-                         f"parameter_servers >= 1, got {workers} and {parameter_servers}")
-    if strategy != "parameter_server" and parameter_servers:
-        raise ValueError(f"parameter_servers={parameter_servers} needs the parameter_server "
-                         f"strategy, not {strategy!r}")
-    if strategy in ("default", "mirrored") and workers != 1:
-        raise ValueError(f"strategy {strategy!r} runs on one machine; workers={workers} needs "
-                         "multi_worker or parameter_server")
+    VertexTraining(project, region, image, strategy, workers, parameter_servers,
+                   machine_type)  # ValueError for a cluster the strategy cannot use
 
     def pool(replicas: int) -> dict:
         return {"machine_spec": {"machine_type": machine_type}, "replica_count": replicas,
@@ -208,63 +207,31 @@ def vertex_trainer_config(project: str, region: str, image: str, strategy: str =
 
 
 def create_pipeline(
-    pipeline_name: str = configs.PIPELINE_NAME,
-    pipeline_root: str = configs.PIPELINE_ROOT,
-    data_root: str = configs.DATA_ROOT,
-    serving_root: str = configs.SERVING_ROOT,
-    model_name: str = configs.MODEL_NAME,
-    schema_file: str = configs.SCHEMA_FILE,
+    config: PipelineConfig | str | None = None,
+    *args: str,
     metadata_connection_config=None,
     beam_pipeline_args: list[str] | None = None,
-    eval_days: float = configs.EVAL_DAYS,
-    model_overrides: dict | None = None,
-    train_overrides: dict | None = None,
-    preset: str = configs.PRESET,
-    auc_threshold: float = configs.AUC_AD_THRESHOLD,
-    auc_max_drop: float = configs.AUC_MAX_DROP,
-    cr_half_life_seconds: float = configs.CR_HALF_LIFE_SECONDS,
-    cr_domains: str = configs.CR_DOMAINS,
-    point_in_time_splits: str = configs.POINT_IN_TIME_SPLITS,
-    guard_thresholds: dict | None = None,
-    lee_tolerance: float | None = configs.LEE_TOLERANCE,
-    lee_config: dict | None = None,
-    downstream_mode: str | None = configs.DOWNSTREAM_MODE,
-    downstream_model_name: str = configs.DOWNSTREAM_MODEL_NAME,
-    downstream_train_days: float = configs.DOWNSTREAM_TRAIN_DAYS,
-    downstream_train_overrides: dict | None = None,
-    downstream_max_drop: float = configs.DOWNSTREAM_MAX_DROP,
-    publish_root: str | None = None,
-    store_url: str = "",
-    enable_cache: bool = False,
-    vertex_training: dict | None = None,
+    **fields,
 ) -> tfx.dsl.Pipeline:
-    """The whole pipeline. Pushed models go to `<serving_root>/<model_name>/<version>`; the
-    guarded representation tables to `publish_root` (default `<serving_root>/representations`)
-    and, with `store_url` (`sqlite:///...` or `redis://...`), into the serving store. The
-    Trainer starts from `preset` (`trainer.config.PRESETS`) with `model_overrides` and
-    `train_overrides` (ModelConfig / TrainConfig fields) over it. The last `eval_days` of the
-    data are the eval split: the test rows of every gate, so a longer window (or more traffic)
-    resolves smaller differences. Tables the guard passes are published when the embedding
-    evaluator's paired comparison allows it (`components.lee`: shown better than the live
-    tables, or, with none live, not shown worse than no representations by more than
-    `lee_tolerance`; `lee_config`: `components.lee.LeeConfig` fields); with
-    `lee_tolerance=None` there is no evaluator and the guard publishes. When the tables went
-    live, a downstream ranker in `downstream_mode` (None: none) is trained on the last
-    `downstream_train_days` before the eval split with point-in-time representations, compared
-    on the eval split with the `none` baseline and the last blessed ranker
-    (`components.blessing_gate`: pushed unless worse than `none` by more than
-    `downstream_max_drop`, and, when a ranker is live, only when shown better than it) and
-    pushed to `<serving_root>/<downstream_model_name>/<version>`.
-    CR(u), CR(i) fold the CR(u,i) of the requests `cr_domains` selects (`"ad"`, paper Sec.
-    4.3.1, or `"all"`; `trainer.representations.cr_domains`), in the aggregator and in
-    DownstreamExamples alike.
+    """The whole pipeline of `config` (`pipelines.pipeline_config.PipelineConfig`: what each
+    field does), its ML Metadata at `metadata_connection_config` (None: the orchestrator's),
+    its Beam components run with `beam_pipeline_args` (default:
+    `configs.beam_pipeline_args()`).
+
+    The config's fields may also be given as arguments, as `create_pipeline` took them before
+    the config (`create_pipeline(pipeline_name, pipeline_root, data_root, serving_root,
+    preset="paper", model_overrides={...}, train_overrides={...}, ...)`; see
+    `PipelineConfig.from_arguments`), or over a config (`create_pipeline(config,
+    eval_days=3)`).
     """
-    CD.check(cr_domains)
-    example_gen = time_split_example_gen(data_root, eval_days)
+    config = PipelineConfig.from_arguments(*(() if config is None else (config,)), *args,
+                                           **fields)
+    serving_root, cr_domains = config.serving_root, config.cr_domains
+    example_gen = time_split_example_gen(config.data_root, config.eval_days)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
-    curated_schema = tfx.components.ImportSchemaGen(schema_file=schema_file).with_id(
+    curated_schema = tfx.components.ImportSchemaGen(schema_file=config.schema_file).with_id(
         "CuratedSchema")
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"],
@@ -276,15 +243,11 @@ def create_pipeline(
         preprocessing_fn=configs.PREPROCESSING_FN,
     )
     transform.add_upstream_node(gate)
-    trainer_config = {
-        "preset": preset,
-        "model": dict(configs.MODEL_OVERRIDES if model_overrides is None else model_overrides),
-        "train": dict(configs.TRAIN_OVERRIDES if train_overrides is None else train_overrides),
-    }
+    trainer_config = config.trainer_custom_config()
     trainer_class = tfx.components.Trainer
-    if vertex_training is not None:  # the Trainer runs as a Vertex AI custom job (its cluster)
+    if config.vertex is not None:  # the Trainer runs as a Vertex AI custom job (its cluster)
         trainer_class = tfx.extensions.google_cloud_ai_platform.Trainer
-        trainer_config.update(vertex_trainer_config(**vertex_training))
+        trainer_config.update(vertex_trainer_config(**dataclasses.asdict(config.vertex)))
     trainer = trainer_class(
         run_fn=configs.RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -298,14 +261,14 @@ def create_pipeline(
         model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"],
         example_splits=["eval"],
-        eval_config=eval_config(auc_threshold, auc_max_drop),
+        eval_config=eval_config(config.auc_threshold, config.auc_max_drop),
     )
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(serving_root, model_name))),
+                base_directory=os.path.join(serving_root, config.model_name))),
     )
     extractor = RepresentationExtractor(
         examples=example_gen.outputs["examples"],
@@ -314,17 +277,17 @@ def create_pipeline(
     aggregator = CrossRepresentationAggregator(
         representations=extractor.outputs["representations"],
         examples=example_gen.outputs["examples"],
-        half_life_seconds=float(cr_half_life_seconds),
-        point_in_time_splits=point_in_time_splits,
+        half_life_seconds=float(config.cr_half_life_seconds),
+        point_in_time_splits=config.point_in_time_splits,
         cr_domains=cr_domains,
     )
-    publish_root = publish_root or os.path.join(serving_root, "representations")
+    publish_root = config.publish_root or os.path.join(serving_root, "representations")
+    store_url, lee_tolerance = config.store_url, config.lee_tolerance
     guard = RepresentationGuard(
         representations=extractor.outputs["representations"],
         cross_tables=aggregator.outputs["cross_tables"],
         publish_root=publish_root,
-        thresholds_json=json.dumps(configs.GUARD_THRESHOLDS if guard_thresholds is None
-                                   else guard_thresholds),
+        thresholds_json=json.dumps(changed_fields(config.guard_thresholds, GuardThresholds())),
         store_url=store_url if lee_tolerance is None else "",
         publish_tables=int(lee_tolerance is None),
     )
@@ -338,24 +301,24 @@ def create_pipeline(
             publish_root=publish_root,
             store_url=store_url,
             tolerance=float(lee_tolerance),
-            config_json=json.dumps(configs.LEE_CONFIG if lee_config is None else lee_config),
+            config_json=json.dumps(dict(config.lee_config)),
         )
         representation_checks.append(lee)
-        if downstream_mode is not None:
+        if config.downstream_mode is not None:
             representation_checks += downstream_components(
-                example_gen, pusher, lee, serving_root, downstream_mode, downstream_model_name,
-                downstream_train_days,
-                configs.DOWNSTREAM_TRAIN_OVERRIDES if downstream_train_overrides is None
-                else downstream_train_overrides, downstream_max_drop, cr_domains)
+                example_gen, pusher, lee, serving_root, config.downstream_mode,
+                config.downstream_model_name, config.downstream_train_days,
+                changed_fields(config.downstream_train, DownstreamTrainConfig()),
+                config.downstream_max_drop, cr_domains)
     return tfx.dsl.Pipeline(
-        pipeline_name=pipeline_name,
-        pipeline_root=pipeline_root,
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
         components=[
             example_gen, statistics_gen, schema_gen, curated_schema, example_validator, gate,
             transform, trainer, baseline, evaluator, pusher, extractor, aggregator,
             *representation_checks,
         ],
-        enable_cache=enable_cache,
+        enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args or configs.beam_pipeline_args()),
     )

@@ -15,10 +15,10 @@ import os
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components import artifacts as A
+from common import signatures
+from components import artifacts
 from components.blessing_gate import VS_LAST_BLESSED, VS_NONE
-from trainer import paired_comparison as PC
-from trainer import signatures as S
+from trainer import paired_comparison
 from trainer.transform import ITEM_COLD_START
 
 
@@ -134,23 +134,23 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
     evaluation = latest_artifact(store, "ModelEvaluation", "Evaluator")
     blessing = latest_artifact(store, "ModelBlessing", "Evaluator")
     pushed = latest_artifact(store, "PushedModel", "Pusher")
-    representations = latest_artifact(store, A.Representations.TYPE_NAME)
-    cross = latest_artifact(store, A.CrossRepresentationTables.TYPE_NAME)
-    guard = latest_artifact(store, A.GuardResult.TYPE_NAME)
-    lee = latest_artifact(store, A.EmbeddingEvaluation.TYPE_NAME)
+    representations = latest_artifact(store, artifacts.Representations.TYPE_NAME)
+    cross = latest_artifact(store, artifacts.CrossRepresentationTables.TYPE_NAME)
+    guard = latest_artifact(store, artifacts.GuardResult.TYPE_NAME)
+    lee = latest_artifact(store, artifacts.EmbeddingEvaluation.TYPE_NAME)
     if lee is not None and (guard is None or lee.id < guard.id):
         lee = None  # an earlier run's: this run had no evaluator
     published_by = lee if lee is not None else guard
     metrics = tfma_metrics(evaluation.uri) if evaluation is not None else {}
     ad, content = {"domain": "ad"}, {"domain": "content"}
     summary = {
-        "auc_ad": _metric(metrics, S.AD_PREDICTION, ad, "auc"),
-        "gauc_ad": _metric(metrics, S.AD_PREDICTION, ad, "gauc"),
-        "auc_content": _metric(metrics, S.CONTENT_PREDICTION, content, "auc"),
-        "gauc_content": _metric(metrics, S.CONTENT_PREDICTION, content, "gauc"),
-        "auc_cold_start": _metric(metrics, S.AD_PREDICTION,
+        "auc_ad": _metric(metrics, signatures.AD_PREDICTION, ad, "auc"),
+        "gauc_ad": _metric(metrics, signatures.AD_PREDICTION, ad, "gauc"),
+        "auc_content": _metric(metrics, signatures.CONTENT_PREDICTION, content, "auc"),
+        "gauc_content": _metric(metrics, signatures.CONTENT_PREDICTION, content, "gauc"),
+        "auc_cold_start": _metric(metrics, signatures.AD_PREDICTION,
                                   {"domain": "ad", ITEM_COLD_START: "1"}, "auc"),
-        "eval_ad_examples": _metric(metrics, S.AD_PREDICTION, ad, "example_count"),
+        "eval_ad_examples": _metric(metrics, signatures.AD_PREDICTION, ad, "example_count"),
         "blessed": bool(_prop(blessing, "blessed", 0)),
         "pushed": bool(_prop(pushed, "pushed", 0)),
         "pushed_version": int(_prop(pushed, "pushed_version", 0) or 0) or None,
@@ -247,7 +247,7 @@ def gate_verdicts(summary: dict) -> dict[str, str]:
     `lee`, `downstream_vs_none`, `downstream_vs_last_blessed`, for those that compared."""
     out = {}
     if summary.get("lee_comparison"):
-        out["lee"] = PC.describe({
+        out["lee"] = paired_comparison.describe({
             "verdict": summary["lee_comparison"], "delta": summary.get("lee_delta"),
             "low": summary.get("lee_delta_low"), "high": summary.get("lee_delta_high"),
             "detectable_effect": summary.get("lee_detectable_effect"),
@@ -256,7 +256,7 @@ def gate_verdicts(summary: dict) -> dict[str, str]:
     for vs in (VS_NONE, VS_LAST_BLESSED):
         key = f"downstream_{vs}"
         if summary.get(f"{key}_comparison"):
-            out[key] = PC.describe({
+            out[key] = paired_comparison.describe({
                 "verdict": summary[f"{key}_comparison"], "delta": summary.get(f"{key}_delta"),
                 "low": summary.get(f"{key}_delta_low"), "high": summary.get(f"{key}_delta_high"),
                 "detectable_effect": summary.get(f"{key}_detectable_effect"),

@@ -21,7 +21,8 @@ The CLI embeds a TFRecord file of serialized tf.Examples:
 
 from __future__ import annotations
 
-import argparse
+import errno
+import os
 import random
 import sys
 import time
@@ -30,8 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import grpc
 import numpy as np
 
-from trainer import console
-from trainer import signatures as S
+from common import cli, signatures
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 MAX_MESSAGE_BYTES = 2**31 - 1  # as TF Serving: no 4 MiB gRPC default
@@ -125,7 +125,7 @@ class EmbeddingClient:
                 dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(examples))]),
             string_val=examples,
         )
-        request.inputs[S.INPUT_KEY].CopyFrom(tensor)
+        request.inputs[signatures.INPUT_KEY].CopyFrom(tensor)
         request.output_filter.extend(output_filter)
         return request
 
@@ -158,24 +158,33 @@ class EmbeddingClient:
 
     def user_representations(self, examples: Sequence[bytes]) -> np.ndarray:
         """UR `[n, d_ur]` float32 from the user features of each example."""
-        return self._representation(S.USER_REPRESENTATION, examples)
+        return self._representation(signatures.USER_REPRESENTATION, examples)
 
     def item_representations(self, examples: Sequence[bytes]) -> np.ndarray:
         """IR `[n, d_ir]` float32 from the item features of each example."""
-        return self._representation(S.ITEM_REPRESENTATION, examples)
+        return self._representation(signatures.ITEM_REPRESENTATION, examples)
 
     def cross_representations(self, examples: Sequence[bytes]) -> np.ndarray:
         """CR(u,i) `[n, d_cr]` float32 of each (user, item) example."""
-        return self._representation(S.CROSS_REPRESENTATION, examples)
+        return self._representation(signatures.CROSS_REPRESENTATION, examples)
+
+    def representations(self, examples: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """The `representations` signature, one call and one forward pass per request: UR
+        `[n, d_ur]`, IR `[n, d_ir]`, CR(u,i) `[n, d_cr]` and `ad_prediction` `[n, 1]`, float32,
+        keyed by their signatures' output names (`user_representation`, ...)."""
+        out = self._call(signatures.REPRESENTATIONS, examples)
+        return {key: out[key].astype(np.float32)
+                for key in signatures.OUTPUT_KEYS[signatures.REPRESENTATIONS]}
 
     def predict(self, examples: Sequence[bytes],
                 outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """`serving_default`: output key -> array (`ad_prediction` `[n, 1]`, ...)."""
-        return self._call(S.SERVING_DEFAULT, examples, outputs)
+        return self._call(signatures.SERVING_DEFAULT, examples, outputs)
 
 
 # ----------------------------------------------------------------------------------------- CLI
-SIGNATURES = (S.USER_REPRESENTATION, S.ITEM_REPRESENTATION, S.CROSS_REPRESENTATION)
+SIGNATURES = (signatures.USER_REPRESENTATION, signatures.ITEM_REPRESENTATION,
+              signatures.CROSS_REPRESENTATION)
 
 
 def _records(path: str) -> Iterator[bytes]:
@@ -231,26 +240,31 @@ def embed_file(client: EmbeddingClient, signature: str, input_path: str, output_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Embed a TFRecord file of tf.Examples over gRPC.")
+    p = cli.ArgumentParser(prog="python -m serving.client",
+                           description="Embed a TFRecord file of tf.Examples over gRPC.")
     p.add_argument("--target", default="localhost:8500")
     p.add_argument("--model_name", default="lfm4ads")
-    p.add_argument("--signature", default=S.USER_REPRESENTATION, choices=SIGNATURES)
+    p.add_argument("--signature", default=signatures.USER_REPRESENTATION, choices=SIGNATURES)
     p.add_argument("--input", required=True, help="TFRecord file (.gz: gzip)")
     p.add_argument("--output", required=True, help=".npy, or a TFRecord path")
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--timeout", type=float, default=10.0)
-    console.add_verbose_flag(p)
     args = p.parse_args(argv)
-    console.setup(args.verbose)
+    if args.batch_size < 1:
+        cli.fail(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.timeout <= 0:
+        cli.fail(f"--timeout must be > 0 seconds, got {args.timeout}")
 
-    with EmbeddingClient(args.target, args.model_name, args.timeout) as client:
-        try:
-            n = embed_file(client, args.signature, args.input, args.output, args.batch_size)
-        except ServingClientError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    print(f"wrote {n} rows of {args.signature} to {args.output}")
-    return 0
+    def embed() -> dict:
+        if not os.path.isfile(args.input):  # before any call: the one input of the command
+            raise FileNotFoundError(errno.ENOENT, "no such file (--input)", args.input)
+        with EmbeddingClient(args.target, args.model_name, args.timeout) as client:
+            rows = embed_file(client, args.signature, args.input, args.output, args.batch_size)
+        return {"rows": rows, "signature": args.signature, "output": args.output}
+
+    # an input that holds no records is a ValueError; the server's failures exit 1
+    return cli.run(embed, args, errors=(ValueError,), exit_codes={ServingClientError: 1},
+                   show=lambda r: f"wrote {r['rows']} rows of {r['signature']} to {r['output']}")
 
 
 if __name__ == "__main__":

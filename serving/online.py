@@ -6,14 +6,20 @@ For a batch of requests (serialized tf.Examples of (user, item) pairs with their
    reads them (the state before this request; missing keys flagged); with a `ranker` (an
    `EmbeddingClient` of a downstream model, served beside the upstream), the requests go to
    it with those representations as features (`ur`, `ir`, `cr_user`, `cr_item` and their
-   `*_found`; `trainer.downstream.requests`) and its `prediction` is the request's score;
-2. run the upstream model through the TF-Serving-compatible server on the same examples
-   (`user_representation`, `item_representation`, `cross_representation` signatures);
+   `*_found`; `common.downstream_requests`) and its `prediction` is the request's score;
+2. run the upstream model through the TF-Serving-compatible server on the same examples: one
+   call of the `representations` signature, one forward pass that yields UR(u), IR(i),
+   CR(u,i) and the ad prediction together (Fig. 4, Sec. 4.3.1). With a ranker, this comes
+   before step 1's ranking, so that the ranker's request also carries the upstream's
+   prediction on it (`upstream_ad_prediction`, which a `distill` ranker reads). An upstream
+   exported before that signature existed is asked with three calls (`user_representation`,
+   `item_representation`, `cross_representation`; `one_call=False` forces them), and its
+   prediction does not reach the ranker (a `distill` ranker refuses such requests by name);
 3. write the new UR(u) and IR(i) (the latest request per key wins, as in the offline
    extractor: largest (timestamp, BLAKE2b digest of the example); a stored row with a later
    `updated_at` is kept, atomically: `put(..., only_newer=True)`) and fold CR(u,i) into
    CR(u), CR(i) with the store's atomic time-aware EMA (Eq. 1-2, the offline aggregator's
-   tie rule) for the requests `cr_domains` selects (`trainer.representations.cr_domains`:
+   tie rule) for the requests `cr_domains` selects (`common.representations.cr_folding`:
    `"ad"`, the default, folds ad requests only, paper Sec. 4.3.1; `"all"` every request).
    The loop gives the store each request's domain; `update_cross` folds the selected ones.
 
@@ -30,14 +36,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.client import EmbeddingClient, batches
+from common import features, signatures
+from common.downstream_requests import with_representations
+from common.representations import cr_folding
+from common.representations.ema import DEFAULT_HALF_LIFE_SECONDS
+from common.representations.tables import sample_digest
+from serving.client import EmbeddingClient, ServingClientError, batches
 from serving.store import CR_ITEM, CR_USER, IR, UR, RepresentationStore, Rows
-from trainer import features as F
-from trainer import signatures as S
-from trainer.downstream.requests import with_representations
-from trainer.representations import cr_domains as CD
-from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
-from trainer.representations.tables import sample_digest
 
 
 @dataclass(frozen=True)
@@ -52,10 +57,12 @@ class Fetched:
     def features(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Representation feature name -> (vectors `[n, d]`, found `[n]`), as a downstream
         model's request carries them."""
-        return {S.UR_FEATURE: (self.user.representations, self.user.found),
-                S.IR_FEATURE: (self.item.representations, self.item.found),
-                S.CR_USER_FEATURE: (self.cross_user.representations, self.cross_user.found),
-                S.CR_ITEM_FEATURE: (self.cross_item.representations, self.cross_item.found)}
+        return {signatures.UR_FEATURE: (self.user.representations, self.user.found),
+                signatures.IR_FEATURE: (self.item.representations, self.item.found),
+                signatures.CR_USER_FEATURE: (self.cross_user.representations,
+                                             self.cross_user.found),
+                signatures.CR_ITEM_FEATURE: (self.cross_item.representations,
+                                             self.cross_item.found)}
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,9 @@ def _ids(examples: Sequence[bytes], with_domain: bool = False
     from tensorflow.core.example import example_pb2
 
     users, items, domains = [], [], []
-    wanted = [(F.USER_ID, users), (F.ITEM_ID, items)] + ([(F.DOMAIN, domains)] if with_domain
-                                                         else [])
+    wanted = [(features.USER_ID, users), (features.ITEM_ID, items)] + (
+        [(features.DOMAIN, domains)] if with_domain else []
+    )
     ts = np.empty(len(examples), dtype=np.int64)
     for row, serialized in enumerate(examples):
         feature = example_pb2.Example.FromString(serialized).features.feature
@@ -118,20 +126,42 @@ class OnlineLoop:
     its `domain`."""
 
     def __init__(self, client: EmbeddingClient, store: RepresentationStore,
-                 ranker: EmbeddingClient | None = None, cr_domains: str = CD.DEFAULT):
+                 ranker: EmbeddingClient | None = None, cr_domains: str = cr_folding.DEFAULT,
+                 one_call: bool = True):
         self.client = client
         self.store = store
         self.ranker = ranker
-        self.cr_domains = CD.check(cr_domains)
+        self.cr_domains = cr_folding.check(cr_domains)
+        self.one_call = one_call
 
-    def rank(self, examples: Sequence[bytes], fetched: Fetched) -> np.ndarray:
+    def infer(self, examples: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """The upstream's UR `[n, d_ur]`, IR, CR(u,i) and ad prediction `[n, 1]` (module doc,
+        step 2), keyed by the `representations` signature's output names; without the ad
+        prediction when the upstream is asked with its three single signatures."""
+        if self.one_call:
+            try:
+                return self.client.representations(examples)
+            except ServingClientError as e:  # an export from before the signature existed
+                if e.code.name != "FAILED_PRECONDITION" or signatures.REPRESENTATIONS not in str(e):
+                    raise
+                self.one_call = False
+        return {signatures.USER_REPRESENTATION: self.client.user_representations(examples),
+                signatures.ITEM_REPRESENTATION: self.client.item_representations(examples),
+                signatures.CROSS_REPRESENTATION: self.client.cross_representations(examples)}
+
+    def rank(self, examples: Sequence[bytes], fetched: Fetched,
+             upstream_prediction: np.ndarray | None = None) -> np.ndarray:
         """The ranker's click probability `[n]` of each request, given the representations
-        fetched for it."""
+        fetched for it and, when known, the upstream's ad prediction `[n]` on the request."""
         if self.ranker is None:
             raise ValueError("this OnlineLoop has no ranker")
-        requests = with_representations(examples, fetched.features())
-        return self.ranker.predict(requests, (S.DOWNSTREAM_PREDICTION,))[
-            S.DOWNSTREAM_PREDICTION].reshape(-1)
+        floats = None
+        if upstream_prediction is not None:
+            floats = {signatures.UPSTREAM_AD_PREDICTION_FEATURE:
+                      np.asarray(upstream_prediction, np.float32).reshape(len(examples), -1)}
+        requests = with_representations(examples, fetched.features(), floats)
+        return self.ranker.predict(requests, (signatures.DOWNSTREAM_PREDICTION,))[
+            signatures.DOWNSTREAM_PREDICTION].reshape(-1)
 
     def fetch(self, user_ids: Sequence[bytes], item_ids: Sequence[bytes]) -> Fetched:
         """UR(u), IR(i), CR(u), CR(i) as stored now."""
@@ -151,7 +181,7 @@ class OnlineLoop:
         examples = [bytes(e) for e in examples]
         if not examples:
             raise ValueError("examples is empty")
-        users, items, ts, domains = _ids(examples, CD.needs_domains(self.cr_domains))
+        users, items, ts, domains = _ids(examples, cr_folding.needs_domains(self.cr_domains))
         seconds: dict[str, float] = {}
         last = time.perf_counter()
 
@@ -162,15 +192,16 @@ class OnlineLoop:
 
         fetched = self.fetch(users, items)
         lap("store_read")
-        scores = None
-        if self.ranker is not None:
-            scores = self.rank(examples, fetched)
-            lap("downstream_predict")
-        ur = self.client.user_representations(examples)
-        ir = self.client.item_representations(examples)
-        cr = self.client.cross_representations(examples)
+        upstream = self.infer(examples)
+        ur, ir, cr = (upstream[signatures.USER_REPRESENTATION],
+                      upstream[signatures.ITEM_REPRESENTATION],
+                      upstream[signatures.CROSS_REPRESENTATION])
         version = int(self.client.last_model_version or 0)
         lap("upstream_infer")
+        scores = None
+        if self.ranker is not None:
+            scores = self.rank(examples, fetched, upstream.get(signatures.AD_PREDICTION))
+            lap("downstream_predict")
         ur_written = self._write_latest(UR, users, ts, examples, ur, version)
         ir_written = self._write_latest(IR, items, ts, examples, ir, version)
         # the store folds the events `cr_domains` selects, by each request's domain
@@ -212,7 +243,7 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
                      records: Sequence[bytes], batch_size: int = 32,
                      half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS,
                      ranker: tuple[str, str] | None = None,
-                     cr_domains: str = CD.DEFAULT) -> dict:
+                     cr_domains: str = cr_folding.DEFAULT) -> dict:
     """Starts the server in-process on a free port, replays `records` through the online loop
     (folding the CR(u,i) of the requests `cr_domains` selects) into the store at `store_url`,
     stops the server; returns counts and per-batch latency.
@@ -223,7 +254,7 @@ def serve_and_replay(model_name: str, model_base_path: str, store_url: str,
     from serving.model_server import ModelServer
     from serving.store import open_store
 
-    CD.check(cr_domains)
+    cr_folding.check(cr_domains)
     latencies, scores = [], []
     late, folded = [0, 0], 0
     models = {model_name: model_base_path}

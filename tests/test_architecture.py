@@ -21,8 +21,9 @@ def test_the_import_rules_hold():
 
 
 def test_a_broken_rule_is_reported(tmp_path):
-    """The layers reversed (the components may not import the serving store, which the guard
-    does to load a published version): the check must fail and name the import."""
+    """The layers reversed (the components may not import the serving store, which the
+    publishing module does to load a published version): the check must fail and name the
+    import."""
     config = tmp_path / "reversed.toml"
     config.write_text(
         '[tool.importlinter]\nroot_packages = ["components", "serving"]\n\n'
@@ -30,4 +31,4 @@ def test_a_broken_rule_is_reported(tmp_path):
         'layers = ["serving", "components"]\n')
     result = _lint(str(config))
     assert result.returncode != 0
-    assert "components.representation_guard.component -> serving.store" in result.stdout
+    assert "components.publishing -> serving.store" in result.stdout

@@ -1,3 +1,3 @@
 """Upstream LFM4Ads model: features, cross layers, towers, triple-tower model, export."""
 
-from trainer import legacy_keras  # noqa: F401  (must run before tensorflow is imported)
+from common import legacy_keras  # noqa: F401  (must run before tensorflow is imported)

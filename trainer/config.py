@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from common import cli
+
 INTERACTIONS = ("cross", "cross_mix", "fm")
 BRANCHES = ("dual", "shared")
 MLP_NORMALIZATIONS = ("none", "layer")  # trainer.mlp.NORMALIZATIONS
@@ -218,6 +220,11 @@ class TrainConfig:
     variable_shards: int = 0
     min_shard_bytes: int = 256 << 10
     steps_per_epoch: int = 0
+    # `trainer.train` only: TensorBoard summaries (each epoch's loss and metrics) go to a
+    # directory per run, named by its start time, in this directory under `--export_dir` (an
+    # absolute path or URL as is); empty: none. The TFX Trainer writes them to its
+    # `model_run_dir` instead.
+    tensorboard_dir: str = "logs"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "min_shard_bytes"):
@@ -277,6 +284,8 @@ def from_preset(name: str = "default", model: dict | None = None,
 
 # Flags: one per field of ModelConfig and TrainConfig, generated (`add_config_flags`).
 FLAG_HELP = {
+    "tensorboard_dir": "TensorBoard summaries: <export_dir>/<this>/<start time>/ (an absolute "
+                       "path or URL as is; empty: none)",
     "epochs": "training epochs (at most, with --validation_days)",
     "eval_days": "the data's last days held out for evaluation",
     "skip_last_days": "leave the data's last days out (evaluate on an earlier window)",
@@ -303,58 +312,27 @@ FLAG_HELP = {
     "mlp_hidden": "hidden sizes of each branch's MLP, comma-separated",
     "tower_hidden": "hidden sizes of the user and item towers, comma-separated",
 }
-_CHOICES = {"interaction": INTERACTIONS, "branches": BRANCHES, "strategy": STRATEGIES,
-            "cr_activation": CR_ACTIVATIONS, "cr_normalization": CR_NORMALIZATIONS,
-            "mlp_normalization": MLP_NORMALIZATIONS}
-
-
-def _flag_type(annotation: str):
-    """argparse type for a field annotation (a string under `from __future__ import
-    annotations`); None for a bool (a --flag / --no-flag pair)."""
-    optional = annotation.endswith("| None")
-    base = annotation.removesuffix("| None").strip()
-
-    def convert(text: str):
-        if optional and text.lower() in ("none", ""):
-            return None
-        if base == "int":
-            return int(text)
-        if base == "float":
-            return float(text)
-        if base.startswith("tuple[int"):
-            return tuple(int(v) for v in text.split(",") if v.strip())
-        if base.startswith("tuple[str"):
-            return tuple(v.strip() for v in text.split(",") if v.strip())
-        return text
-
-    return None if base == "bool" else convert
+FLAG_CHOICES = {"interaction": INTERACTIONS, "branches": BRANCHES, "strategy": STRATEGIES,
+                "cr_activation": CR_ACTIVATIONS, "cr_normalization": CR_NORMALIZATIONS,
+                "mlp_normalization": MLP_NORMALIZATIONS}
 
 
 def add_config_flags(parser) -> None:
-    """Adds `--preset` and one flag per config field; an unset flag keeps the preset's value
-    (`configs_from_flags`)."""
-    import argparse
-
+    """Adds `--preset` and one flag per field of ModelConfig and TrainConfig (`common.cli`);
+    a flag left out keeps the preset's value (`configs_from_flags`)."""
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="the configuration to start from (default: %(default)s)")
     for cls in (ModelConfig, TrainConfig):
-        section = parser.add_argument_group(f"{cls.__name__} fields (over the preset)")
-        defaults = cls()
-        for field in dataclasses.fields(cls):
-            default = getattr(defaults, field.name)
-            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-            help_text = f"{FLAG_HELP.get(field.name, '')} (default: {shown})".strip()
-            convert = _flag_type(str(field.type))
-            if convert is None:
-                section.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction,
-                                     default=None, help=help_text)
-            else:
-                section.add_argument(f"--{field.name}", type=convert, default=None,
-                                     choices=_CHOICES.get(field.name), help=help_text)
+        cli.add_dataclass_flags(parser, cls, help_texts=FLAG_HELP, choices=FLAG_CHOICES,
+                                title=f"{cls.__name__} fields (over the preset)")
 
 
 def configs_from_flags(args) -> tuple[ModelConfig, TrainConfig]:
-    """The configs that `add_config_flags`' parsed flags describe."""
-    model, train = ({f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-                     if getattr(args, f.name) is not None} for cls in (ModelConfig, TrainConfig))
-    return from_preset(args.preset, model, train)
+    """The configs that `add_config_flags`' parsed flags describe: the preset, then the fields
+    given on the command line; a value a config refuses is a bad flag (`common.cli.fail`)."""
+    model, train = (cli.ConfigFlags(cls, {f.name: f.name for f in dataclasses.fields(cls)})
+                    for cls in (ModelConfig, TrainConfig))
+    try:
+        return from_preset(args.preset, model.given(args), train.given(args))
+    except ValueError as e:
+        cli.fail(str(e))

@@ -300,8 +300,20 @@ def training_batches(make: Callable[[bool], tf.data.Dataset]) -> Callable[..., t
     return batches
 
 
+def tensorboard_callback(log_dir: str) -> tf.keras.callbacks.TensorBoard:
+    """Keras' TensorBoard callback at its cheapest: each epoch's loss and metrics as scalars
+    in `<log_dir>/train` and `<log_dir>/validation` (`val_*`), no graph, no histograms, no
+    profile. Works under every strategy of `STRATEGIES`. Under `parameter_server` the
+    coordinator, the one process that runs `fit`, writes; under `multi_worker` give it to the
+    chief only (`is_chief`; the callback runs no collective, so the workers need not agree),
+    or Keras writes each other worker's summaries to a temporary directory inside `log_dir`
+    and removes it when `fit` ends."""
+    return tf.keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0, write_graph=False,
+                                          update_freq="epoch", profile_batch=0)
+
+
 def fit(model: tf.keras.Model, strategy: tf.distribute.Strategy, batches, rows: int,
-        train_config: TrainConfig, verbose: int, **fit_args):
+        train_config: TrainConfig, verbose: int, log_dir: str | None = None, **fit_args):
     """Keras `fit` of `model` (built and compiled in `strategy.scope()`) under `strategy`.
 
     `batches(drop_remainder)` makes the training data: a `tf.data.Dataset` of `batch_size`
@@ -310,7 +322,12 @@ def fit(model: tf.keras.Model, strategy: tf.distribute.Strategy, batches, rows: 
     is `steps_per_epoch` steps (0: `rows / batch_size`). Under `multi_worker` every worker
     keeps its replica's part of each batch (auto-shard by data), so a step's global batch is
     `batch_size` rows however many workers there are.
+
+    `log_dir`: TensorBoard summaries of each epoch there (`tensorboard_callback`, after the
+    callbacks of `fit_args`); None writes none.
     """
+    if log_dir is not None:
+        fit_args["callbacks"] = [*fit_args.get("callbacks", []), tensorboard_callback(log_dir)]
     name = strategy_name(strategy)
     if name == "parameter_server":
         steps = train_config.steps_per_epoch or max(1, -(-rows // train_config.batch_size))

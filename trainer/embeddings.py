@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from trainer import features as F
+from common import features
 
 # Features whose ids live in another feature's id space and share its table.
-SHARED_TABLES = {F.USER_HIST_ITEMS: F.ITEM_ID}
+SHARED_TABLES = {features.USER_HIST_ITEMS: features.ITEM_ID}
 
 
 def lookup(table: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:

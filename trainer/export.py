@@ -2,11 +2,11 @@
 
 `<export_dir>/<integer version>/saved_model.pb` + `variables/` + `assets.extra/
 tf_serving_warmup_requests`. Every signature takes `examples` (DT_STRING `[batch]` serialized
-tf.Examples) and parses only the features it needs (`trainer.signatures.REQUIRED_FEATURES`).
+tf.Examples) and parses only the features it needs (`common.signatures.REQUIRED_FEATURES`).
 
 Beside the signatures, the loaded object has three reusable endpoints (TF Hub's "Reusable
 SavedModel" interface; paper Sec. 3.4: the upstream reused inside downstream models),
-`trainer.signatures.ENDPOINTS`, each a `ReusableEndpoint`:
+`common.signatures.ENDPOINTS`, each a `ReusableEndpoint`:
 
     loaded = tf.saved_model.load(path)
     ur = loaded.user_tower(raw, training=False)  # [batch, d_ur] float32
@@ -31,13 +31,12 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from trainer import features as F
-from trainer import signatures as S
+from common import features, signatures
+from common.serving_layout import save_versioned
 from trainer.config import ModelConfig
 from trainer.model import LFM4AdsModel
-from trainer.serving_layout import save_versioned
 
-_EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name=S.INPUT_KEY)
+_EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name=signatures.INPUT_KEY)
 
 
 class RawParser(tf.Module):
@@ -47,7 +46,7 @@ class RawParser(tf.Module):
     context_inputs: tuple[str, ...] = ()
 
     def __call__(self, examples: tf.Tensor, names) -> dict[str, tf.Tensor]:
-        return F.parse_examples(examples, names)
+        return features.parse_examples(examples, names)
 
     def from_dense(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """The model's inputs from the dense raw features of `parse_examples`: themselves."""
@@ -63,7 +62,7 @@ class TransformParser(tf.Module):
     """
 
     # The Transform derives hour/day buckets from the request's timestamp.
-    context_inputs = (F.TIMESTAMP,)
+    context_inputs = (features.TIMESTAMP,)
 
     def __init__(self, tft_output):
         super().__init__(name="transform_parser")
@@ -100,8 +99,8 @@ class TransformParser(tf.Module):
 def _dense_spec(names: tuple[str, ...]) -> dict[str, tf.TensorSpec]:
     """Input spec of an endpoint: `names` as `parse_examples` gives them, lists padded."""
     spec = {}
-    for name, feature in F.feature_spec(names).items():
-        shape = [None, F.LIST_LENGTHS[name]] if name in F.LIST_FEATURES else [None]
+    for name, feature in features.feature_spec(names).items():
+        shape = [None, features.LIST_LENGTHS[name]] if name in features.LIST_FEATURES else [None]
         spec[name] = tf.TensorSpec(shape, feature.dtype, name=name)
     return spec
 
@@ -209,33 +208,50 @@ class _ServingModule(tf.Module):
 
         @tf.function(input_signature=[_EXAMPLES_SPEC])
         def serving_default(examples):
-            raw = parser(examples, S.REQUIRED_FEATURES[S.SERVING_DEFAULT] + parser.context_inputs)
+            raw = parser(
+                examples,
+                signatures.REQUIRED_FEATURES[signatures.SERVING_DEFAULT] + parser.context_inputs,
+            )
             out = model(raw, training=False)
-            return {key: out[key] for key in S.OUTPUT_KEYS[S.SERVING_DEFAULT]}
+            return {key: out[key] for key in signatures.OUTPUT_KEYS[signatures.SERVING_DEFAULT]}
 
         @tf.function(input_signature=[_EXAMPLES_SPEC])
         def user_representation(examples):
-            raw = parser(examples, S.REQUIRED_FEATURES[S.USER_REPRESENTATION])
+            raw = parser(examples, signatures.REQUIRED_FEATURES[signatures.USER_REPRESENTATION])
             ur = tf.cast(model.user_representation(raw), tf.float32)
-            return {S.USER_REPRESENTATION: ur}
+            return {signatures.USER_REPRESENTATION: ur}
 
         @tf.function(input_signature=[_EXAMPLES_SPEC])
         def item_representation(examples):
-            raw = parser(examples, S.REQUIRED_FEATURES[S.ITEM_REPRESENTATION])
+            raw = parser(examples, signatures.REQUIRED_FEATURES[signatures.ITEM_REPRESENTATION])
             ir = tf.cast(model.item_representation(raw), tf.float32)
-            return {S.ITEM_REPRESENTATION: ir}
+            return {signatures.ITEM_REPRESENTATION: ir}
 
         @tf.function(input_signature=[_EXAMPLES_SPEC])
         def cross_representation(examples):
-            raw = parser(examples,
-                         S.REQUIRED_FEATURES[S.CROSS_REPRESENTATION] + parser.context_inputs)
-            return {S.CROSS_REPRESENTATION: model.cross_representation(raw)}
+            raw = parser(
+                examples,
+                signatures.REQUIRED_FEATURES[signatures.CROSS_REPRESENTATION]
+                + parser.context_inputs,
+            )
+            return {signatures.CROSS_REPRESENTATION: model.cross_representation(raw)}
+
+        @tf.function(input_signature=[_EXAMPLES_SPEC])
+        def representations(examples):
+            # One forward pass (the model's `call`) for UR, IR, CR(u,i) and the ad prediction.
+            raw = parser(
+                examples,
+                signatures.REQUIRED_FEATURES[signatures.REPRESENTATIONS] + parser.context_inputs,
+            )
+            out = model(raw, training=False)
+            return {key: out[key] for key in signatures.OUTPUT_KEYS[signatures.REPRESENTATIONS]}
 
         self.signature_functions = {
-            S.SERVING_DEFAULT: serving_default,
-            S.USER_REPRESENTATION: user_representation,
-            S.ITEM_REPRESENTATION: item_representation,
-            S.CROSS_REPRESENTATION: cross_representation,
+            signatures.SERVING_DEFAULT: serving_default,
+            signatures.USER_REPRESENTATION: user_representation,
+            signatures.ITEM_REPRESENTATION: item_representation,
+            signatures.CROSS_REPRESENTATION: cross_representation,
+            signatures.REPRESENTATIONS: representations,
         }
         if isinstance(parser, TransformParser):
 
@@ -247,22 +263,26 @@ class _ServingModule(tf.Module):
                 out = parser(examples, sorted(parser.raw_spec))
                 return {k: v for k, v in out.items() if k not in parser.raw_spec}
 
-            self.signature_functions[S.TRANSFORM_FEATURES] = transform_features
+            self.signature_functions[signatures.TRANSFORM_FEATURES] = transform_features
 
         def on_dense(represent):
             return lambda raw, training: tf.cast(represent(parser.from_dense(raw), training),
                                                  tf.float32)
 
         endpoints = {
-            S.USER_TOWER_ENDPOINT: (
-                S.REQUIRED_FEATURES[S.USER_REPRESENTATION],
-                on_dense(lambda x, training: model.user_representation(x, training=training))),
-            S.ITEM_TOWER_ENDPOINT: (
-                S.REQUIRED_FEATURES[S.ITEM_REPRESENTATION],
-                on_dense(lambda x, training: model.item_representation(x, training=training))),
-            S.AD_MODULE_ENDPOINT: (
-                S.REQUIRED_FEATURES[S.CROSS_REPRESENTATION] + parser.context_inputs,
-                on_dense(lambda x, training: model.cross_representation(x, training=training))),
+            signatures.USER_TOWER_ENDPOINT: (
+                signatures.REQUIRED_FEATURES[signatures.USER_REPRESENTATION],
+                on_dense(lambda x, training: model.user_representation(x, training=training)),
+            ),
+            signatures.ITEM_TOWER_ENDPOINT: (
+                signatures.REQUIRED_FEATURES[signatures.ITEM_REPRESENTATION],
+                on_dense(lambda x, training: model.item_representation(x, training=training)),
+            ),
+            signatures.AD_MODULE_ENDPOINT: (
+                signatures.REQUIRED_FEATURES[signatures.CROSS_REPRESENTATION]
+                + parser.context_inputs,
+                on_dense(lambda x, training: model.cross_representation(x, training=training)),
+            ),
         }
         trainable = {id(v) for v in model.trainable_variables}
         regularizers = _weight_regularizers(model)
@@ -323,13 +343,17 @@ def export_saved_model(
         raise ValueError("warmup_examples is empty: give a few serialized tf.Examples")
     parser = parser or RawParser()
     if not model.built:  # built under its own name scope, before the endpoints are traced
-        model(parser(tf.constant(list(warmup_examples)),
-                     S.REQUIRED_FEATURES[S.SERVING_DEFAULT] + parser.context_inputs))
+        model(
+            parser(
+                tf.constant(list(warmup_examples)),
+                signatures.REQUIRED_FEATURES[signatures.SERVING_DEFAULT] + parser.context_inputs,
+            )
+        )
     module = _ServingModule(model, parser)
     config = json.dumps(dataclasses.asdict(model.config), indent=1)
     return save_versioned(module, module.signature_functions, export_dir, warmup_examples,
                           version=version, versioned=versioned,
-                          warmup_signatures=tuple(S.OUTPUT_KEYS),
+                          warmup_signatures=tuple(signatures.OUTPUT_KEYS),
                           extra_assets={MODEL_CONFIG_FILE: config,
                                         **({TRAINING_FILE: json.dumps(training_facts)}
                                            if training_facts else {})})

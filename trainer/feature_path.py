@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from trainer import features as F
+from common import features
 from trainer.embeddings import lookup
 
 # The default fields (`ModelConfig.feature_path_*_fields` choose others).
-USER_FIELDS = (F.USER_AGE, F.USER_GENDER, F.USER_GEO)
-ITEM_FIELDS = (F.ITEM_CATEGORY, F.ITEM_TAGS)
-BIAS_FIELDS = (F.SCENARIO, F.ITEM_ADVERTISER)
+USER_FIELDS = (features.USER_AGE, features.USER_GENDER, features.USER_GEO)
+ITEM_FIELDS = (features.ITEM_CATEGORY, features.ITEM_TAGS)
+BIAS_FIELDS = (features.SCENARIO, features.ITEM_ADVERTISER)
 ALPHA_INIT = 3.0  # a cosine in [-1, 1] needs a few units of logit to matter
 
 

@@ -17,8 +17,7 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from trainer import features as F
-from trainer import signatures as S
+from common import features, signatures
 from trainer.config import ModelConfig, TrainConfig
 from trainer.embeddings import SHARED_TABLES, FeatureEmbeddings
 from trainer.feature_path import FeatureAffinityPath
@@ -27,7 +26,7 @@ from trainer.preprocessing import BUCKET_FIELDS, FeaturePreprocessor, HashingPre
 from trainer.towers import ItemTower, UserTower
 
 # Field embeddings that enter the mix tower next to UR and IR, in this order.
-MIX_FIELDS = (F.SCENARIO,) + F.USER_FEATURES + F.ITEM_FEATURES
+MIX_FIELDS = (features.SCENARIO,) + features.USER_FEATURES + features.ITEM_FEATURES
 
 
 def _auc(name: str) -> tf.keras.metrics.AUC:
@@ -89,13 +88,13 @@ class LFM4AdsModel(tfrs.models.Model):
             vocabulary_sizes,
             config.embedding_dim,
             l2=config.embedding_l2,
-            zero_init=F.ID_FEATURES,
+            zero_init=features.ID_FEATURES,
             # Named, not Keras-numbered: the export's endpoints are found by variable name.
             name="feature_embeddings",
         )
         # Field embeddings that enter the branches next to UR, IR (ids only if mix_id_fields).
         self.mix_fields = tuple(
-            name for name in MIX_FIELDS if config.mix_id_fields or name not in F.ID_FEATURES
+            name for name in MIX_FIELDS if config.mix_id_fields or name not in features.ID_FEATURES
         ) + context
         self.user_tower = UserTower(config.tower_hidden, config.representation_dim, name="user")
         self.item_tower = ItemTower(config.tower_hidden, config.representation_dim, name="item")
@@ -140,7 +139,7 @@ class LFM4AdsModel(tfrs.models.Model):
         ids = self.preprocessor(raw)
         if training and self.config.id_dropout:
             # Id dropout: the model must also predict from features alone (cold start).
-            for name in F.ID_FEATURES:
+            for name in features.ID_FEATURES:
                 if name in ids:
                     keep = tf.random.uniform(tf.shape(ids[name])) >= self.config.id_dropout
                     ids[name] = tf.where(keep, ids[name], tf.zeros_like(ids[name]))
@@ -219,24 +218,24 @@ class LFM4AdsModel(tfrs.models.Model):
             "ad_logit": logits["ad"],
             "content_logit": logits["content"],
             "conversion_logit": logits["conversion"],
-            S.AD_PREDICTION: tf.sigmoid(logits["ad"]),
-            S.CONTENT_PREDICTION: tf.sigmoid(logits["content"]),
-            S.CONVERSION_PREDICTION: tf.sigmoid(logits["conversion"]),
-            S.USER_REPRESENTATION: tf.cast(ur, tf.float32),
-            S.ITEM_REPRESENTATION: tf.cast(ir, tf.float32),
-            S.CROSS_REPRESENTATION: tf.cast(ad[CR_OUTPUT], tf.float32),
+            signatures.AD_PREDICTION: tf.sigmoid(logits["ad"]),
+            signatures.CONTENT_PREDICTION: tf.sigmoid(logits["content"]),
+            signatures.CONVERSION_PREDICTION: tf.sigmoid(logits["conversion"]),
+            signatures.USER_REPRESENTATION: tf.cast(ur, tf.float32),
+            signatures.ITEM_REPRESENTATION: tf.cast(ir, tf.float32),
+            signatures.CROSS_REPRESENTATION: tf.cast(ad[CR_OUTPUT], tf.float32),
         }
 
     # -- training ---------------------------------------------------------------------------
     def _path_loss(self, inputs: dict[str, tf.Tensor], path: dict[str, tf.Tensor]) -> tf.Tensor:
         """The feature path alone on each domain's labels (its own, standalone loss)."""
-        is_ad = tf.cast(tf.equal(inputs[F.DOMAIN], F.DOMAIN_AD), tf.float32)[:, None]
-        label = tf.cast(inputs[F.LABEL], tf.float32)[:, None]
+        is_ad = tf.cast(tf.equal(inputs[features.DOMAIN], features.DOMAIN_AD), tf.float32)[:, None]
+        label = tf.cast(inputs[features.LABEL], tf.float32)[:, None]
         bce = tf.keras.losses.BinaryCrossentropy(from_logits=True)
         loss = bce(label, path["ad"], sample_weight=is_ad)
         loss += bce(label, path["content"], sample_weight=1.0 - is_ad)
         if self.train_config.conversion_loss_weight:
-            conversion = tf.cast(inputs[F.CONVERSION], tf.float32)[:, None]
+            conversion = tf.cast(inputs[features.CONVERSION], tf.float32)[:, None]
             loss += self.train_config.conversion_loss_weight * bce(
                 conversion, path["conversion"], sample_weight=is_ad)
         return loss
@@ -302,9 +301,11 @@ class LFM4AdsModel(tfrs.models.Model):
 
     def compute_loss(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         outputs = self(inputs, training=training)
-        is_ad = tf.cast(tf.equal(inputs[F.DOMAIN], F.DOMAIN_AD), tf.float32)[:, None]  # [b, 1]
-        label = tf.cast(inputs[F.LABEL], tf.float32)[:, None]  # [batch, 1]
-        conversion = tf.cast(inputs[F.CONVERSION], tf.float32)[:, None]
+        is_ad = tf.cast(tf.equal(inputs[features.DOMAIN], features.DOMAIN_AD), tf.float32)[
+            :, None
+        ]  # [b, 1]
+        label = tf.cast(inputs[features.LABEL], tf.float32)[:, None]  # [batch, 1]
+        conversion = tf.cast(inputs[features.CONVERSION], tf.float32)[:, None]
         loss = self.ad_task(
             labels=label, predictions=outputs["ad_logit"], sample_weight=is_ad, training=training
         )
@@ -325,8 +326,8 @@ class LFM4AdsModel(tfrs.models.Model):
         if weights.retrieval_loss_weight:
             # In-batch softmax over UR . IR on the positive rows (standalone retrieval, Sec. 3.4.3).
             loss += weights.retrieval_loss_weight * self.retrieval_task(
-                outputs[S.USER_REPRESENTATION],
-                outputs[S.ITEM_REPRESENTATION],
+                outputs[signatures.USER_REPRESENTATION],
+                outputs[signatures.ITEM_REPRESENTATION],
                 sample_weight=label[:, 0],
                 compute_metrics=False,
             )

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from trainer import features as F
+from common import features
 from trainer.config import ModelConfig
 
 # Features the model embeds, with the ModelConfig field that sizes each id space.
 BUCKET_FIELDS = {
-    F.USER_ID: "user_id_buckets",
-    F.ITEM_ID: "item_id_buckets",
-    F.USER_HIST_ITEMS: "item_id_buckets",  # same id space as item_id: one shared table
-    F.ITEM_CATEGORY: "category_buckets",
-    F.ITEM_TAGS: "tag_buckets",
-    F.ITEM_ADVERTISER: "advertiser_buckets",
-    F.USER_GEO: "geo_buckets",
-    F.USER_GENDER: "gender_buckets",
-    F.SCENARIO: "scenario_buckets",
-    F.USER_AGE: "age_buckets",
+    features.USER_ID: "user_id_buckets",
+    features.ITEM_ID: "item_id_buckets",
+    features.USER_HIST_ITEMS: "item_id_buckets",  # same id space as item_id: one shared table
+    features.ITEM_CATEGORY: "category_buckets",
+    features.ITEM_TAGS: "tag_buckets",
+    features.ITEM_ADVERTISER: "advertiser_buckets",
+    features.USER_GEO: "geo_buckets",
+    features.USER_GENDER: "gender_buckets",
+    features.SCENARIO: "scenario_buckets",
+    features.USER_AGE: "age_buckets",
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from trainer import features as F
+from common import features
 from trainer.mlp import MLP
 
 
@@ -42,10 +42,10 @@ class _Tower(tf.keras.Model):
 class UserTower(_Tower):
     """UR(u) from the user's id, demographics and history (`[batch, representation_dim]`)."""
 
-    FIELDS = F.USER_FEATURES
+    FIELDS = features.USER_FEATURES
 
 
 class ItemTower(_Tower):
     """IR(i) from the item's id, category, tags and advertiser (`[batch, representation_dim]`)."""
 
-    FIELDS = F.ITEM_FEATURES
+    FIELDS = features.ITEM_FEATURES

@@ -13,6 +13,9 @@ branch on content rows, and of the ad branch on cold-start items (ad rows whose 
 appears in the training window), next to the oracle AUC (the AUC of the true probabilities)
 when the data directory holds the synthetic generator's `oracle.npz`.
 
+TensorBoard summaries (epoch scalars, training and validation) go to
+`<export_dir>/logs/<start time>/` (`--tensorboard_dir`): `tensorboard --logdir <export_dir>/logs`.
+
 `--strategy mirrored|multi_worker|parameter_server` trains under a `tf.distribute` strategy on
 the cluster of `TF_CONFIG` (`trainer.distribute`): start the same command on every host.
 """
@@ -21,36 +24,35 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
 import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from trainer import console, distribute, oracle
-from trainer import features as F
-from trainer import input as data_input
-from trainer import signatures as S
-from trainer.config import ModelConfig, TrainConfig, add_config_flags, configs_from_flags
-from trainer.evaluation import auc, gauc
-from trainer.export import export_saved_model
-from trainer.model import LFM4AdsModel
-from trainer.representations.ema import (
+from common import cli, features, signatures
+from common.representations.ema import (
     DEFAULT_HALF_LIFE_SECONDS,
     aggregate_sorted,
     half_life_decay,
 )
-from trainer.representations.spectrum import spectrum
+from common.representations.spectrum import spectrum
+from trainer import data_input, distribute, oracle
+from trainer.config import ModelConfig, TrainConfig, add_config_flags, configs_from_flags
+from trainer.evaluation import auc, gauc
+from trainer.export import export_saved_model
+from trainer.model import LFM4AdsModel
 from trainer.transform import SHARED_VOCABULARY, VOCABULARIES
 from trainer.vocabulary import VocabularyPreprocessor
 
 VOCABULARY_INPUTS = tuple(VOCABULARIES) + tuple(SHARED_VOCABULARY)  # what the count reads
 
-DAY = F.DAY
+DAY = features.DAY
 
 
-REPRESENTATIONS = (S.USER_REPRESENTATION, S.ITEM_REPRESENTATION, S.CROSS_REPRESENTATION)
+REPRESENTATIONS = (signatures.USER_REPRESENTATION, signatures.ITEM_REPRESENTATION,
+                   signatures.CROSS_REPRESENTATION)
 
 
 def _collect(model: LFM4AdsModel, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
@@ -61,14 +63,14 @@ def _collect(model: LFM4AdsModel, dataset: tf.data.Dataset) -> dict[str, np.ndar
     }
     for raw in dataset:
         out = predict(raw)
-        parts["ad"].append(out[S.AD_PREDICTION].numpy()[:, 0])
-        parts["content"].append(out[S.CONTENT_PREDICTION].numpy()[:, 0])
-        parts["label"].append(raw[F.LABEL].numpy())
-        is_ad = raw[F.DOMAIN].numpy() == F.DOMAIN_AD
+        parts["ad"].append(out[signatures.AD_PREDICTION].numpy()[:, 0])
+        parts["content"].append(out[signatures.CONTENT_PREDICTION].numpy()[:, 0])
+        parts["label"].append(raw[features.LABEL].numpy())
+        is_ad = raw[features.DOMAIN].numpy() == features.DOMAIN_AD
         parts["is_ad"].append(is_ad)
-        parts["user"].append(raw[F.USER_ID].numpy())
-        parts["item"].append(raw[F.ITEM_ID].numpy())
-        parts["timestamp"].append(raw[F.TIMESTAMP].numpy())
+        parts["user"].append(raw[features.USER_ID].numpy())
+        parts["item"].append(raw[features.ITEM_ID].numpy())
+        parts["timestamp"].append(raw[features.TIMESTAMP].numpy())
         for name in REPRESENTATIONS:  # kept for the ad rows only (what is transferred)
             parts[name].append(out[name].numpy()[is_ad])
     return {k: np.concatenate(v) if v else np.array([]) for k, v in parts.items()}
@@ -77,7 +79,7 @@ def _collect(model: LFM4AdsModel, dataset: tf.data.Dataset) -> dict[str, np.ndar
 def representation_statistics(ev: dict[str, np.ndarray],
                               half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS) -> dict:
     """What each representation holds on the eval window's ad rows
-    (`trainer.representations.spectrum`: width, dead units, top direction's share of the
+    (`common.representations.spectrum`: width, dead units, top direction's share of the
     variance, participation ratio, entropy effective rank).
 
     UR, IR and CR(u,i) are read row by row on the ad rows; CR(u) and CR(i) are the tables the
@@ -85,9 +87,9 @@ def representation_statistics(ev: dict[str, np.ndarray],
     as of the window's end (Sec. 4.3.1 folds a CR on ad requests only).
     """
     is_ad = ev["is_ad"].astype(bool)
-    cr = ev[S.CROSS_REPRESENTATION]
-    out = {"ur": spectrum(ev[S.USER_REPRESENTATION]).to_dict(),
-           "ir": spectrum(ev[S.ITEM_REPRESENTATION]).to_dict(),
+    cr = ev[signatures.CROSS_REPRESENTATION]
+    out = {"ur": spectrum(ev[signatures.USER_REPRESENTATION]).to_dict(),
+           "ir": spectrum(ev[signatures.ITEM_REPRESENTATION]).to_dict(),
            "cr": spectrum(cr).to_dict()}
     beta = half_life_decay(half_life_seconds)
     for name, keys in (("cr_user", ev["user"][is_ad]), ("cr_item", ev["item"][is_ad])):
@@ -100,8 +102,8 @@ def representation_statistics(ev: dict[str, np.ndarray],
 
 
 def _train_items(files: list[str], cut: int) -> tuple[set[bytes], int]:
-    ds = data_input.make_dataset(files, 8192, end=cut, names=(F.ITEM_ID, F.TIMESTAMP))
-    ids = [batch[F.ITEM_ID].numpy() for batch in ds]
+    ds = data_input.make_dataset(files, 8192, end=cut, names=(features.ITEM_ID, features.TIMESTAMP))
+    ids = [batch[features.ITEM_ID].numpy() for batch in ds]
     seen = np.concatenate(ids) if ids else np.array([], dtype=object)
     return set(np.unique(seen).tolist()), int(seen.size)
 
@@ -118,12 +120,15 @@ def fit_and_evaluate(
     train_config: TrainConfig | None = None,
     verbose: int | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    log_dir: str | None = None,
 ) -> tuple[LFM4AdsModel, dict, list[bytes]]:
     """Trains and evaluates (no export): the model, the metrics and a few serialized examples
     of the eval window (for an export's warmup file).
 
     `strategy` defaults to the one `train_config.strategy` names (`trainer.distribute`, cluster
     from TF_CONFIG). The model returned is always a plain one (no strategy, no shards).
+    `log_dir`: TensorBoard summaries of each epoch of `fit` (`distribute.tensorboard_callback`;
+    the feature path's first stage is not among them); None writes none.
     """
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
@@ -176,7 +181,7 @@ def fit_and_evaluate(
             monitor="val_ad_auc", mode="max", patience=train_config.patience,
             restore_best_weights=True)]
     history = distribute.fit(model, strategy, train_batches, train_examples, train_config,
-                             verbose, **fit_args)
+                             verbose, log_dir=log_dir, **fit_args)
     epochs_run = len(history.history["loss"])
     fit_seconds = time.perf_counter() - started
     sharded = len(distribute.sharded_variables(model))
@@ -226,6 +231,21 @@ def fit_and_evaluate(
     return model, results, warmup
 
 
+def summaries_dir(export_dir: str, tensorboard_dir: str,
+                  started: float | None = None) -> str | None:
+    """Where `train_and_export` writes a run's TensorBoard summaries: a directory named by the
+    run's start, `YYYYmmdd-HHMMSS` (local time, as TensorFlow's tutorials name runs), in
+    `tensorboard_dir`; that is under the model base path `export_dir` (`logs` by default: TF
+    Serving and `common.serving_layout` read only its integer version directories), or as is
+    when absolute or a URL (`gs://...`). None when `tensorboard_dir` is empty."""
+    if not tensorboard_dir:
+        return None
+    if not (os.path.isabs(tensorboard_dir) or "://" in tensorboard_dir):
+        tensorboard_dir = os.path.join(export_dir, tensorboard_dir)
+    run = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    return f"{tensorboard_dir.rstrip('/')}/{run}"
+
+
 def train_and_export(
     data: str,
     export_dir: str,
@@ -235,11 +255,17 @@ def train_and_export(
     strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
     """Trains, evaluates and exports; returns the metrics and the export path (None on a
-    `multi_worker` worker that is not the chief: only the chief exports)."""
+    `multi_worker` worker that is not the chief: only the chief exports). TensorBoard
+    summaries go to `summaries_dir(export_dir, train_config.tensorboard_dir)`."""
+    train_config = train_config or TrainConfig()
     if strategy is None:
-        strategy = distribute.strategy_for(train_config or TrainConfig())
+        strategy = distribute.strategy_for(train_config)
+    # Only the chief writes summaries, as only it exports: under multi_worker the other
+    # workers leave the export directory untouched.
+    log_dir = (summaries_dir(export_dir, train_config.tensorboard_dir)
+               if distribute.is_chief(strategy) else None)
     model, results, warmup = fit_and_evaluate(data, model_config, train_config, verbose,
-                                              strategy)
+                                              strategy, log_dir=log_dir)
     start, end = results["train_window"]
     results["export_path"] = None  # a multi_worker worker other than the chief writes nothing
     if results["chief"]:
@@ -304,44 +330,39 @@ def format_representations(statistics: dict) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="directory (or glob) of tf.Example TFRecords")
     p.add_argument("--export_dir", required=True, help="model base path: <dir>/<version>/")
-    p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
-    console.add_verbose_flag(p)
     add_config_flags(p)
     return p.parse_args(argv)
 
 
 def configs_from_args(argv: list[str]) -> tuple[argparse.Namespace, ModelConfig, TrainConfig]:
     """The CLI's arguments and the model and training configs they describe (`--preset`, then
-    any field flag given)."""
+    any field flag given); a value a config refuses exits with `error: ...` (`common.cli`)."""
     args = parse_args(argv)
-    try:
-        model_config, train_config = configs_from_flags(args)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    model_config, train_config = configs_from_flags(args)
     return args, model_config, train_config
+
+
+def _train(args: argparse.Namespace, model_config: ModelConfig,
+           train_config: TrainConfig) -> dict:
+    try:
+        return train_and_export(args.data, args.export_dir, model_config, train_config)
+    except tf.errors.UnavailableError as e:  # a task of the cluster went away: exit 3
+        raise cli.Failure(distribute.lost_task_message(e), code=3) from e
+
+
+def _show(results: dict) -> str:
+    if results["export_path"] is None:
+        return f"worker done ({results['strategy']}): the chief exports"
+    return format_table(results)
 
 
 def main(argv: list[str] | None = None) -> int:
     args, model_config, train_config = configs_from_args(sys.argv[1:] if argv is None else argv)
-    console.setup(args.verbose)
-    try:
-        results = train_and_export(args.data, args.export_dir, model_config, train_config)
-    except (data_input.DataError, distribute.StrategyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except tf.errors.UnavailableError as e:  # a task of the cluster went away
-        print(f"error: {distribute.lost_task_message(e)}", file=sys.stderr)
-        return 3
-    if results["export_path"] is None:
-        print(f"worker done ({results['strategy']}): the chief exports")
-    else:
-        print(format_table(results))
-    if args.json:
-        print(json.dumps(results))
-    return 0
+    return cli.run(lambda: _train(args, model_config, train_config), args, show=_show,
+                   errors=(data_input.DataError, distribute.StrategyError))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The TFT Transform graph of the pipeline: raw features -> the model's integer ids.
+"""What the pipeline's Transform computes: raw features -> the model's integer ids.
 
-`preprocessing_fn` is the Transform component's module function (`trainer.transform.
-preprocessing_fn`). Its outputs follow the `FeaturePreprocessor` contract (id 0 = missing /
-padding, real values `1 .. size - 1`, lists padded to `features.LIST_LENGTHS`):
+The TFT graph itself is `trainer.tfx.transform_module.preprocessing_fn` (the Transform
+component's module function); this module holds what it computes, without TFT. Its outputs
+follow the `FeaturePreprocessor` contract (id 0 = missing / padding, real values
+`1 .. size - 1`, lists padded to `features.LIST_LENGTHS`):
 
 * `user_id`: hashed into `USER_HASH_BUCKETS` (cardinality too large for a vocabulary);
 * `item_id`, `user_hist_items`: one vocabulary over both (shared table), with a frequency
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from trainer import features as F
+from common import features
 from trainer.preprocessing import BUCKET_FIELDS, FeaturePreprocessor
 
 USER_HASH_BUCKETS = 100_000
@@ -38,89 +39,31 @@ CONTEXT_FIELDS = (HOUR_OF_DAY, DAY_OF_WEEK)
 
 # Vocabulary features: name -> (vocabulary file name, OOV buckets, frequency threshold).
 VOCABULARIES = {
-    F.ITEM_ID: ("item_id", 100, 2),
-    F.ITEM_CATEGORY: ("item_category", 5, 1),
-    F.ITEM_TAGS: ("item_tags", 5, 1),
-    F.ITEM_ADVERTISER: ("item_advertiser", 20, 1),
-    F.USER_GEO: ("user_geo", 5, 1),
-    F.USER_GENDER: ("user_gender", 2, 1),
-    F.SCENARIO: ("scenario", 2, 1),
+    features.ITEM_ID: ("item_id", 100, 2),
+    features.ITEM_CATEGORY: ("item_category", 5, 1),
+    features.ITEM_TAGS: ("item_tags", 5, 1),
+    features.ITEM_ADVERTISER: ("item_advertiser", 20, 1),
+    features.USER_GEO: ("user_geo", 5, 1),
+    features.USER_GENDER: ("user_gender", 2, 1),
+    features.SCENARIO: ("scenario", 2, 1),
 }
-SHARED_VOCABULARY = {F.USER_HIST_ITEMS: F.ITEM_ID}  # uses another feature's vocabulary
+SHARED_VOCABULARY = {
+    features.USER_HIST_ITEMS: features.ITEM_ID
+}  # uses another feature's vocabulary
 ALL_ITEMS_VOCABULARY = "item_id_all"  # every train item, threshold 1: the cold-start flag
-PASSTHROUGH = (F.LABEL, F.CONVERSION, F.DOMAIN, F.TIMESTAMP)
+PASSTHROUGH = (features.LABEL, features.CONVERSION, features.DOMAIN, features.TIMESTAMP)
 
 _FIXED_SIZES = {
-    F.USER_ID: USER_HASH_BUCKETS + 1,
-    F.USER_AGE: AGE_BUCKETS + 1,
+    features.USER_ID: USER_HASH_BUCKETS + 1,
+    features.USER_AGE: AGE_BUCKETS + 1,
     HOUR_OF_DAY: 24 + 1,
     DAY_OF_WEEK: 7 + 1,
 }
 
 
-def _dense_list(value: tf.Tensor | tf.SparseTensor, length: int) -> tf.Tensor:
-    """A VarLen string feature as `[batch, length]`, cut or padded with `b""`."""
-    if isinstance(value, tf.SparseTensor):
-        value = tf.sparse.to_dense(value, default_value=b"")
-    value = value[:, :length]
-    value = tf.pad(value, [[0, 0], [0, length - tf.shape(value)[1]]], constant_values=b"")
-    return tf.reshape(value, [-1, length])
-
-
-def _scalar(value: tf.Tensor | tf.SparseTensor) -> tf.Tensor:
-    """A required scalar feature as `[batch]` (TFT may hand it over as `[batch, 1]`)."""
-    if isinstance(value, tf.SparseTensor):
-        value = tf.sparse.to_dense(value)
-    return tf.reshape(value, [-1])
-
-
 def shift_ids(value: tf.Tensor, vocabulary_ids: tf.Tensor) -> tf.Tensor:
     """Vocabulary ids `0 .. V + oov - 1` shifted by one, with `b""` (padding) as id 0."""
     return tf.where(value == b"", tf.zeros_like(vocabulary_ids), vocabulary_ids + 1)
-
-
-def preprocessing_fn(inputs: dict) -> dict:
-    """TFT preprocessing: raw features (`trainer.features`) -> ids and pass-through labels."""
-    import tensorflow_transform as tft
-
-    raw = {}
-    for name in F.ALL_FEATURES:
-        if name in F.LIST_FEATURES:
-            raw[name] = _dense_list(inputs[name], F.LIST_LENGTHS[name])
-        else:
-            raw[name] = _scalar(inputs[name])
-    out = {name: raw[name] for name in PASSTHROUGH}
-
-    hashed = tf.strings.to_hash_bucket_fast(raw[F.USER_ID], USER_HASH_BUCKETS) + 1
-    out[F.USER_ID] = tf.where(raw[F.USER_ID] == b"", tf.zeros_like(hashed), hashed)
-    out[F.USER_AGE] = tf.clip_by_value(raw[F.USER_AGE], 0, AGE_BUCKETS - 1) + 1
-
-    vocabularies = {}
-    for name, (filename, _, threshold) in VOCABULARIES.items():
-        values = raw[name]
-        if name == F.ITEM_ID:  # history items share the item vocabulary
-            values = tf.concat([values, tf.reshape(raw[F.USER_HIST_ITEMS], [-1])], axis=0)
-        values = tf.reshape(values, [-1])
-        values = tf.boolean_mask(values, values != b"")
-        vocabularies[name] = tft.vocabulary(
-            values, vocab_filename=filename, frequency_threshold=threshold
-        )
-    for name, (_, oov, _) in VOCABULARIES.items():
-        ids = tft.apply_vocabulary(raw[name], vocabularies[name], num_oov_buckets=oov)
-        out[name] = shift_ids(raw[name], ids)
-    for name, source in SHARED_VOCABULARY.items():
-        oov = VOCABULARIES[source][1]
-        ids = tft.apply_vocabulary(raw[name], vocabularies[source], num_oov_buckets=oov)
-        out[name] = shift_ids(raw[name], ids)
-
-    all_items = tft.vocabulary(raw[F.ITEM_ID], vocab_filename=ALL_ITEMS_VOCABULARY)
-    known = tft.apply_vocabulary(raw[F.ITEM_ID], all_items, default_value=-1)
-    out[ITEM_COLD_START] = tf.cast(known < 0, tf.int64)
-
-    seconds = raw[F.TIMESTAMP]
-    out[HOUR_OF_DAY] = (seconds // 3600) % 24 + 1
-    out[DAY_OF_WEEK] = ((seconds // 86_400) + 3) % 7 + 1  # 1970-01-01 was a Thursday (3)
-    return out
 
 
 def vocabulary_sizes(tft_output) -> dict[str, int]:

@@ -19,12 +19,13 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from trainer import features as F
+from common import features
 from trainer.config import ModelConfig
 from trainer.preprocessing import BUCKET_FIELDS, FeaturePreprocessor, HashingPreprocessor
 from trainer.transform import SHARED_VOCABULARY, VOCABULARIES, shift_ids
 
-HASHED_FIELDS = (F.USER_ID, F.USER_AGE)  # too many values for a vocabulary / an int bucket
+HASHED_FIELDS = (features.USER_ID,
+                 features.USER_AGE)  # too many values for a vocabulary / an int bucket
 
 
 def count_values(dataset: tf.data.Dataset) -> dict[str, collections.Counter]:

@@ -4,33 +4,34 @@
     CR(i) <- beta(t(i)) * CR(i) + (1 - beta(t(i))) * CR(u,i)        (Eq. 2)
 
 Semantics (initialisation, tie rule, strictly-before as-of) are those of
-``trainer.representations.ema``. Which events fold is ``cr_domains``
-(``trainer.representations.cr_domains``): by default only those of ad requests (paper
+``common.representations.ema``. Which events fold is ``cr_domains``
+(``common.representations.cr_folding``): by default only those of ad requests (paper
 Sec. 4.3.1: a CR(u,i) is folded when a user meets an ad), ``"all"`` folds every event; the
 other events are dropped before the key buckets. The transforms work on batches, not one
 Python object per event (several times slower in Beam): each input batch is split into
-sub-batches by key bucket ``zlib.crc32(key) % num_buckets`` (stable across processes, unlike
-``hash()``), the sub-batches of one bucket are grouped, concatenated and aggregated with numpy.
+sub-batches by key bucket ``zlib.crc32(key) % num_buckets`` (``components.key_buckets``:
+stable across processes, unlike ``hash()``), the sub-batches of one bucket are grouped,
+concatenated and aggregated with numpy.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
 
-from trainer import signatures as S
-from trainer.representations import cr_domains as CD
-from trainer.representations.ema import (
+from common import signatures
+from common.representations import cr_folding
+from common.representations.ema import (
     Beta,
     _validate_events,
     aggregate_sorted,
     as_of,
     half_life_decay,
 )
-from trainer.representations.tables import sample_digest
+from common.representations.tables import sample_digest
+from components.key_buckets import key_buckets
 
 EVENT_FIELDS = ("user_id", "item_id", "timestamp", "cross_representation")
 QUERY_FIELDS = ("key", "timestamp", "row_id")
@@ -55,18 +56,11 @@ def _bytes_keys(keys: np.ndarray) -> np.ndarray:
     return out
 
 
-def _buckets(keys: np.ndarray, num_buckets: int) -> np.ndarray:
-    """Stable bucket of each bytes key: zlib.crc32(key) % num_buckets, int64 [n]."""
-    return np.fromiter(
-        (zlib.crc32(k) % num_buckets for k in keys), dtype=np.int64, count=keys.shape[0]
-    )
-
-
 def _split_by_bucket(
     num_buckets: int, keys: np.ndarray, *columns: np.ndarray
 ) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
     """Yields (bucket, (keys[rows], *columns[rows])) for each bucket present in the batch."""
-    bucket = _buckets(keys, num_buckets)  # [n]
+    bucket = key_buckets(keys, num_buckets)  # [n]
     order = np.argsort(bucket, kind="stable")  # [n]
     b_sorted = bucket[order]
     bounds = np.flatnonzero(np.diff(b_sorted)) + 1
@@ -76,9 +70,9 @@ def _split_by_bucket(
 
 
 def _split_events(
-    batch: dict, key_field: str, num_buckets: int, cr_domains: str = CD.DEFAULT
+    batch: dict, key_field: str, num_buckets: int, cr_domains: str = cr_folding.DEFAULT
 ) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    batch = CD.select_events(batch, cr_domains)  # the events that fold (module doc)
+    batch = cr_folding.select_events(batch, cr_domains)  # the events that fold (module doc)
     keys = _bytes_keys(_field(batch, key_field, EVENT_FIELDS))
     ts = _field(batch, "timestamp", EVENT_FIELDS)
     crs = _field(batch, "cross_representation", EVENT_FIELDS)
@@ -139,11 +133,11 @@ class AggregateCrossRepresentations(beam.PTransform):
         num_buckets: int = 64,
         beta: Beta | None = None,
         label: str | None = None,
-        cr_domains: str = CD.DEFAULT,
+        cr_domains: str = cr_folding.DEFAULT,
     ) -> None:
         super().__init__(label)
         self._beta, self._num_buckets = _decay_and_buckets(half_life_seconds, beta, num_buckets)
-        self._cr_domains = CD.check(cr_domains)
+        self._cr_domains = cr_folding.check(cr_domains)
 
     def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
         out = {}
@@ -212,7 +206,7 @@ class PointInTimeCrossRepresentations(beam.PTransform):
         num_buckets: int = 64,
         beta: Beta | None = None,
         label: str | None = None,
-        cr_domains: str = CD.DEFAULT,
+        cr_domains: str = cr_folding.DEFAULT,
     ) -> None:
         super().__init__(label)
         if key_field not in SIDES.values():
@@ -222,7 +216,7 @@ class PointInTimeCrossRepresentations(beam.PTransform):
         self._key_field = key_field
         self._cr_dim = int(cr_dim)
         self._beta, self._num_buckets = _decay_and_buckets(half_life_seconds, beta, num_buckets)
-        self._cr_domains = CD.check(cr_domains)
+        self._cr_domains = cr_folding.check(cr_domains)
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
         events = inputs["events"] | "SplitEvents" >> beam.FlatMap(
@@ -240,8 +234,8 @@ class PointInTimeCrossRepresentations(beam.PTransform):
 
 # ------------------------------------------------------------- point-in-time CRs on examples
 POINT_IN_TIME_FEATURES = {
-    "user": (S.CR_USER_FEATURE, S.CR_USER_FEATURE + "_updated_at"),
-    "item": (S.CR_ITEM_FEATURE, S.CR_ITEM_FEATURE + "_updated_at"),
+    "user": (signatures.CR_USER_FEATURE, signatures.CR_USER_FEATURE + "_updated_at"),
+    "item": (signatures.CR_ITEM_FEATURE, signatures.CR_ITEM_FEATURE + "_updated_at"),
 }
 
 
@@ -305,13 +299,13 @@ class AttachPointInTimeCrossRepresentations(beam.PTransform):
 
     def __init__(self, cr_dim: int, half_life_seconds: float, num_buckets: int = 64,
                  batch_size: int = 1024, label: str | None = None,
-                 cr_domains: str = CD.DEFAULT) -> None:
+                 cr_domains: str = cr_folding.DEFAULT) -> None:
         super().__init__(label)
         self._cr_dim = int(cr_dim)
         self._half_life = half_life_seconds
         self._num_buckets = num_buckets
         self._batch_size = batch_size
-        self._cr_domains = CD.check(cr_domains)
+        self._cr_domains = cr_folding.check(cr_domains)
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
         examples = inputs["examples"]
@@ -376,12 +370,12 @@ class AggregateWithPointInTime(beam.PTransform):
 
     def __init__(self, cr_dim: int, half_life_seconds: float, num_buckets: int = 64,
                  batch_size: int = 1024, label: str | None = None,
-                 cr_domains: str = CD.DEFAULT) -> None:
+                 cr_domains: str = cr_folding.DEFAULT) -> None:
         super().__init__(label)
         self._cr_dim = int(cr_dim)
         self._beta, self._num_buckets = _decay_and_buckets(half_life_seconds, None, num_buckets)
         self._batch_size = batch_size
-        self._cr_domains = CD.check(cr_domains)
+        self._cr_domains = cr_folding.check(cr_domains)
 
     def expand(self, inputs: dict) -> dict:
         examples = inputs["examples"]

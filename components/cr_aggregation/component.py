@@ -4,7 +4,7 @@ Reads the extractor's CR(u,i) event stream and writes the time-aware EMA tables 
 CR(i) with `AggregateCrossRepresentations` (per-key state in key buckets, nothing collected to
 the driver; tie rule and memory per key in `components.cr_aggregation.beam_transforms`).
 
-`cr_domains` (`trainer.representations.cr_domains`) picks the events that fold: `ad` (the
+`cr_domains` (`common.representations.cr_folding`) picks the events that fold: `ad` (the
 default; paper Sec. 4.3.1: only when a user meets an ad) or `all` (content requests too); it
 is recorded on the output as the custom property `cr_domains`, beside `half_life_seconds`. An
 event stream written before the extractor recorded each event's domain is refused under `ad`,
@@ -24,16 +24,14 @@ import apache_beam as beam
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
-from components import artifacts as A
-from components import representation_tables as beam_tables
+from common.representations import cr_folding, tables
+from common.representations.ema import DEFAULT_HALF_LIFE_SECONDS
+from components import artifacts, representation_tables
 from components.cr_aggregation.beam_transforms import (
     AggregateCrossRepresentations,
     AggregateWithPointInTime,
 )
 from components.representation_extractor.component import split_patterns
-from trainer.representations import cr_domains as CD
-from trainer.representations import tables as tables
-from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
 _InputArtifact = tfx.dsl.components.InputArtifact
@@ -53,18 +51,18 @@ def _first_batch(events_pattern: str) -> dict:
 
 @tfx.dsl.components.component(use_beam=True)
 def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
-    representations: _InputArtifact[A.Representations],
-    cross_tables: _OutputArtifact[A.CrossRepresentationTables],
+    representations: _InputArtifact[artifacts.Representations],
+    cross_tables: _OutputArtifact[artifacts.CrossRepresentationTables],
     examples: _InputArtifact[standard_artifacts.Examples],
     half_life_seconds: _Parameter[float] = DEFAULT_HALF_LIFE_SECONDS,
     num_buckets: _Parameter[int] = 64,
     point_in_time_splits: _Parameter[str] = "",
-    cr_domains: _Parameter[str] = CD.DEFAULT,
+    cr_domains: _Parameter[str] = cr_folding.DEFAULT,
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     """CR(u), CR(i) tables from the CR(u,i) events of `representations` (those of
     `cr_domains`)."""
-    CD.check(cr_domains)
+    cr_folding.check(cr_domains)
     if int(representations.get_int_custom_property("skipped") or 0):
         cross_tables.set_int_custom_property("skipped", 1)
         return
@@ -73,13 +71,13 @@ def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
     cross_tables.set_int_custom_property("model_version", version)
     cross_tables.set_float_custom_property("half_life_seconds", float(half_life_seconds))
     cross_tables.set_string_custom_property("cr_domains", cr_domains)
-    events = os.path.join(representations.uri, A.CROSS_EVENTS, "*" + tables.FILE_SUFFIX)
+    events = os.path.join(representations.uri, artifacts.CROSS_EVENTS, "*" + tables.FILE_SUFFIX)
     splits = [s.strip() for s in point_in_time_splits.split(",") if s.strip()]
     # One read of the first batch, only when needed: its domains (a stream without them is
     # refused before Beam runs) and the width of CR(u,i) (the point-in-time rows).
-    first = _first_batch(events) if CD.needs_domains(cr_domains) or splits else None
-    if CD.needs_domains(cr_domains):
-        CD.select_events(first, cr_domains)
+    first = _first_batch(events) if cr_folding.needs_domains(cr_domains) or splits else None
+    if cr_folding.needs_domains(cr_domains):
+        cr_folding.select_events(first, cr_domains)
     with beam_pipeline as p:
         batches = (
             p
@@ -97,16 +95,19 @@ def CrossRepresentationAggregator(  # noqa: N802 (TFX component naming)
             for split, rows in out["point_in_time"].items():
                 _ = rows | f"WritePointInTime[{split}]" >> beam.io.WriteToTFRecord(
                     os.path.join(cross_tables.uri, POINT_IN_TIME, f"Split-{split}",
-                                 A.TABLE_PREFIX),
+                                 artifacts.TABLE_PREFIX),
                     file_name_suffix=tables.FILE_SUFFIX, compression_type="gzip")
         else:
             out = batches | "Aggregate" >> AggregateCrossRepresentations(
                 half_life_seconds, num_buckets, cr_domains=cr_domains)
-        for side, table in (("user", A.CROSS_USER_TABLE), ("item", A.CROSS_ITEM_TABLE)):
-            _ = out[side] | f"Write[{table}]" >> beam_tables.WriteRepresentationTable(
-                os.path.join(cross_tables.uri, table, A.TABLE_PREFIX), version)
+        for side, table in (
+            ("user", artifacts.CROSS_USER_TABLE),
+            ("item", artifacts.CROSS_ITEM_TABLE),
+        ):
+            _ = out[side] | f"Write[{table}]" >> representation_tables.WriteRepresentationTable(
+                os.path.join(cross_tables.uri, table, artifacts.TABLE_PREFIX), version)
     cross_tables.set_string_custom_property("point_in_time_splits", ",".join(splits))
-    for table in (A.CROSS_USER_TABLE, A.CROSS_ITEM_TABLE):
+    for table in (artifacts.CROSS_USER_TABLE, artifacts.CROSS_ITEM_TABLE):
         keys, *_ = tables.read_table(
             os.path.join(cross_tables.uri, table, "*" + tables.FILE_SUFFIX))
         cross_tables.set_int_custom_property(f"{table}_rows", int(len(keys)))

@@ -4,7 +4,7 @@ The pushed upstream is replayed over every example in time order (`trainer.downs
 the offline twin of the online loop of Fig. 4), and each ad row of the downstream window gets
 UR(u), IR(i), CR(u), CR(i) as the store held them strictly before the row
 (`trainer.downstream.point_in_time`), written as the downstream ranker's serving request
-(`trainer.downstream.requests.with_representations`: float lists with their int64
+(`common.downstream_requests.with_representations`: float lists with their int64
 `<name>_found`), plus `item_cold_start` (1 when the item has no row in the downstream training
 window) for the evaluation's cold-start slice. Output: an `Examples` artifact with
 
@@ -12,7 +12,7 @@ window) for the evaluation's cold-start slice. Output: an `Examples` artifact wi
     Split-eval/    the ad rows of the eval split (which the upstream did not train on)
 
 CR(u) and CR(i) fold the CR(u,i) of the requests `cr_domains` selects
-(`trainer.representations.cr_domains`: `ad`, the default, as paper Sec. 4.3.1, or `all`), as
+(`common.representations.cr_folding`: `ad`, the default, as paper Sec. 4.3.1, or `all`), as
 the aggregator and the online loop do; UR and IR take every request. The setting is recorded
 on the output as the custom property `cr_domains`.
 
@@ -33,23 +33,20 @@ import numpy as np
 from tfx import v1 as tfx
 from tfx.types import artifact_utils, standard_artifacts
 
-from components.cr_aggregation.beam_transforms import _buckets  # crc32(key) % num_buckets
+from common import features, signatures
+from common.downstream_requests import with_representations
+from common.representations import cr_folding, tables
+from common.representations.ema import DEFAULT_HALF_LIFE_SECONDS
+from components.key_buckets import key_buckets
 from components.representation_extractor.component import pushed_model_dir, split_patterns
-from trainer import features as F
-from trainer import signatures as S
-from trainer.downstream import point_in_time as P
-from trainer.downstream import replay as R
-from trainer.downstream.requests import with_representations
-from trainer.representations import cr_domains as CD
-from trainer.representations import tables as T
-from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
+from trainer.downstream import point_in_time, replay
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
 _InputArtifact = tfx.dsl.components.InputArtifact
 _Parameter = tfx.dsl.components.Parameter
 
 ITEM_COLD_START = "item_cold_start"
-FEATURES = S.REPRESENTATION_FEATURES[:4]  # UR, IR, CR(u), CR(i)
+FEATURES = signatures.REPRESENTATION_FEATURES[:4]  # UR, IR, CR(u), CR(i)
 SPLITS = ("train", "eval")
 FILE_NAME = "data.tfrecord.gz"
 
@@ -67,10 +64,10 @@ def _eval_start(files: list[str], batch_size: int) -> int:
     """The earliest timestamp of the eval split (the downstream windows' boundary)."""
     import tensorflow as tf
 
-    spec = F.feature_spec((F.TIMESTAMP,))
+    spec = features.feature_spec((features.TIMESTAMP,))
     first = None
     for batch in _dataset(files).batch(batch_size):
-        t = int(tf.io.parse_example(batch, spec)[F.TIMESTAMP].numpy().min())
+        t = int(tf.io.parse_example(batch, spec)[features.TIMESTAMP].numpy().min())
         first = t if first is None else min(first, t)
     if first is None:
         raise ValueError(f"the eval split has no examples (files {files})")
@@ -90,10 +87,10 @@ def _with_int(examples: list[bytes], name: str, values: np.ndarray) -> list[byte
 
 # Side -> (its key column, (feature, upstream output, history builder) of each table).
 SIDES = {
-    P.USER_SIDE: (F.USER_ID, ((S.UR_FEATURE, R.UR, "latest"),
-                              (S.CR_USER_FEATURE, R.CR, "aggregated"))),
-    P.ITEM_SIDE: (F.ITEM_ID, ((S.IR_FEATURE, R.IR, "latest"),
-                              (S.CR_ITEM_FEATURE, R.CR, "aggregated"))),
+    point_in_time.USER_SIDE: (features.USER_ID, ((signatures.UR_FEATURE, replay.UR, "latest"),
+                              (signatures.CR_USER_FEATURE, replay.CR, "aggregated"))),
+    point_in_time.ITEM_SIDE: (features.ITEM_ID, ((signatures.IR_FEATURE, replay.IR, "latest"),
+                              (signatures.CR_ITEM_FEATURE, replay.CR, "aggregated"))),
 }
 
 
@@ -110,7 +107,7 @@ class _Spill:
                       for side, paths in self.paths.items()}
 
     def write(self, side: str, keys, timestamps, digests, fold, outputs: dict) -> None:
-        bucket = _buckets(keys, self.num_buckets)
+        bucket = key_buckets(keys, self.num_buckets)
         for b in np.unique(bucket):
             rows = bucket == b
             pickle.dump((keys[rows], timestamps[rows], digests[rows], fold[rows],
@@ -142,17 +139,17 @@ class _Spill:
 
 def build(split_files: dict[str, list[str]], model_dir: str, out_dirs: dict[str, str],
           train_days: float, half_life_seconds: float,
-          cr_domains: str = CD.DEFAULT) -> dict[str, int]:
+          cr_domains: str = cr_folding.DEFAULT) -> dict[str, int]:
     """Writes the downstream splits (module doc) from the upstream's `train` and `eval` split
     files; returns the rows written per split."""
-    return build_from(R.saved_model_fn(model_dir), split_files, out_dirs, train_days,
+    return build_from(replay.saved_model_fn(model_dir), split_files, out_dirs, train_days,
                       half_life_seconds, cr_domains=cr_domains)
 
 
-def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
+def build_from(fn: replay.RepresentationFn, split_files: dict[str, list[str]],
                out_dirs: dict[str, str], train_days: float, half_life_seconds: float,
                num_buckets: int = NUM_BUCKETS, batch_size: int = 4096,
-               cr_domains: str = CD.DEFAULT) -> dict[str, int]:
+               cr_domains: str = cr_folding.DEFAULT) -> dict[str, int]:
     """`build` with the upstream as a `replay.RepresentationFn`, in bounded memory.
 
     1. The upstream runs over every example (`train` then `eval`, in batches); each side's
@@ -171,44 +168,47 @@ def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
     """
     import tensorflow as tf
 
-    CD.check(cr_domains)
+    cr_folding.check(cr_domains)
     eval_start = _eval_start(split_files["eval"], batch_size)
-    window = {"train": (eval_start - int(round(train_days * F.DAY)), eval_start),
+    window = {"train": (eval_start - int(round(train_days * features.DAY)), eval_start),
               "eval": (eval_start, np.iinfo(np.int64).max)}
     tagged = None
     for code, split in enumerate(SPLITS):
         ds = _dataset(split_files[split]).map(lambda r, c=code: (r, c))
         tagged = ds if tagged is None else tagged.concatenate(ds)
-    names = (F.USER_ID, F.ITEM_ID, F.TIMESTAMP, F.DOMAIN)
-    spec = F.feature_spec(names)
-    rows: dict[str, dict[str, list]] = {s: {"index": [], F.USER_ID: [], F.ITEM_ID: [],
-                                            F.TIMESTAMP: []} for s in SPLITS}
+    names = (features.USER_ID, features.ITEM_ID, features.TIMESTAMP, features.DOMAIN)
+    spec = features.feature_spec(names)
+    rows: dict[str, dict[str, list]] = {s: {"index": [], features.USER_ID: [], features.ITEM_ID: [],
+                                            features.TIMESTAMP: []} for s in SPLITS}
     seen = dict.fromkeys(SPLITS, 0)
     with tempfile.TemporaryDirectory(prefix="downstream_examples_") as directory:
         spill = _Spill(directory, num_buckets)
         try:
             for batch, codes in tagged.batch(batch_size).prefetch(1):
                 ids = {k: v.numpy() for k, v in tf.io.parse_example(batch, spec).items()}
-                users, items = ids[F.USER_ID].astype(object), ids[F.ITEM_ID].astype(object)
-                t = ids[F.TIMESTAMP].astype(np.int64)
-                digests = np.array([T.sample_digest(r) for r in batch.numpy()], dtype=object)
+                users, items = (
+                    ids[features.USER_ID].astype(object),
+                    ids[features.ITEM_ID].astype(object),
+                )
+                t = ids[features.TIMESTAMP].astype(np.int64)
+                digests = np.array([tables.sample_digest(r) for r in batch.numpy()], dtype=object)
                 outputs = {k: np.asarray(v, np.float32) for k, v in fn(batch).items()}
-                fold = CD.fold_mask(ids[F.DOMAIN].astype(object), cr_domains)  # [n]
-                for side, (_, tables) in SIDES.items():
-                    keys = users if side == P.USER_SIDE else items
+                fold = cr_folding.fold_mask(ids[features.DOMAIN].astype(object), cr_domains)  # [n]
+                for side, (_, side_tables) in SIDES.items():
+                    keys = users if side == point_in_time.USER_SIDE else items
                     spill.write(side, keys, t, digests, fold,
-                                {out: outputs[out] for _, out, _ in tables})
+                                {out: outputs[out] for _, out, _ in side_tables})
                 codes = codes.numpy()
                 for code, split in enumerate(SPLITS):
                     mine = np.flatnonzero(codes == code)
                     lo, hi = window[split]
-                    keep = mine[(ids[F.DOMAIN][mine] == F.DOMAIN_AD) & (t[mine] >= lo)
+                    keep = mine[(ids[features.DOMAIN][mine] == features.DOMAIN_AD) & (t[mine] >= lo)
                                 & (t[mine] < hi)]
                     part = rows[split]
                     part["index"].append(keep - mine[0] + seen[split] if mine.size else keep)
-                    part[F.USER_ID].append(users[keep])
-                    part[F.ITEM_ID].append(items[keep])
-                    part[F.TIMESTAMP].append(t[keep])
+                    part[features.USER_ID].append(users[keep])
+                    part[features.ITEM_ID].append(items[keep])
+                    part[features.TIMESTAMP].append(t[keep])
                     seen[split] += mine.size
         finally:
             spill.close()
@@ -223,14 +223,14 @@ def build_from(fn: R.RepresentationFn, split_files: dict[str, list[str]],
     counts, train_items = {}, set()
     for split in SPLITS:
         part = rows[split]
-        order = np.argsort(part[F.TIMESTAMP], kind="stable")  # time order
+        order = np.argsort(part[features.TIMESTAMP], kind="stable")  # time order
         wanted = part["index"]  # ascending: the rows' positions in the split's files
         records = list(_select(split_files[split], wanted, batch_size))
         examples = with_representations(
             [records[o] for o in order],
             {name: (vectors[order], found[order])
              for name, (vectors, found) in attached[split].items()})
-        items = part[F.ITEM_ID][order]
+        items = part[features.ITEM_ID][order]
         if split == "train":
             train_items = set(items.tolist())
         # A set, not np.isin: on object arrays np.isin compares every pair (quadratic).
@@ -267,8 +267,8 @@ def _lookup(spill: _Spill, rows: dict, half_life_seconds: float) -> dict:
     """{split: {feature: (vectors [n, d], found bool [n])}} for the window rows, bucket by
     bucket (`build_from` step 2)."""
     out: dict[str, dict] = {split: {} for split in rows}
-    for side, (key_name, tables) in SIDES.items():
-        buckets = {split: _buckets(part[key_name], spill.num_buckets)
+    for side, (key_name, side_tables) in SIDES.items():
+        buckets = {split: key_buckets(part[key_name], spill.num_buckets)
                    for split, part in rows.items()}
         for b in range(spill.num_buckets):
             events = spill.read(side, b)
@@ -276,18 +276,19 @@ def _lookup(spill: _Spill, rows: dict, half_life_seconds: float) -> dict:
                 continue
             keys, t, digests, fold, outputs = events
             histories = {}
-            for name, output, kind in tables:
+            for name, output, kind in side_tables:
                 if kind == "latest":
-                    histories[name] = P.RepresentationHistory.latest(keys, t, outputs[output],
-                                                                     digests)
+                    histories[name] = point_in_time.RepresentationHistory.latest(
+                        keys, t, outputs[output], digests
+                    )
                 else:  # CR: the events that fold only (`cr_domains`)
-                    histories[name] = P.RepresentationHistory.aggregated(
+                    histories[name] = point_in_time.RepresentationHistory.aggregated(
                         keys[fold], t[fold], outputs[output][fold], half_life_seconds)
             del events, outputs
             for split, part in rows.items():
                 mine = np.flatnonzero(buckets[split] == b)
                 for name, history in histories.items():
-                    found = history.as_of(part[key_name][mine], part[F.TIMESTAMP][mine])
+                    found = history.as_of(part[key_name][mine], part[features.TIMESTAMP][mine])
                     if name not in out[split]:
                         n = part[key_name].shape[0]
                         out[split][name] = (np.zeros((n, history.dim), np.float32),
@@ -304,10 +305,10 @@ def DownstreamExamples(  # noqa: N802 (TFX component naming)
     downstream_examples: _OutputArtifact[standard_artifacts.Examples],
     train_days: _Parameter[float] = 3.0,
     half_life_seconds: _Parameter[float] = DEFAULT_HALF_LIFE_SECONDS,
-    cr_domains: _Parameter[str] = CD.DEFAULT,
+    cr_domains: _Parameter[str] = cr_folding.DEFAULT,
 ) -> None:
     """The downstream window's ad rows with point-in-time representations (module doc)."""
-    CD.check(cr_domains)
+    cr_folding.check(cr_domains)
     downstream_examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
     pushed = pushed_model_dir(pushed_model)
     if pushed is None:

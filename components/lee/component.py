@@ -13,8 +13,9 @@ publication. The paired bootstrap over the test users (`trainer.paired_compariso
     nothing live yet:     better or inconclusive -> publish;  worse (below -tolerance) -> hold
 
 Too few test clicks to measure (`LeeConfig.min_test_clicks`) count as inconclusive. Published
-means the guard's layout under `publish_root` (`LIVE` replaced last) and, with `store_url`, the
-serving store loaded; held, nothing under `publish_root` or in the store changes.
+means the layout of `components.publishing` under `publish_root` (`LIVE` replaced last) and,
+with `store_url`, the serving store loaded; held, nothing under `publish_root` or in the store
+changes. The candidate and its statistics come from the guard's verdict (`passed`).
 
 Recorded in ML Metadata (custom properties of the output) and in `evaluation.json` in it:
 `verdict` (published | held), `blessed`, `comparison` (better | worse | inconclusive),
@@ -32,23 +33,16 @@ import numpy as np
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
-from components import artifacts as A
+from common import features
+from common.representations.statistics import STATUS_HELD, STATUS_PASSED, STATUS_PUBLISHED
+from components import artifacts
 from components.lee.evaluator import LeeConfig, TooFewRows, evaluate, publishes, table_source
+from components.publishing import artifact_table_dirs, live_version, load_into_store, publish
 from components.representation_extractor.component import split_patterns
-from components.representation_guard.component import (
-    artifact_table_dirs,
-    live_version,
-    load_into_store,
-    publish,
-    read_verdict,
-    verdict_statistics,
-)
-from trainer import features as F
-from trainer import input as data_input
-from trainer import paired_comparison as PC
-from trainer.downstream import data as D
-from trainer.downstream import point_in_time as P
-from trainer.representations.statistics import STATUS_HELD, STATUS_PASSED, STATUS_PUBLISHED
+from components.representation_guard.component import read_verdict, verdict_statistics
+from trainer import data_input, paired_comparison
+from trainer.downstream import data as ranker_data
+from trainer.downstream import point_in_time
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
 _InputArtifact = tfx.dsl.components.InputArtifact
@@ -57,22 +51,32 @@ _Parameter = tfx.dsl.components.Parameter
 EVALUATION_FILE = "evaluation.json"
 
 
-def evaluate_and_publish(train: D.Rows, test: D.Rows, table_dirs: dict[str, str], version: int,
-                         statistics: dict, publish_root: str, config: LeeConfig,
-                         store_url: str = "") -> dict:
+def evaluate_and_publish(
+    train: ranker_data.Rows,
+    test: ranker_data.Rows,
+    table_dirs: dict[str, str],
+    version: int,
+    statistics: dict,
+    publish_root: str,
+    config: LeeConfig,
+    store_url: str = "",
+) -> dict:
     """The candidate tables in `table_dirs` (model `version`) against the live version under
     `publish_root`; published (and loaded into the store at `store_url`) when blessed.
     `statistics`: the guard's per-table statistics, written beside the published tables."""
     live = live_version(publish_root)
-    reference = P.HistorySource.from_published(publish_root) if live is not None else None
+    reference = (
+        point_in_time.HistorySource.from_published(publish_root) if live is not None else None
+    )
     try:
         result = evaluate(train, test, table_source(table_dirs), reference, config)
     except TooFewRows as e:
         # Nothing measured: inconclusive, whose policy keeps the live version (with none,
         # the candidate goes live).
-        result = {"comparison": PC.INCONCLUSIVE, "reference": None,
-                  "blessed": publishes(PC.INCONCLUSIVE, live=live is not None),
-                  "test_rows": D.size(test), "test_clicks": int(np.sum(test[F.LABEL])),
+        result = {"comparison": paired_comparison.INCONCLUSIVE, "reference": None,
+                  "blessed": publishes(paired_comparison.INCONCLUSIVE, live=live is not None),
+                  "test_rows": ranker_data.size(test),
+                  "test_clicks": int(np.sum(test[features.LABEL])),
                   "min_test_clicks": config.min_test_clicks, "tolerance": config.tolerance,
                   "reasons": [f"not evaluated: {e}"]}
     else:
@@ -95,15 +99,15 @@ def evaluate_and_publish(train: D.Rows, test: D.Rows, table_dirs: dict[str, str]
 def _policy_reason(result: dict, config: LeeConfig) -> str:
     """What the policy made of a measured candidate, in words (the figures are beside it)."""
     if result["reference"] == "none":
-        if result["comparison"] == PC.WORSE:
+        if result["comparison"] == paired_comparison.WORSE:
             return ("first publication held: the proxy does worse with the candidate's "
                     "representations than with none, by more than the tolerance "
                     f"{config.tolerance}")
         return ("first publication: nothing live to protect; published unless shown worse "
                 "than no representations")
-    if result["comparison"] == PC.BETTER:
+    if result["comparison"] == paired_comparison.BETTER:
         return "better than the live tables: published"
-    if result["comparison"] == PC.WORSE:
+    if result["comparison"] == paired_comparison.WORSE:
         return "worse than the live tables: the live tables stay"
     return "not shown better than the live tables: the live tables stay"
 
@@ -142,10 +146,10 @@ def _record(out, result: dict) -> None:
 @tfx.dsl.components.component
 def LightweightEmbeddingEvaluator(  # noqa: N802 (TFX component naming)
     examples: _InputArtifact[standard_artifacts.Examples],
-    representations: _InputArtifact[A.Representations],
-    cross_tables: _InputArtifact[A.CrossRepresentationTables],
-    guard_result: _InputArtifact[A.GuardResult],
-    evaluation: _OutputArtifact[A.EmbeddingEvaluation],
+    representations: _InputArtifact[artifacts.Representations],
+    cross_tables: _InputArtifact[artifacts.CrossRepresentationTables],
+    guard_result: _InputArtifact[artifacts.GuardResult],
+    evaluation: _OutputArtifact[artifacts.EmbeddingEvaluation],
     publish_root: _Parameter[str],
     store_url: _Parameter[str] = "",
     train_days: _Parameter[float] = 3.0,
@@ -168,8 +172,9 @@ def LightweightEmbeddingEvaluator(  # noqa: N802 (TFX component naming)
     train_files, test_files = (sorted(glob.glob(pattern))
                                for pattern in split_patterns(examples, "train,eval"))
     test_start, _ = data_input.time_range(test_files)
-    test = D.read_rows(test_files)
-    train = D.read_rows(train_files, start=test_start - int(round(train_days * F.DAY)),
+    test = ranker_data.read_rows(test_files)
+    train = ranker_data.read_rows(train_files,
+                                  start=test_start - int(round(train_days * features.DAY)),
                         end=test_start)
     result = evaluate_and_publish(
         train, test, artifact_table_dirs(representations, cross_tables),

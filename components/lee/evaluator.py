@@ -48,14 +48,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from trainer import features as F
-from trainer import paired_comparison as PC
-from trainer.downstream import config as C
-from trainer.downstream import data as D
-from trainer.downstream import point_in_time as P
+from common import features
+from common.representations import tables
+from trainer import paired_comparison
+from trainer.downstream import config as downstream_config
+from trainer.downstream import data as ranker_data
+from trainer.downstream import point_in_time
 from trainer.downstream.train import predict, train_ranker
 from trainer.evaluation import auc, expected_auc
-from trainer.representations import tables as T
 
 # A lookup time after every stored row: the tables as served, not as of each row.
 _AFTER_EVERYTHING = np.iinfo(np.int64).max
@@ -79,64 +79,69 @@ class LeeConfig:
     batch_size: int = 256
     learning_rate: float = 1e-3
     seed: int = 0
-    resamples: int = PC.RESAMPLES
+    resamples: int = paired_comparison.RESAMPLES
     # Fewer clicks (or non-clicks) than this among the test rows: nothing measured
     # (`TooFewRows`; inconclusive).
-    min_test_clicks: int = PC.MIN_CLICKS
+    min_test_clicks: int = paired_comparison.MIN_CLICKS
 
     def __post_init__(self):
         if self.tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
 
-    def ranker(self, mode: str) -> C.DownstreamConfig:
-        return C.DownstreamConfig(mode=mode, embedding_dim=self.embedding_dim,
+    def ranker(self, mode: str) -> downstream_config.DownstreamConfig:
+        return downstream_config.DownstreamConfig(mode=mode, embedding_dim=self.embedding_dim,
                                   num_cross_layers=self.num_cross_layers,
                                   mlp_hidden=tuple(self.mlp_hidden))
 
-    def training(self) -> C.DownstreamTrainConfig:
-        return C.DownstreamTrainConfig(epochs=self.epochs, batch_size=self.batch_size,
+    def training(self) -> downstream_config.DownstreamTrainConfig:
+        return downstream_config.DownstreamTrainConfig(epochs=self.epochs,
+                                                       batch_size=self.batch_size,
                                        learning_rate=self.learning_rate, seed=self.seed)
 
 
-def table_source(directories: Mapping[str, str]) -> P.HistorySource:
+def table_source(directories: Mapping[str, str]) -> point_in_time.HistorySource:
     """The four tables from their directories (`{table: dir}`); every table must be there."""
-    missing = [t for t in T.TABLES if t not in directories]
+    missing = [t for t in tables.TABLES if t not in directories]
     if missing:
         raise ValueError(f"the representation version lacks the tables {missing}; "
-                         f"expected {list(T.TABLES)}")
-    return P.HistorySource.from_tables({t: directories[t] for t in T.TABLES})
+                         f"expected {list(tables.TABLES)}")
+    return point_in_time.HistorySource.from_tables({t: directories[t] for t in tables.TABLES})
 
 
-def served_features(rows: D.Rows, source: P.RepresentationSource,
-                    features: Sequence[str] = C.MODE_FEATURES[C.LFM4ADS]) -> D.Rows:
+def served_features(rows: ranker_data.Rows, source: point_in_time.RepresentationSource,
+                    names: Sequence[str] = downstream_config.MODE_FEATURES[
+                        downstream_config.LFM4ADS]) -> ranker_data.Rows:
     """`rows` plus each representation feature as the tables serve it now (module doc)."""
-    n = D.size(rows)
-    extra = P.attach(source, rows[F.USER_ID], rows[F.ITEM_ID],
-                     np.full(n, _AFTER_EVERYTHING, np.int64), features)
+    n = ranker_data.size(rows)
+    extra = point_in_time.attach(source, rows[features.USER_ID], rows[features.ITEM_ID],
+                     np.full(n, _AFTER_EVERYTHING, np.int64), names)
     return {**rows, **extra}
 
 
 def publishes(comparison: str, live: bool) -> bool:
     """The policy (module doc): does a candidate with this verdict (`better`, `worse`,
     `inconclusive`) go live, when tables are `live` already or not?"""
-    if comparison not in PC.VERDICTS:
-        raise ValueError(f"unknown verdict {comparison!r}; expected one of {PC.VERDICTS}")
-    return comparison == PC.BETTER if live else comparison != PC.WORSE
+    if comparison not in paired_comparison.VERDICTS:
+        raise ValueError(
+            f"unknown verdict {comparison!r}; expected one of {paired_comparison.VERDICTS}"
+        )
+    return comparison == paired_comparison.BETTER if live else comparison != paired_comparison.WORSE
 
 
-def proxy_auc(config: LeeConfig, mode: str, train: D.Rows, test: D.Rows,
+def proxy_auc(config: LeeConfig, mode: str, train: ranker_data.Rows, test: ranker_data.Rows,
               probabilities: np.ndarray | None = None) -> dict:
     """Trains the proxy in `mode` on `train`; its AUC (and expected AUC) on `test`."""
     model, fit = train_ranker(config.ranker(mode), config.training(), train)
     scores = predict(model, test)
-    return {"auc": auc(test[F.LABEL], scores), "scores": scores,
+    return {"auc": auc(test[features.LABEL], scores), "scores": scores,
             "expected_auc": (expected_auc(probabilities, scores)
                              if probabilities is not None else None),
             "seconds": fit["seconds"]}
 
 
-def evaluate(train: D.Rows, test: D.Rows, candidate: P.RepresentationSource,
-             reference: P.RepresentationSource | None, config: LeeConfig = LeeConfig(),
+def evaluate(train: ranker_data.Rows, test: ranker_data.Rows,
+             candidate: point_in_time.RepresentationSource,
+             reference: point_in_time.RepresentationSource | None, config: LeeConfig = LeeConfig(),
              probabilities: np.ndarray | None = None) -> dict:
     """The candidate against the reference (`None`: no representations): proxies trained on
     the ad rows `train`, tested on the later ad rows `test`. `probabilities`: the test rows'
@@ -152,26 +157,29 @@ def evaluate(train: D.Rows, test: D.Rows, candidate: P.RepresentationSource,
     """
     started = time.perf_counter()
     p_test = None if probabilities is None else np.asarray(probabilities, np.float64)
-    if not D.size(train):
+    if not ranker_data.size(train):
         raise TooFewRows("the LEE has no training rows; give it a longer window")
-    clicks = int(np.sum(test[F.LABEL]))
-    if min(clicks, D.size(test) - clicks) < max(1, config.min_test_clicks):
-        raise TooFewRows(f"the LEE test rows ({D.size(test)} rows, {clicks} clicks) are too few "
-                         f"to compare AUCs (min_test_clicks={config.min_test_clicks}); give it "
-                         "a longer window (eval_days)")
-    features = C.MODE_FEATURES[C.LFM4ADS]
-    with_candidate = proxy_auc(config, C.LFM4ADS,
-                               served_features(train, candidate, features),
-                               served_features(test, candidate, features), p_test)
+    clicks = int(np.sum(test[features.LABEL]))
+    if min(clicks, ranker_data.size(test) - clicks) < max(1, config.min_test_clicks):
+        raise TooFewRows(
+            f"the LEE test rows ({ranker_data.size(test)} rows, {clicks} clicks) are too few "
+            f"to compare AUCs (min_test_clicks={config.min_test_clicks}); give it "
+            "a longer window (eval_days)"
+        )
+    names = downstream_config.MODE_FEATURES[downstream_config.LFM4ADS]
+    with_candidate = proxy_auc(config, downstream_config.LFM4ADS,
+                               served_features(train, candidate, names),
+                               served_features(test, candidate, names), p_test)
     if reference is None:
-        with_reference = proxy_auc(config, C.NONE, train, test, p_test)
+        with_reference = proxy_auc(config, downstream_config.NONE, train, test, p_test)
     else:
-        with_reference = proxy_auc(config, C.LFM4ADS,
-                                   served_features(train, reference, features),
-                                   served_features(test, reference, features), p_test)
+        with_reference = proxy_auc(config, downstream_config.LFM4ADS,
+                                   served_features(train, reference, names),
+                                   served_features(test, reference, names), p_test)
     if with_candidate["auc"] is None or with_reference["auc"] is None:
         raise ValueError("the LEE proxy gave no AUC on its test rows")
-    c = PC.paired_comparison(test[F.USER_ID], test[F.LABEL], with_candidate["scores"],
+    c = paired_comparison.paired_comparison(test[features.USER_ID], test[features.LABEL],
+                                            with_candidate["scores"],
                              with_reference["scores"], tolerance=config.tolerance,
                              resamples=config.resamples, seed=config.seed,
                              min_clicks=config.min_test_clicks)
@@ -189,8 +197,8 @@ def evaluate(train: D.Rows, test: D.Rows, candidate: P.RepresentationSource,
         "candidate_expected_auc": with_candidate["expected_auc"],
         "reference_expected_auc": with_reference["expected_auc"],
         "reference": "none" if reference is None else "live",
-        "train_rows": D.size(train),
-        "test_rows": D.size(test),
+        "train_rows": ranker_data.size(train),
+        "test_rows": ranker_data.size(test),
         "test_clicks": clicks,
         "test_users": c.users,
         "min_test_clicks": config.min_test_clicks,

@@ -1,6 +1,8 @@
-"""Batch extraction of UR, IR and CR(u,i) from the upstream SavedModel (paper Sec. 3.2, 4.3.1)."""
+"""Batch extraction of UR, IR and CR(u,i) from the upstream SavedModel (paper Sec. 3.2, 4.3.1),
+in Beam. The table format and its tie-break (`sample_digest`) are
+`common.representations.tables`."""
 
-from trainer import legacy_keras  # noqa: F401  (must run before tensorflow is imported)
+from common import legacy_keras  # noqa: F401  (must run before tensorflow is imported)
 
 # isort: split
 from components.representation_extractor.beam_transforms import (
@@ -9,6 +11,5 @@ from components.representation_extractor.beam_transforms import (
     USER,
     ExtractRepresentations,
 )
-from trainer.representations.tables import sample_digest
 
-__all__ = ["CROSS_EVENTS", "ITEM", "USER", "ExtractRepresentations", "sample_digest"]
+__all__ = ["CROSS_EVENTS", "ITEM", "USER", "ExtractRepresentations"]

@@ -26,9 +26,8 @@ from collections.abc import Iterator
 import apache_beam as beam
 import numpy as np
 
-from trainer import features as F
-from trainer import signatures as S
-from trainer.representations.tables import sample_digest
+from common import features, signatures
+from common.representations.tables import sample_digest
 
 USER = "user"
 ITEM = "item"
@@ -68,7 +67,9 @@ class _LatestFn(beam.CombineFn):
 
 
 class _RunModelFn(beam.DoFn):
-    """Runs the three representation signatures on a batch of serialized samples.
+    """Runs the upstream on a batch of serialized samples: one call of its `representations`
+    signature (one forward pass for UR, IR and CR(u,i)), or its three representation
+    signatures for an export from before that signature.
 
     The SavedModel is loaded once per DoFn instance (worker) in `setup()`.
     Main output: `(user_id, (timestamp, digest, UR [d_ur]))`; tagged outputs `ITEM`
@@ -85,29 +86,40 @@ class _RunModelFn(beam.DoFn):
 
         self._tf = tf
         self._model = tf.saved_model.load(self._saved_model_dir)
-        missing = [n for n in (S.USER_REPRESENTATION, S.ITEM_REPRESENTATION,
-                               S.CROSS_REPRESENTATION) if n not in self._model.signatures]
+        missing = [n for n in (signatures.USER_REPRESENTATION, signatures.ITEM_REPRESENTATION,
+                               signatures.CROSS_REPRESENTATION) if n not in self._model.signatures]
         if missing:
             raise ValueError(f"SavedModel {self._saved_model_dir!r} lacks signatures {missing}; "
                              f"it has {sorted(self._model.signatures)}")
-        self._spec = F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP, F.DOMAIN))
+        self._spec = features.feature_spec((features.USER_ID, features.ITEM_ID, features.TIMESTAMP,
+                                            features.DOMAIN))
 
-    def _call(self, name: str, examples) -> np.ndarray:
-        out = self._model.signatures[name](**{S.INPUT_KEY: examples})
-        return out[name].numpy().astype(np.float32, copy=False)  # [n, d]
+    def _run(self, examples) -> dict[str, np.ndarray]:
+        """UR `[n, d_ur]`, IR `[n, d_ir]`, CR(u,i) `[n, d_cr]` float32 by signature name."""
+        names = (signatures.USER_REPRESENTATION, signatures.ITEM_REPRESENTATION,
+                 signatures.CROSS_REPRESENTATION)
+        model_signatures = self._model.signatures
+        if signatures.REPRESENTATIONS in model_signatures:
+            out = model_signatures[signatures.REPRESENTATIONS](
+                **{signatures.INPUT_KEY: examples})
+        else:
+            out = {name: model_signatures[name](**{signatures.INPUT_KEY: examples})[name]
+                   for name in names}
+        return {name: out[name].numpy().astype(np.float32, copy=False) for name in names}
 
     def process(self, batch: list[bytes]) -> Iterator:
         tf = self._tf
         records = [bytes(r) for r in batch]
         examples = tf.constant(records, dtype=tf.string)  # [n]
         ids = tf.io.parse_example(examples, self._spec)
-        user_id = ids[F.USER_ID].numpy().astype(object)  # [n] bytes
-        item_id = ids[F.ITEM_ID].numpy().astype(object)  # [n] bytes
-        timestamp = ids[F.TIMESTAMP].numpy().astype(np.int64)  # [n]
-        domain = ids[F.DOMAIN].numpy().astype(object)  # [n] bytes
-        ur = self._call(S.USER_REPRESENTATION, examples)  # [n, d_ur]
-        ir = self._call(S.ITEM_REPRESENTATION, examples)  # [n, d_ir]
-        cr = self._call(S.CROSS_REPRESENTATION, examples)  # [n, d_cr]
+        user_id = ids[features.USER_ID].numpy().astype(object)  # [n] bytes
+        item_id = ids[features.ITEM_ID].numpy().astype(object)  # [n] bytes
+        timestamp = ids[features.TIMESTAMP].numpy().astype(np.int64)  # [n]
+        domain = ids[features.DOMAIN].numpy().astype(object)  # [n] bytes
+        out = self._run(examples)
+        ur = out[signatures.USER_REPRESENTATION]  # [n, d_ur]
+        ir = out[signatures.ITEM_REPRESENTATION]  # [n, d_ir]
+        cr = out[signatures.CROSS_REPRESENTATION]  # [n, d_cr]
         digests = [sample_digest(r) for r in records]
         for i in range(len(records)):
             t = int(timestamp[i])

@@ -13,15 +13,14 @@ import apache_beam as beam
 from tfx import v1 as tfx
 from tfx.types import artifact_utils, standard_artifacts
 
-from components import artifacts as A
-from components import representation_tables as beam_tables
+from common.representations import tables
+from components import artifacts, representation_tables
 from components.representation_extractor.beam_transforms import (
     CROSS_EVENTS,
     ITEM,
     USER,
     ExtractRepresentations,
 )
-from trainer.representations import tables as tables
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
 _InputArtifact = tfx.dsl.components.InputArtifact
@@ -51,7 +50,7 @@ def split_patterns(examples, splits: str) -> list[str]:
 def RepresentationExtractor(  # noqa: N802 (TFX component naming)
     examples: _InputArtifact[standard_artifacts.Examples],
     pushed_model: _InputArtifact[standard_artifacts.PushedModel],
-    representations: _OutputArtifact[A.Representations],
+    representations: _OutputArtifact[artifacts.Representations],
     splits: _Parameter[str] = "train,eval",
     max_batch_size: _Parameter[int] = 1024,
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
@@ -72,16 +71,16 @@ def RepresentationExtractor(  # noqa: N802 (TFX component naming)
                    | "Read" >> beam.io.ReadAllFromTFRecord(compression_type="gzip"))
         out = records | "Extract" >> ExtractRepresentations(
             model_dir, min_batch_size=min(64, max_batch_size), max_batch_size=max_batch_size)
-        for name, table in ((USER, A.USER_TABLE), (ITEM, A.ITEM_TABLE)):
-            _ = out[name] | f"Write[{table}]" >> beam_tables.WriteRepresentationTable(
-                os.path.join(root, table, A.TABLE_PREFIX), version)
+        for name, table in ((USER, artifacts.USER_TABLE), (ITEM, artifacts.ITEM_TABLE)):
+            _ = out[name] | f"Write[{table}]" >> representation_tables.WriteRepresentationTable(
+                os.path.join(root, table, artifacts.TABLE_PREFIX), version)
         _ = (
             out[CROSS_EVENTS]
             | "EncodeEvents" >> beam.Map(tables.encode_event_batch)
             | "WriteEvents" >> beam.io.WriteToTFRecord(
-                os.path.join(root, A.CROSS_EVENTS, A.TABLE_PREFIX),
+                os.path.join(root, artifacts.CROSS_EVENTS, artifacts.TABLE_PREFIX),
                 file_name_suffix=tables.FILE_SUFFIX, compression_type="gzip")
         )
-    for table in (A.USER_TABLE, A.ITEM_TABLE):
+    for table in (artifacts.USER_TABLE, artifacts.ITEM_TABLE):
         keys, *_ = tables.read_table(os.path.join(root, table, "*" + tables.FILE_SUFFIX))
         representations.set_int_custom_property(f"{table}_rows", int(len(keys)))

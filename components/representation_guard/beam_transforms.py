@@ -3,7 +3,7 @@
 ``ComputeTableStatistics`` reduces a representation table to one ``TableStatistics`` with
 ``beam.CombineGlobally`` over a CombineFn wrapping ``StatisticsAccumulator`` (single rows are
 buffered and folded in ``batch_size`` at a time; chunks are merged with Chan's update, see
-``trainer.representations.statistics``). ``GuardTable`` maps those statistics to a
+``common.representations.statistics``). ``GuardTable`` maps those statistics to a
 ``Verdict`` against the last published version, so a pipeline can branch on ``verdict.publish``.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from trainer.representations.statistics import (
+from common.representations.statistics import (
     GuardThresholds,
     StatisticsAccumulator,
     TableStatistics,

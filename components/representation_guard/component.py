@@ -1,34 +1,24 @@
-"""TFX component: RepresentationGuard (paper Sec. 4.3.2) and the published table layout.
+"""TFX component: RepresentationGuard (paper Sec. 4.3.2).
 
 Statistics of each new table (UR, IR, CR(u), CR(i)) are compared with those of the live
 published version (`judge`: rates of change and hard limits). Only when every table passes
-are the tables published; otherwise nothing changes and the previous version stays live.
-
-Published layout under `publish_root` (what the serving store bulk-loads):
-
-    <publish_root>/<model_version>/{user,item,cross_user,cross_item}/part-*.tfrecord.gz
-    <publish_root>/<model_version>/statistics.json     per-table TableStatistics
-    <publish_root>/LIVE                                 the live version (one line)
-
-A version directory is written under a temporary name and renamed when complete; `LIVE` is
-replaced atomically last, so a reader never sees a half-published version. The verdict, the
-reasons and the statistics are custom properties of the output artifact (ML Metadata) and
-`verdict.json` in it. With a `store_url`, a published version is then loaded into the
-serving store (`serving.store`, a snapshot of the previous tables taken first).
+are the tables published (`components.publishing`: the layout under `publish_root`, `LIVE`
+replaced last, and with a `store_url` the serving store loaded); otherwise nothing changes
+and the previous version stays live. With `publish_tables=0`, tables that pass are only
+marked `passed` and the embedding evaluator (`components.lee`) publishes them. The verdict,
+the reasons and the statistics are custom properties of the output artifact (ML Metadata) and
+`verdict.json` in it.
 """
 
 
 import json
 import os
-import shutil
 
 import apache_beam as beam
 from tfx import v1 as tfx
 
-from components import artifacts as A
-from components.representation_guard.beam_transforms import ComputeTableStatistics
-from trainer.representations import tables as tables
-from trainer.representations.statistics import (
+from common.representations import tables
+from common.representations.statistics import (
     STATUS_HELD,
     STATUS_PASSED,
     STATUS_PUBLISHED,
@@ -36,48 +26,26 @@ from trainer.representations.statistics import (
     TableStatistics,
     judge,
 )
+from components import artifacts
+from components.publishing import (
+    artifact_table_dirs,
+    live_statistics,
+    live_version,
+    load_into_store,
+    publish,
+)
+from components.representation_guard.beam_transforms import ComputeTableStatistics
 
 _OutputArtifact = tfx.dsl.components.OutputArtifact
 _InputArtifact = tfx.dsl.components.InputArtifact
 _Parameter = tfx.dsl.components.Parameter
 
-LIVE_FILE = "LIVE"
-STATISTICS_FILE = "statistics.json"
 VERDICT_FILE = "verdict.json"
-
-
-def live_version(publish_root: str) -> int | None:
-    """The live published version, None before the first publication."""
-    path = os.path.join(publish_root, LIVE_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return int(f.read().strip())
-
-
-def live_statistics(publish_root: str) -> dict[str, TableStatistics]:
-    """Per-table statistics of the live version ({} before the first publication)."""
-    version = live_version(publish_root)
-    if version is None:
-        return {}
-    with open(os.path.join(publish_root, str(version), STATISTICS_FILE)) as f:
-        return {name: TableStatistics.from_dict(d) for name, d in json.load(f).items()}
 
 
 def _decode_pairs(record: bytes):
     keys, matrix, _, _ = tables.decode_rows([record])
     return keys[0], matrix[0]
-
-
-def artifact_table_dirs(representations, cross_tables) -> dict[str, str]:
-    """The four tables of a candidate version in the extractor's and the aggregator's
-    artifacts (`{table: directory}`)."""
-    return {
-        A.USER_TABLE: os.path.join(representations.uri, A.USER_TABLE),
-        A.ITEM_TABLE: os.path.join(representations.uri, A.ITEM_TABLE),
-        A.CROSS_USER_TABLE: os.path.join(cross_tables.uri, A.CROSS_USER_TABLE),
-        A.CROSS_ITEM_TABLE: os.path.join(cross_tables.uri, A.CROSS_ITEM_TABLE),
-    }
 
 
 def table_statistics_beam(pipeline, table_dirs: dict[str, str], out_dir: str) -> dict:
@@ -100,26 +68,6 @@ def table_statistics_beam(pipeline, table_dirs: dict[str, str], out_dir: str) ->
         with open(os.path.join(out_dir, f"statistics-{name}.json")) as f:
             out[name] = TableStatistics.from_dict(json.loads(f.read()))
     return out
-
-
-def publish(publish_root: str, version: int, table_dirs: dict[str, str],
-            statistics: dict[str, TableStatistics]) -> str:
-    """Copies the tables to `<publish_root>/<version>/` and makes that version live."""
-    final = os.path.join(publish_root, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"version {version} is already published at {final}")
-    tmp = os.path.join(publish_root, f".tmp-{version}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name, directory in table_dirs.items():
-        shutil.copytree(directory, os.path.join(tmp, name))
-    with open(os.path.join(tmp, STATISTICS_FILE), "w") as f:
-        json.dump({name: s.to_dict() for name, s in statistics.items()}, f, indent=1)
-    os.rename(tmp, final)
-    live_tmp = os.path.join(publish_root, LIVE_FILE + ".tmp")
-    with open(live_tmp, "w") as f:
-        f.write(f"{version}\n")
-    os.replace(live_tmp, os.path.join(publish_root, LIVE_FILE))
-    return final
 
 
 def _record(result, verdict: dict) -> None:
@@ -181,32 +129,11 @@ def read_verdict(guard_result) -> dict:
         return json.load(f)
 
 
-def load_into_store(store_url: str, published_path: str, version: int) -> dict[str, int]:
-    """Loads a published version into the serving store (`serving.store`), replacing its
-    tables; a snapshot named `before-<version>` is taken first so the previous tables can be
-    restored with `rollback`. Returns the rows loaded per table."""
-    from serving.store import open_store
-
-    store = open_store(store_url)
-    try:
-        if any(store.count(table) for table in A.TABLES):
-            store.snapshot(f"before-{version}")
-        loaded = {}
-        for table in A.TABLES:
-            pattern = os.path.join(published_path, table, "*" + tables.FILE_SUFFIX)
-            # The guard above already judged these tables against the live version.
-            store.bulk_load(table, pattern, replace=True, guard=None)
-            loaded[table] = store.count(table)
-        return loaded
-    finally:
-        store.close()
-
-
 @tfx.dsl.components.component(use_beam=True)
 def RepresentationGuard(  # noqa: N802 (TFX component naming)
-    representations: _InputArtifact[A.Representations],
-    cross_tables: _InputArtifact[A.CrossRepresentationTables],
-    guard_result: _OutputArtifact[A.GuardResult],
+    representations: _InputArtifact[artifacts.Representations],
+    cross_tables: _InputArtifact[artifacts.CrossRepresentationTables],
+    guard_result: _OutputArtifact[artifacts.GuardResult],
     publish_root: _Parameter[str],
     thresholds_json: _Parameter[str] = "{}",
     store_url: _Parameter[str] = "",

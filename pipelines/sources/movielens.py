@@ -28,7 +28,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import subprocess
@@ -43,8 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.sources import common
-from trainer import console, features
+from common import cli, features
+from pipelines.sources.example_encoder import BytesColumn, Column, IntColumn
+from pipelines.sources.history import ragged_take, user_history
+from pipelines.sources.output_dir import prepare_out_dir, to_json, write_manifest
+from pipelines.sources.shards import write_examples
 
 PACKAGE = "recbole==1.2.1"
 WHEEL_NAME = "recbole-1.2.1-py3-none-any.whl"
@@ -165,7 +167,7 @@ def _encode(values: Sequence[str]) -> tuple[list[bytes], np.ndarray]:
     return [v.encode() for v in vocab], indices.astype(np.int64)
 
 
-def build(wheel: str | os.PathLike) -> tuple[dict[str, common.Column], dict[str, Any]]:
+def build(wheel: str | os.PathLike) -> tuple[dict[str, Column], dict[str, Any]]:
     """Reads the wheel's MovieLens-100K and maps it to the schema's columns.
 
     Returns:
@@ -208,29 +210,29 @@ def build(wheel: str | os.PathLike) -> tuple[dict[str, common.Column], dict[str,
     tag_vocab, tag_values = _encode([g for gs in genres for g in gs])
     tag_offsets = np.zeros(len(item_ids) + 1, np.int64)
     np.cumsum([len(g) for g in genres], out=tag_offsets[1:])
-    tags_offsets, tags = common.ragged_take(tag_offsets, tag_values, item)
+    tags_offsets, tags = ragged_take(tag_offsets, tag_values, item)
 
     label = rating >= 4
     is_ad = ad_item[item]
     conversion = is_ad & (rating == 5)
-    hist_offsets, hist = common.user_history(user, timestamp, item, label)
+    hist_offsets, hist = user_history(user, timestamp, item, label)
     item_vocab = [f"m{i}".encode() for i in item_ids]
-    columns: dict[str, common.Column] = {
-        features.USER_ID: common.BytesColumn([f"u{u}".encode() for u in user_ids], user),
-        features.ITEM_ID: common.BytesColumn(item_vocab, item),
-        features.DOMAIN: common.BytesColumn(
+    columns: dict[str, Column] = {
+        features.USER_ID: BytesColumn([f"u{u}".encode() for u in user_ids], user),
+        features.ITEM_ID: BytesColumn(item_vocab, item),
+        features.DOMAIN: BytesColumn(
             [features.DOMAIN_CONTENT, features.DOMAIN_AD], is_ad.astype(np.int64)),
-        features.SCENARIO: common.BytesColumn([SCENARIO], np.zeros(n, np.int64)),
-        features.TIMESTAMP: common.IntColumn(timestamp),
-        features.USER_AGE: common.IntColumn(user_age[user]),
-        features.USER_GENDER: common.BytesColumn(gender_vocab, user_gender[user]),
-        features.USER_GEO: common.BytesColumn(geo_vocab, user_geo[user]),
-        features.USER_HIST_ITEMS: common.BytesColumn(item_vocab, hist, hist_offsets),
-        features.ITEM_CATEGORY: common.BytesColumn(category_vocab, item_category[item]),
-        features.ITEM_TAGS: common.BytesColumn(tag_vocab, tags, tags_offsets),
-        features.ITEM_ADVERTISER: common.BytesColumn(advertiser_vocab, item_advertiser[item]),
-        features.LABEL: common.IntColumn(label.astype(np.int64)),
-        features.CONVERSION: common.IntColumn(conversion.astype(np.int64)),
+        features.SCENARIO: BytesColumn([SCENARIO], np.zeros(n, np.int64)),
+        features.TIMESTAMP: IntColumn(timestamp),
+        features.USER_AGE: IntColumn(user_age[user]),
+        features.USER_GENDER: BytesColumn(gender_vocab, user_gender[user]),
+        features.USER_GEO: BytesColumn(geo_vocab, user_geo[user]),
+        features.USER_HIST_ITEMS: BytesColumn(item_vocab, hist, hist_offsets),
+        features.ITEM_CATEGORY: BytesColumn(category_vocab, item_category[item]),
+        features.ITEM_TAGS: BytesColumn(tag_vocab, tags, tags_offsets),
+        features.ITEM_ADVERTISER: BytesColumn(advertiser_vocab, item_advertiser[item]),
+        features.LABEL: IntColumn(label.astype(np.int64)),
+        features.CONVERSION: IntColumn(conversion.astype(np.int64)),
     }
     facts = {
         "counts": {"content": int((~is_ad).sum()), "ad": int(is_ad.sum())},
@@ -273,7 +275,7 @@ def convert(
         out_dir: output directory; must be missing or empty unless ``overwrite``.
         cache: download cache (see ``cache_dir``).
         wheel: a local recbole wheel to read instead of fetching one.
-        num_shards: shards to write; default ``common.default_num_shards``.
+        num_shards: shards to write; default ``shards.default_num_shards``.
         workers: processes writing shards.
         overwrite: replace a previous run's files in ``out_dir``.
         progress: tqdm progress bar on stderr.
@@ -282,11 +284,11 @@ def convert(
         The manifest.
     """
     started = time.perf_counter()
-    out = common.prepare_out_dir(out_dir, overwrite)
+    out = prepare_out_dir(out_dir, overwrite)
     wheel_path = Path(wheel) if wheel is not None else fetch_wheel(cache)
     columns, facts = build(wheel_path)
     examples = len(columns[features.LABEL])
-    shards = common.write_examples(out, columns, num_shards, workers, progress)
+    shards = write_examples(out, columns, num_shards, workers, progress)
     seconds = time.perf_counter() - started
     manifest = {
         "source": "movielens-100k",
@@ -299,13 +301,13 @@ def convert(
         "seconds": round(seconds, 3),
         "examples_per_second": round(examples / seconds, 1),
     }
-    common.write_manifest(out, manifest)
+    write_manifest(out, manifest)
     return manifest
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; see the module docstring."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m pipelines.sources.movielens",
         description="Writes MovieLens-100K (from the recbole==1.2.1 wheel) as LFM4Ads shards.")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
@@ -313,25 +315,23 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"download cache (default ${CACHE_ENV} or {DEFAULT_CACHE})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a previous run's files in a non-empty --out")
-    parser.add_argument("--json", action="store_true",
-                        help="print the manifest as one JSON line at the end")
-    console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    console.setup(args.verbose)
-    try:
-        manifest = convert(args.out, cache=args.cache_dir, overwrite=args.overwrite)
-    except FileExistsError as e:
-        parser.error(str(e))
-    except DatasetFetchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    counts = manifest["counts"]
-    print(f"wrote {manifest['examples']} examples ({counts['content']} content, {counts['ad']} "
-          f"ad; {manifest['items']['ad']} of {sum(manifest['items'].values())} items are ads) to "
-          f"{args.out} in {len(manifest['shards'])} shards, {manifest['seconds']:.1f} s")
-    if args.json:
-        print(common.to_json(manifest))
-    return 0
+
+    def write() -> dict[str, Any]:
+        try:
+            return convert(args.out, cache=args.cache_dir, overwrite=args.overwrite)
+        except FileExistsError as e:
+            cli.fail(str(e))
+
+    def summary(manifest: dict[str, Any]) -> str:
+        counts, items = manifest["counts"], manifest["items"]
+        return (f"wrote {manifest['examples']} examples ({counts['content']} content, "
+                f"{counts['ad']} ad; {items['ad']} of {sum(items.values())} items are ads) to "
+                f"{args.out} in {len(manifest['shards'])} shards, {manifest['seconds']:.1f} s")
+
+    # a failed download is no input error: exit 1, with pip's own report
+    return cli.run(write, args, show=summary, exit_codes={DatasetFetchError: 1},
+                   to_json=to_json)
 
 
 if __name__ == "__main__":

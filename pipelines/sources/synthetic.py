@@ -64,7 +64,7 @@ has std ~1.2). At
 and the static score (k: 0.760 vs 0.738, drift: 0.799 vs 0.759, context: 0.824 vs 0.798), all
 three 0.10 (0.781 vs 0.681), while the oracle stays near two_tower's 0.805.
 
-Outputs in ``--out``: the shards (``common.write_examples``, timestamp order), ``oracle.npz``
+Outputs in ``--out``: the shards (``shards.write_examples``, timestamp order), ``oracle.npz``
 with one entry per record in record order (``timestamp`` int64, ``is_ad`` bool, ``item_id`` and
 ``user_id`` str, ``p_label`` float32 = the true probability, ``label`` int8, ``cold_start`` bool,
 ``feature_score`` float32 = the true logit without the individual user and item parts)
@@ -106,8 +106,11 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.sources import common
-from trainer import console, features
+from common import cli, features
+from pipelines.sources.example_encoder import BytesColumn, Column, IntColumn
+from pipelines.sources.history import ragged_take, user_history
+from pipelines.sources.output_dir import prepare_out_dir, to_json, write_manifest
+from pipelines.sources.shards import write_examples
 from trainer.evaluation import auc
 from trainer.oracle import ORACLE_FILE, USERS_FILE
 
@@ -212,7 +215,7 @@ def resolve_world(world: str | None = None,
 class Simulation:
     """One simulated data set: the columns to write, the oracle and facts for the manifest."""
 
-    columns: dict[str, common.Column]
+    columns: dict[str, Column]
     oracle: dict[str, np.ndarray]
     facts: dict[str, Any]
     users: dict[str, np.ndarray]  # per-user ground truth (users.npz)
@@ -418,28 +421,28 @@ def simulate(examples: int, seed: int = 0, days: int = 14, config: SimConfig | N
 
     # ---- columns of the schema.
     item_vocab = _vocab("c", n_content) + _vocab("a", n_ad)
-    hist_offsets, hist_items = common.user_history(user, t, item, label)
-    tags_offsets, tags = common.ragged_take(tag_offsets, tag_values, item)
+    hist_offsets, hist_items = user_history(user, t, item, label)
+    tags_offsets, tags = ragged_take(tag_offsets, tag_values, item)
     scenario_names = [name.encode() for name, _, _ in cfg.content_scenarios + cfg.ad_scenarios]
     timestamp = START_TIMESTAMP + t
-    columns: dict[str, common.Column] = {
-        features.USER_ID: common.BytesColumn(_vocab("u", n_users), user),
-        features.ITEM_ID: common.BytesColumn(item_vocab, item),
-        features.DOMAIN: common.BytesColumn(
+    columns: dict[str, Column] = {
+        features.USER_ID: BytesColumn(_vocab("u", n_users), user),
+        features.ITEM_ID: BytesColumn(item_vocab, item),
+        features.DOMAIN: BytesColumn(
             [features.DOMAIN_CONTENT, features.DOMAIN_AD], is_ad.astype(np.int64)),
-        features.SCENARIO: common.BytesColumn(scenario_names, scenario),
-        features.TIMESTAMP: common.IntColumn(timestamp),
-        features.USER_AGE: common.IntColumn(age[user]),
-        features.USER_GENDER: common.BytesColumn(list(GENDERS), gender[user]),
-        features.USER_GEO: common.BytesColumn(_vocab("geo", cfg.num_geos), geo[user]),
-        features.USER_HIST_ITEMS: common.BytesColumn(item_vocab, hist_items, hist_offsets),
-        features.ITEM_CATEGORY: common.BytesColumn(
+        features.SCENARIO: BytesColumn(scenario_names, scenario),
+        features.TIMESTAMP: IntColumn(timestamp),
+        features.USER_AGE: IntColumn(age[user]),
+        features.USER_GENDER: BytesColumn(list(GENDERS), gender[user]),
+        features.USER_GEO: BytesColumn(_vocab("geo", cfg.num_geos), geo[user]),
+        features.USER_HIST_ITEMS: BytesColumn(item_vocab, hist_items, hist_offsets),
+        features.ITEM_CATEGORY: BytesColumn(
             _vocab("cat", cfg.num_categories), category[item]),
-        features.ITEM_TAGS: common.BytesColumn(_vocab("tag", cfg.num_tags), tags, tags_offsets),
-        features.ITEM_ADVERTISER: common.BytesColumn(
+        features.ITEM_TAGS: BytesColumn(_vocab("tag", cfg.num_tags), tags, tags_offsets),
+        features.ITEM_ADVERTISER: BytesColumn(
             [b""] + _vocab("adv", cfg.num_advertisers), item_adv[item] + 1),
-        features.LABEL: common.IntColumn(label.astype(np.int64)),
-        features.CONVERSION: common.IntColumn(conversion.astype(np.int64)),
+        features.LABEL: IntColumn(label.astype(np.int64)),
+        features.CONVERSION: IntColumn(conversion.astype(np.int64)),
     }
     is_cold = cold[item]
     user_ids = np.char.add("u", np.arange(n_users).astype(str))  # the oracle's and users.npz's
@@ -567,7 +570,7 @@ def generate(
         seed: random seed; the same arguments give byte-identical files.
         days: days of data from 2026-01-01T00:00:00Z (> 0).
         config: the simulated world's parameters, or None for ``world``'s.
-        num_shards: shards to write; default ``common.default_num_shards(examples)``.
+        num_shards: shards to write; default ``shards.default_num_shards(examples)``.
         workers: processes writing shards (the output does not depend on it).
         overwrite: replace a previous run's files in ``out_dir``.
         progress: tqdm progress bar on stderr.
@@ -579,9 +582,9 @@ def generate(
     _check_args(examples, days)
     resolve_world(world, config)  # bad names fail before ``out_dir`` is touched
     started = time.perf_counter()
-    out = common.prepare_out_dir(out_dir, overwrite)
+    out = prepare_out_dir(out_dir, overwrite)
     sim = simulate(examples, seed, days, config, world)
-    shards = common.write_examples(out, sim.columns, num_shards, workers, progress)
+    shards = write_examples(out, sim.columns, num_shards, workers, progress)
     np.savez(out / ORACLE, **sim.oracle)
     np.savez(out / USERS_FILE, **sim.users)
     seconds = time.perf_counter() - started
@@ -598,7 +601,7 @@ def generate(
         "seconds": round(seconds, 3),
         "examples_per_second": round(examples / seconds, 1),
     }
-    common.write_manifest(out, manifest)
+    write_manifest(out, manifest)
     return manifest
 
 
@@ -614,7 +617,7 @@ def _positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; see the module docstring."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m pipelines.sources.synthetic",
         description="Writes a simulated content + ads data set with a known ground truth.")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
@@ -632,25 +635,36 @@ def main(argv: list[str] | None = None) -> int:
                              "docstring)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a previous run's files in a non-empty --out")
-    parser.add_argument("--json", action="store_true",
-                        help="print the manifest as one JSON line at the end")
-    console.add_verbose_flag(parser)
+    world_flags = cli.add_dataclass_flags(
+        parser, SimConfig, skip=("content_scenarios", "ad_scenarios"),
+        title="SimConfig fields (over --world's; defaults: two_tower's)")
     args = parser.parse_args(argv)
-    console.setup(args.verbose)
-    try:
-        manifest = generate(args.out, args.examples, seed=args.seed, days=args.days,
+    given = world_flags.given(args)  # a world of its own: the manifest names it "custom"
+    world = ({"config": world_flags.build(args, WORLDS[args.world])} if given
+             else {"world": args.world})
+
+    def write() -> dict[str, Any]:
+        try:
+            return generate(args.out, args.examples, seed=args.seed, days=args.days,
                             num_shards=args.shards, workers=args.workers,
-                            overwrite=args.overwrite, world=args.world)
-    except FileExistsError as e:
-        parser.error(str(e))
+                            overwrite=args.overwrite, **world)
+        except FileExistsError as e:
+            cli.fail(str(e))
+
+    return cli.run(write, args, show=lambda manifest: _summary(manifest, args.out),
+                   to_json=to_json)
+
+
+def _summary(manifest: dict[str, Any], out: Path) -> str:
+    """The two lines the command prints."""
     counts = manifest["counts"]
 
     def fmt(value: float | None) -> str:  # None: a slice with one class (AUC undefined)
         return "n/a" if value is None else f"{value:.4f}"
 
-    print(
+    return (
         f"wrote {manifest['examples']} examples ({counts['content']} content, {counts['ad']} ad)"
-        f" of world {manifest['world']} to {args.out} in {len(manifest['shards'])} shards, "
+        f" of world {manifest['world']} to {out} in {len(manifest['shards'])} shards, "
         f"{manifest['seconds']:.1f} s "
         f"({manifest['examples_per_second']:.0f} examples/s)\n"
         f"label rate content {manifest['label_rate']['content']:.3f}, "
@@ -659,9 +673,6 @@ def main(argv: list[str] | None = None) -> int:
         f"cold-start ad {fmt(manifest['oracle_auc_cold_start'])}; static single-vector AUC "
         f"content {fmt(manifest['static_auc_content'])}, ad {fmt(manifest['static_auc_ad'])}"
     )
-    if args.json:
-        print(common.to_json(manifest))
-    return 0
 
 
 if __name__ == "__main__":

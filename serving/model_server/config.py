@@ -29,8 +29,8 @@ from google.protobuf import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from common import console
 from serving.model_server.errors import invalid_argument
-from trainer import console
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 DEFAULT_GRPC_MAX_QUEUED_REQUESTS = 256
@@ -347,7 +347,7 @@ def _flag_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{name}", type=str, default=default)
     for name, default in bools.items():
         parser.add_argument(f"--{name}", type=_bool, nargs="?", const=True, default=default)
-    console.add_verbose_flag(parser)  # the libraries' log lines (trainer.console)
+    console.add_verbose_flag(parser)  # the libraries' log lines (common.console)
     return parser
 
 

@@ -32,6 +32,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from common import console
 from serving.model_server.config import (
     BatchingParameters,
     MonitoringConfig,
@@ -46,7 +47,6 @@ from serving.model_server.grpc_service import start_grpc_server
 from serving.model_server.manager import VersionStatus
 from serving.model_server.metrics import ServingMetrics
 from serving.model_server.rest import RestServer
-from trainer import console
 
 __all__ = ["ModelServer", "main"]
 

@@ -3,7 +3,7 @@
 LFM4Ads (arXiv 2508.14948) serves its upstream representations from storage (Fig. 4): for a
 request (u, i) the downstream model reads UR(u), IR(i), CR(u), CR(i); the new UR(u), IR(i)
 replace the stored ones, and the new CR(u,i) is folded into CR(u) and CR(i) with the
-time-aware EMA of Eq. 1-2 (``trainer/representations/ema.py``):
+time-aware EMA of Eq. 1-2 (``common/representations/ema.py``):
 
     CR(k) <- beta(t - updated_at(k)) * CR(k) + (1 - beta(t - updated_at(k))) * CR(u,i)
 
@@ -14,7 +14,7 @@ when they arrive in different ``update_cross`` calls. An event older than its ke
 late events, so the store then holds exactly the tables of ``aggregate_sequential``).
 
 Sec. 4.3.2: a guard compares the statistics of a table before and after a bulk write
-(``trainer/representations/statistics.py``: mean, variance, L1 norm, max |x|) and
+(``common/representations/statistics.py``: mean, variance, L1 norm, max |x|) and
 refuses the write when a rate of change passes its threshold; named snapshots (e.g. daily)
 allow a roll back to the last normal one.
 
@@ -45,6 +45,7 @@ Example::
     store.snapshot("2025-01-01"); ...; store.rollback("2025-01-01")
 """
 
+from common.representations.statistics import GuardThresholds, TableStatistics, Verdict
 from serving.store.backend import Backend, NewRows, OldRows, SnapshotInfo
 from serving.store.codec import CR_ITEM, CR_USER, CROSS_TABLES, IR, TABLES, UR
 from serving.store.core import (
@@ -63,7 +64,6 @@ from serving.store.errors import (
     SnapshotNotFoundError,
     StoreError,
 )
-from trainer.representations.statistics import GuardThresholds, TableStatistics, Verdict
 
 __all__ = [
     "CROSS_TABLES", "CR_ITEM", "CR_USER", "DEFAULT_GUARD", "IR", "TABLES", "UR",

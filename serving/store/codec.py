@@ -1,6 +1,6 @@
 """Table names, the packed row of every back-end, and the checks of the store's inputs.
 
-Tables (names as in the published layout, ``trainer/representations/tables.py``): ``user``
+Tables (names as in the published layout, ``common/representations/tables.py``): ``user``
 (UR), ``item`` (IR), ``cross_user`` (CR(u)), ``cross_item`` (CR(i)). A row is key (bytes; str
 is UTF-8 encoded) -> representation float32 [d] (d recorded on the table's first write and
 checked after), ``updated_at`` (int seconds) and ``model_version`` (int).
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from common.representations import tables
 from serving.store.errors import StoreError
-from trainer.representations import tables
 
 UR = tables.USER_TABLE
 IR = tables.ITEM_TABLE

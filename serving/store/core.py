@@ -4,7 +4,7 @@ The store checks every input, computes every row value (``codec``, ``cross``) an
 back-end atomic reads and read-modify-writes (``backend.Backend``); bad input is refused before
 anything is written, and a write that fails (guard, dimension, conflict) leaves the store
 unchanged. The guard (paper Sec. 4.3.2) compares the statistics of a table before and after a
-bulk write (``trainer/representations/statistics.py``) and refuses the write when a rate of
+bulk write (``common/representations/statistics.py``) and refuses the write when a rate of
 change passes its threshold.
 """
 
@@ -17,6 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from common.representations import cr_folding
+from common.representations.ema import DEFAULT_HALF_LIFE_SECONDS, Beta, half_life_decay
+from common.representations.statistics import (
+    GuardThresholds,
+    TableStatistics,
+    Verdict,
+    judge,
+    table_statistics,
+)
 from serving.store.backend import Backend, NewRows, OldRows, SnapshotInfo
 from serving.store.codec import (
     CR_ITEM,
@@ -35,15 +44,6 @@ from serving.store.codec import (
 from serving.store.cross import fold_cross, tie_groups
 from serving.store.errors import DimensionError, GuardRefusedError
 from serving.store.sqlite_backend import SqliteBackend
-from trainer.representations import cr_domains as CD
-from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS, Beta, half_life_decay
-from trainer.representations.statistics import (
-    GuardThresholds,
-    TableStatistics,
-    Verdict,
-    judge,
-    table_statistics,
-)
 
 DEFAULT_GUARD = GuardThresholds()
 
@@ -229,7 +229,7 @@ class RepresentationStore:
         timestamps: Any,
         model_version: int = 0,
         domains: Sequence[bytes | str] | None = None,
-        cr_domains: str = CD.DEFAULT,
+        cr_domains: str = cr_folding.DEFAULT,
     ) -> CrossUpdate:
         """Folds CR(u,i) events into CR(u) and CR(i) (Eq. 1-2, tie rule), atomically per key.
 
@@ -243,7 +243,7 @@ class RepresentationStore:
             when a user meets an ad, paper Sec. 4.3.1; ``"all"``: every event), the others
             are counted in ``not_folded``. Without them every given event folds (the caller
             selected them).
-          cr_domains: ``trainer.representations.cr_domains.CHOICES``.
+          cr_domains: ``common.representations.cr_folding.CHOICES``.
 
         Returns:
           CrossUpdate; late events (older than their key's updated_at) are skipped and counted.
@@ -257,14 +257,14 @@ class RepresentationStore:
         x = check_matrix("cr", cr, n).astype(np.float64)  # [n, d]
         t = check_ints("timestamps", timestamps, n, scalar_ok=False)  # [n]
         version = int(check_ints("model_version", model_version, 1, scalar_ok=True)[0])
-        CD.check(cr_domains)
+        cr_folding.check(cr_domains)
         not_folded = 0
         if domains is not None:
             values = check_keys("domains", domains)
             if len(values) != n:
                 raise ValueError(f"domains has {len(values)} values, user_ids has {n}: one per "
                                  "event")
-            fold = CD.fold_mask(np.array(values, dtype=object), cr_domains)  # [n]
+            fold = cr_folding.fold_mask(np.array(values, dtype=object), cr_domains)  # [n]
             not_folded = int(n - fold.sum())
             if not_folded:
                 rows = np.flatnonzero(fold)
@@ -298,13 +298,13 @@ class RepresentationStore:
         replace: bool = True,
         guard: GuardThresholds | None = DEFAULT_GUARD,
     ) -> PutResult:
-        """Loads a published table (``trainer/representations/tables.py`` TFRecords).
+        """Loads a published table (``common/representations/tables.py`` TFRecords).
 
         ``pattern`` globs the gzip TFRecord files (e.g. ``<root>/<version>/user/part-*``);
         each row keeps its ``updated_at`` and ``model_version``. Guarded by default (see
         ``put``); imports TensorFlow to read the files.
         """
-        from trainer.representations.tables import read_table
+        from common.representations.tables import read_table
 
         keys, matrix, updated_at, versions = read_table(pattern)
         return self.put(check_table(table), keys, matrix, updated_at, versions,

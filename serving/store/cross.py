@@ -2,7 +2,7 @@
 
     CR(k) <- beta(t - updated_at(k)) * CR(k) + (1 - beta(t - updated_at(k))) * CR(u,i)
 
-with the same semantics as ``ema.aggregate_sequential`` (``trainer/representations/ema.py``):
+with the same semantics as ``ema.aggregate_sequential`` (``common/representations/ema.py``):
 the first event of a key initialises it, and the events of one key in one second are averaged
 and applied once (TIE RULE), also when they arrive in different ``update_cross`` calls. An
 event older than its key's ``updated_at`` is LATE: it is skipped and counted.
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.representations.ema import Beta, evaluate_beta
 from serving.store.codec import decode_rows, encode_rows, row_dtype
-from trainer.representations.ema import Beta, evaluate_beta
 
 
 def _beta_at(beta: Beta, dt: int) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainer.representations.statistics import Verdict
+from common.representations.statistics import Verdict
 
 
 class StoreError(Exception):

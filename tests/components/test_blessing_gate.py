@@ -9,10 +9,9 @@ import pytest
 import tensorflow as tf
 from tfx.types import artifact_utils, standard_artifacts
 
-from components import blessing_gate as G
-from trainer import features as F
-from trainer import paired_comparison as PC
-from trainer import signatures as S
+from common import features, signatures
+from components import blessing_gate
+from trainer import paired_comparison
 
 ROWS, USERS = 3000, 400
 
@@ -32,15 +31,18 @@ def _scores(seed=0):
 
 
 def test_the_policy_per_comparison():
-    assert [G.objection(G.VS_NONE, v) for v in (*PC.VERDICTS, None)] == [
-        None, "worse than the ranker without representations: not pushed", None, None]
-    assert [G.objection(G.VS_LAST_BLESSED, v) for v in (*PC.VERDICTS, None)] == [
+    assert [
+        blessing_gate.objection(blessing_gate.VS_NONE, v)
+        for v in (*paired_comparison.VERDICTS, None)
+    ] == [None, "worse than the ranker without representations: not pushed", None, None]
+    assert [blessing_gate.objection(blessing_gate.VS_LAST_BLESSED, v)
+            for v in (*paired_comparison.VERDICTS, None)] == [
         None, "worse than the last blessed ranker: not pushed",
         "not shown better than the last blessed ranker: the live ranker stays", None]
     with pytest.raises(ValueError, match="unknown baseline 'vs_other'"):
-        G.objection("vs_other", PC.BETTER)
+        blessing_gate.objection("vs_other", paired_comparison.BETTER)
     with pytest.raises(ValueError, match="unknown verdict 'fine'"):
-        G.objection(G.VS_NONE, "fine")
+        blessing_gate.objection(blessing_gate.VS_NONE, "fine")
 
 
 @pytest.mark.parametrize("candidate, none, last, blessed, why", [
@@ -56,36 +58,39 @@ def test_the_policy_per_comparison():
 ])
 def test_judge_per_verdict(candidate, none, last, blessed, why):
     users, labels, scores = _scores()
-    out = G.judge(users, labels, scores[candidate],
-                  {G.VS_NONE: scores[none], G.VS_LAST_BLESSED: None if last is None
+    out = blessing_gate.judge(users, labels, scores[candidate],
+                  {blessing_gate.VS_NONE: scores[none], blessing_gate.VS_LAST_BLESSED: None
+                   if last is None
                    else scores[last]}, resamples=300)
     assert out["blessed"] == blessed, out
-    assert set(out["comparisons"]) == ({G.VS_NONE} if last is None
-                                       else {G.VS_NONE, G.VS_LAST_BLESSED})
+    assert set(out["comparisons"]) == ({blessing_gate.VS_NONE} if last is None
+                                       else {blessing_gate.VS_NONE, blessing_gate.VS_LAST_BLESSED})
     if why is None:
         assert out["reasons"] == []
     else:
         assert len(out["reasons"]) == 1 and why in out["reasons"][0]
-    expected = {"good": {"poor": PC.BETTER, "twin": PC.INCONCLUSIVE},
-                "poor": {"good": PC.WORSE, "poor": PC.INCONCLUSIVE}}[candidate]
-    assert out["comparisons"][G.VS_NONE]["verdict"] == expected[none]
+    expected = {"good": {"poor": paired_comparison.BETTER, "twin": paired_comparison.INCONCLUSIVE},
+                "poor": {"good": paired_comparison.WORSE,
+                         "poor": paired_comparison.INCONCLUSIVE}}[candidate]
+    assert out["comparisons"][blessing_gate.VS_NONE]["verdict"] == expected[none]
 
 
 def test_tolerance_and_too_few_clicks():
     users, labels, scores = _scores()
-    lenient = G.judge(users, labels, scores["poor"], {G.VS_NONE: scores["good"]},
+    lenient = blessing_gate.judge(users, labels, scores["poor"],
+                                  {blessing_gate.VS_NONE: scores["good"]},
                       tolerance=0.5, resamples=300)
-    assert lenient["blessed"] and lenient["comparisons"][G.VS_NONE]["verdict"] == \
-        PC.INCONCLUSIVE
+    assert lenient["blessed"] and lenient["comparisons"][blessing_gate.VS_NONE]["verdict"] == \
+        paired_comparison.INCONCLUSIVE
     few = np.zeros(ROWS, np.int64)
     few[:5] = 1
-    first = G.judge(users, few, scores["good"], {G.VS_NONE: scores["poor"],
-                                                 G.VS_LAST_BLESSED: None})
+    first = blessing_gate.judge(users, few, scores["good"], {blessing_gate.VS_NONE: scores["poor"],
+                                                 blessing_gate.VS_LAST_BLESSED: None})
     assert first["blessed"]  # nothing measured, nothing live: pushed
-    later = G.judge(users, few, scores["good"], {G.VS_NONE: scores["poor"],
-                                                 G.VS_LAST_BLESSED: scores["poor"]})
+    later = blessing_gate.judge(users, few, scores["good"], {blessing_gate.VS_NONE: scores["poor"],
+                                                 blessing_gate.VS_LAST_BLESSED: scores["poor"]})
     assert not later["blessed"] and "the live ranker stays" in later["reasons"][0]
-    assert PC.describe(later["comparisons"][G.VS_LAST_BLESSED]) == (
+    assert paired_comparison.describe(later["comparisons"][blessing_gate.VS_LAST_BLESSED]) == (
         "inconclusive: 5 test clicks, too few to compare AUCs (at least 20 needed)")
 
 
@@ -100,7 +105,7 @@ class _Scorer(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def serve(self, examples):
         x = tf.io.parse_example(examples, {self._feature: tf.io.FixedLenFeature([1], tf.float32)})
-        return {S.DOWNSTREAM_PREDICTION: tf.sigmoid(x[self._feature])}
+        return {signatures.DOWNSTREAM_PREDICTION: tf.sigmoid(x[self._feature])}
 
 
 def _model(root, name: str, feature: str, artifact_id: int):
@@ -109,7 +114,7 @@ def _model(root, name: str, feature: str, artifact_id: int):
     model.id = artifact_id
     scorer = _Scorer(feature)
     tf.saved_model.save(scorer, os.path.join(model.uri, "Format-Serving"),
-                        signatures={S.SERVING_DEFAULT: scorer.serve})
+                        signatures={signatures.SERVING_DEFAULT: scorer.serve})
     return model
 
 
@@ -124,9 +129,9 @@ def artifacts(tmp_path_factory):
     with tf.io.TFRecordWriter(os.path.join(examples.uri, "Split-eval", "data.tfrecord.gz"),
                               "GZIP") as writer:
         for r in range(ROWS):
-            feature = {F.USER_ID: tf.train.Feature(bytes_list=tf.train.BytesList(
+            feature = {features.USER_ID: tf.train.Feature(bytes_list=tf.train.BytesList(
                            value=[b"u%d" % users[r]])),
-                       F.LABEL: tf.train.Feature(int64_list=tf.train.Int64List(
+                       features.LABEL: tf.train.Feature(int64_list=tf.train.Int64List(
                            value=[labels[r]]))}
             for name, s in scores.items():
                 feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[s[r]]))
@@ -142,7 +147,7 @@ def _run_gate(root, examples, candidate, baseline, last=None, name="blessing", *
     inputs = {"model": [candidate], "examples": [examples], "baseline_model": [baseline]}
     if last is not None:
         inputs["last_blessed_model"] = [last]
-    G.BlessingGate.EXECUTOR_SPEC.executor_class().Do(inputs, {"blessing": [blessing]},
+    blessing_gate.BlessingGate.EXECUTOR_SPEC.executor_class().Do(inputs, {"blessing": [blessing]},
                                                      {"resamples": 300, **params})
     return blessing
 
@@ -154,10 +159,10 @@ def test_the_component_scores_the_eval_split_with_each_saved_model(artifacts):
     assert first.get_int_custom_property("current_model_id") == models["good"].id
     assert first.get_string_custom_property("current_model") == models["good"].uri
     assert first.get_int_custom_property("last_blessed_model_id") == 0
-    assert first.get_string_custom_property("vs_none_comparison") == PC.BETTER
+    assert first.get_string_custom_property("vs_none_comparison") == paired_comparison.BETTER
     assert not first.has_custom_property("vs_last_blessed_comparison")
     # The served predictions are sigmoids of the features: the AUCs are the features' AUCs.
-    expected = PC.paired_comparison(users, labels, scores["good"], scores["poor"],
+    expected = paired_comparison.paired_comparison(users, labels, scores["good"], scores["poor"],
                                     resamples=300)
     assert first.get_float_custom_property("vs_none_delta") == pytest.approx(expected.delta,
                                                                            abs=1e-5)
@@ -167,19 +172,25 @@ def test_the_component_scores_the_eval_split_with_each_saved_model(artifacts):
             first.get_int_custom_property("eval_clicks"),
             first.get_int_custom_property("eval_users")) == (ROWS, labels.sum(),
                                                              len(set(users)))
-    assert os.path.exists(os.path.join(first.uri, G.BLESSED_FILE))
-    with open(os.path.join(first.uri, G.COMPARISONS_FILE)) as f:
-        assert json.load(f)["comparisons"][G.VS_NONE]["verdict"] == PC.BETTER
+    assert os.path.exists(os.path.join(first.uri, blessing_gate.BLESSED_FILE))
+    with open(os.path.join(first.uri, blessing_gate.COMPARISONS_FILE)) as f:
+        assert (
+            json.load(f)["comparisons"][blessing_gate.VS_NONE]["verdict"]
+            == paired_comparison.BETTER
+        )
     # A ranker is live now ("twin", as good as the candidate): inconclusive keeps it.
     later = _run_gate(root, examples, models["good"], models["poor"], models["twin"],
                       name="later")
     assert later.get_int_custom_property("blessed") == 0
     assert later.get_int_custom_property("last_blessed_model_id") == models["twin"].id
-    assert later.get_string_custom_property("vs_last_blessed_comparison") == PC.INCONCLUSIVE
+    assert (
+        later.get_string_custom_property("vs_last_blessed_comparison")
+        == paired_comparison.INCONCLUSIVE
+    )
     assert later.get_float_custom_property("vs_last_blessed_detectable_effect") > abs(
         later.get_float_custom_property("vs_last_blessed_delta"))
     assert "the live ranker stays" in json.loads(later.get_string_custom_property("reasons"))[0]
-    assert os.path.exists(os.path.join(later.uri, G.NOT_BLESSED_FILE))
+    assert os.path.exists(os.path.join(later.uri, blessing_gate.NOT_BLESSED_FILE))
 
 
 def test_an_empty_eval_split_is_named(artifacts, tmp_path):

@@ -2,22 +2,20 @@
 
 import hashlib
 import os
+import shutil
 
 import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import artifacts as A
-from components.representation_guard.component import (
-    LIVE_FILE,
-    guard_and_publish,
-    live_statistics,
-    live_version,
-    verdict_statistics,
-)
-from trainer.representations import tables as tables
-from trainer.representations.statistics import GuardThresholds
+from common.representations import tables
+from common.representations.statistics import GuardThresholds
+from components import artifacts
+from components.publishing import LIVE_FILE, live_statistics, live_version
+from components.representation_guard.component import guard_and_publish, verdict_statistics
+
+pytestmark = pytest.mark.slow  # every test runs the guard's Beam pipeline (2-4 s each)
 
 
 def _write_tables(root, matrices: dict[str, np.ndarray], version: int) -> dict[str, str]:
@@ -37,7 +35,7 @@ def _write_tables(root, matrices: dict[str, np.ndarray], version: int) -> dict[s
 
 def _tables(seed: int, rows: int = 200, d: int = 8) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {name: rng.normal(size=(rows, d)).astype(np.float32) for name in A.TABLES}
+    return {name: rng.normal(size=(rows, d)).astype(np.float32) for name in artifacts.TABLES}
 
 
 def _tree_digest(root: str) -> str:
@@ -59,18 +57,28 @@ def _guard(tmp_path, name, matrices, version, publish_root):
                              beam.Pipeline(), str(work))
 
 
-@pytest.fixture()
-def published(tmp_path):
+@pytest.fixture(scope="module")
+def first_publication(tmp_path_factory):
+    """Version 1 guarded and published once for the module; each test gets its own copy."""
+    tmp_path = tmp_path_factory.mktemp("first_publication")
     publish_root = tmp_path / "published"
     verdict = _guard(tmp_path, "v1", _tables(0), 1, publish_root)
     assert verdict["status"] == "published", verdict["reasons"]
     return publish_root
 
 
+@pytest.fixture()
+def published(tmp_path, first_publication):
+    """A publish root of the test's own with version 1 live."""
+    publish_root = tmp_path / "published"
+    shutil.copytree(first_publication, publish_root)
+    return publish_root
+
+
 def test_first_version_is_published(published):
     assert live_version(str(published)) == 1
     stats = live_statistics(str(published))
-    assert set(stats) == set(A.TABLES) and stats["user"].rows == 200
+    assert set(stats) == set(artifacts.TABLES) and stats["user"].rows == 200
     keys, matrix, _, versions = tables.read_table(
         str(published / "1" / "user" / ("*" + tables.FILE_SUFFIX)))
     assert len(keys) == 200 and set(versions.tolist()) == {1}
@@ -140,4 +148,4 @@ def test_passed_tables_are_left_for_the_evaluator_to_publish(tmp_path, published
     assert verdict["status"] == "passed" and verdict["published_path"] is None
     assert _tree_digest(str(published)) == before and live_version(str(published)) == 1
     stats = verdict_statistics(verdict)
-    assert set(stats) == set(A.TABLES) and stats["user"].rows == 200
+    assert set(stats) == set(artifacts.TABLES) and stats["user"].rows == 200

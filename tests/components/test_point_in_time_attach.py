@@ -9,12 +9,11 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, is_empty
 
+from common.representations import cr_folding, ema
 from components.cr_aggregation.beam_transforms import (
     AggregateWithPointInTime,
     AttachPointInTimeCrossRepresentations,
 )
-from trainer.representations import cr_domains as CD
-from trainer.representations import ema
 
 HALF_LIFE = 50.0
 
@@ -28,8 +27,9 @@ def _example(user: bytes, item: bytes, ts: int, tag: int) -> bytes:
     })).SerializeToString()
 
 
-@pytest.mark.parametrize("cr_domains", CD.CHOICES)
+@pytest.mark.parametrize("cr_domains", cr_folding.CHOICES)
 @pytest.mark.parametrize("transform", ["attach", "with_aggregate"])
+@pytest.mark.slow
 def test_each_row_sees_only_earlier_events(transform, cr_domains):
     """Every row (content rows too) gets the state of the earlier events that fold under
     `cr_domains`: under "ad", content events leave CR(u), CR(i) untouched."""
@@ -40,7 +40,7 @@ def test_each_row_sees_only_earlier_events(transform, cr_domains):
     ts = rng.integers(0, 200, n).astype(np.int64)  # many ties
     crs = rng.normal(size=(n, d)).astype(np.float32)
     domains = np.where(rng.random(n) < 0.4, b"ad", b"content").astype(object)
-    fold = CD.fold_mask(domains, cr_domains)  # [n] the events that fold
+    fold = cr_folding.fold_mask(domains, cr_domains)  # [n] the events that fold
     events = [{"user_id": users[s:s + 64], "item_id": items[s:s + 64],
                "timestamp": ts[s:s + 64], "domain": domains[s:s + 64],
                "cross_representation": crs[s:s + 64]}

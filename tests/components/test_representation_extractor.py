@@ -12,16 +12,15 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
-from components import representation_tables as beam_tables
+from common import features, signatures
+from common.representations import tables
+from components import representation_tables
 from components.representation_extractor import ExtractRepresentations
 from pipelines.sources import synthetic
-from trainer import features as F
-from trainer import input as data_input
-from trainer import signatures as S
+from trainer import data_input
 from trainer.config import ModelConfig
 from trainer.export import export_saved_model
 from trainer.model import LFM4AdsModel
-from trainer.representations import tables as T
 
 SMALL = dict(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(32, 16), tower_hidden=(16,),
              representation_dim=8, embedding_dim=4)
@@ -31,11 +30,11 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 def _with_timestamp(record: bytes, t: int, features_of: bytes | None = None) -> bytes:
     """`record` at timestamp `t`; with the user features but user_id of `features_of` if given."""
     example = tf.train.Example.FromString(record)
-    example.features.feature[F.TIMESTAMP].int64_list.value[:] = [t]
+    example.features.feature[features.TIMESTAMP].int64_list.value[:] = [t]
     if features_of is not None:
         other = tf.train.Example.FromString(features_of).features.feature
-        for name in F.USER_FEATURES:
-            if name != F.USER_ID:
+        for name in features.USER_FEATURES:
+            if name != features.USER_ID:
                 example.features.feature[name].CopyFrom(other[name])
     return example.SerializeToString()
 
@@ -51,19 +50,19 @@ def setup(tmp_path_factory):
     # user features (so their URs differ), and add a byte-identical duplicate sample.
     by_user: dict[bytes, list[int]] = {}
     for i, r in enumerate(records):
-        uid = tf.train.Example.FromString(r).features.feature[F.USER_ID].bytes_list.value[0]
+        uid = tf.train.Example.FromString(r).features.feature[features.USER_ID].bytes_list.value[0]
         by_user.setdefault(uid, []).append(i)
     tied = [rows for rows in by_user.values() if len(rows) >= 2][:5]
     assert tied, "synthetic data has no user with two samples"
     for rows in tied:
-        t = max(tf.train.Example.FromString(records[i]).features.feature[F.TIMESTAMP]
+        t = max(tf.train.Example.FromString(records[i]).features.feature[features.TIMESTAMP]
                 .int64_list.value[0] for i in rows)
         records[rows[0]] = _with_timestamp(records[rows[0]], t)
         donor = next(r for i, r in enumerate(records) if i not in rows)
         records[rows[1]] = _with_timestamp(records[rows[1]], t, features_of=donor)
     records.append(records[tied[0][0]])
     model = LFM4AdsModel(ModelConfig(**SMALL))
-    model(F.parse_examples(tf.constant(records[:2])))
+    model(features.parse_examples(tf.constant(records[:2])))
     base = str(tmp_path_factory.mktemp("export") / "lfm4ads")
     path = export_saved_model(model, base, warmup_examples=records[:2], version=3)
     return path, records, tf.saved_model.load(path)
@@ -71,10 +70,11 @@ def setup(tmp_path_factory):
 
 def _ids(records, with_domain=False):
     parsed = tf.io.parse_example(
-        tf.constant(records), F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP, F.DOMAIN)))
-    ids = (parsed[F.USER_ID].numpy().tolist(), parsed[F.ITEM_ID].numpy().tolist(),
-           parsed[F.TIMESTAMP].numpy().tolist())
-    return ids + (parsed[F.DOMAIN].numpy().tolist(),) if with_domain else ids
+        tf.constant(records), features.feature_spec((features.USER_ID, features.ITEM_ID,
+                                                     features.TIMESTAMP, features.DOMAIN)))
+    ids = (parsed[features.USER_ID].numpy().tolist(), parsed[features.ITEM_ID].numpy().tolist(),
+           parsed[features.TIMESTAMP].numpy().tolist())
+    return ids + (parsed[features.DOMAIN].numpy().tolist(),) if with_domain else ids
 
 
 def _naive_latest(records, keys, timestamps, loaded, signature):
@@ -125,7 +125,7 @@ def _matches_cross(expected_rows, d_cr, max_batch):
             rows += zip(b["user_id"].tolist(), b["item_id"].tolist(), b["timestamp"].tolist(),
                         b["domain"].tolist(), b["cross_representation"], strict=True)
             # The stream survives its file format, the domain included.
-            decoded = T.decode_event_batch(T.encode_event_batch(b))
+            decoded = tables.decode_event_batch(tables.encode_event_batch(b))
             if set(decoded) != set(b) or any(
                     not np.array_equal(decoded[k], b[k]) for k in b):
                 raise BeamAssertException("the event batch changed in its file format")
@@ -139,17 +139,19 @@ def _matches_cross(expected_rows, d_cr, max_batch):
     return check
 
 
+@pytest.mark.slow  # a model export, then Beam: ~30 s with the tie-rule test
 @pytest.mark.parametrize("shuffle_seed", [None, 5])
 def test_extract_matches_signatures(setup, shuffle_seed):
     path, records, loaded = setup
     users, items, ts = _ids(records)
-    exp_user = _naive_latest(records, users, ts, loaded, S.USER_REPRESENTATION)
-    exp_item = _naive_latest(records, items, ts, loaded, S.ITEM_REPRESENTATION)
+    exp_user = _naive_latest(records, users, ts, loaded, signatures.USER_REPRESENTATION)
+    exp_item = _naive_latest(records, items, ts, loaded, signatures.ITEM_REPRESENTATION)
     assert len(exp_user) < len(records)  # some users have several samples: "latest" matters
-    cr = loaded.signatures[S.CROSS_REPRESENTATION](examples=tf.constant(records))
-    cr = cr[S.CROSS_REPRESENTATION].numpy()  # [n, d_cr]
+    cr = loaded.signatures[signatures.CROSS_REPRESENTATION](examples=tf.constant(records))
+    cr = cr[signatures.CROSS_REPRESENTATION].numpy()  # [n, d_cr]
     domains = _ids(records, with_domain=True)[3]
-    assert set(domains) == {F.DOMAIN_AD, F.DOMAIN_CONTENT}  # every request has an event
+    assert set(domains) == {features.DOMAIN_AD,
+                            features.DOMAIN_CONTENT}  # every request has an event
     exp_cross = list(zip(users, items, ts, domains, cr, strict=True))
     inputs = list(records)
     if shuffle_seed is not None:
@@ -163,6 +165,7 @@ def test_extract_matches_signatures(setup, shuffle_seed):
                     label="cross")
 
 
+@pytest.mark.slow
 def test_tie_rule_is_order_independent(setup):
     """Users whose two latest samples share a timestamp: the larger digest wins, whatever the
     order, and never the other sample (its vector differs)."""
@@ -181,8 +184,10 @@ def test_tie_rule_is_order_independent(setup):
     for (u, _t), rs in tied.items():
         winner = max(rs, key=lambda r: hashlib.blake2b(r, digest_size=16).digest())
         losers = [r for r in rs if r != winner]
-        vecs = loaded.signatures[S.USER_REPRESENTATION](examples=tf.constant([winner] + losers))
-        vecs = vecs[S.USER_REPRESENTATION].numpy()  # [1 + losers, d]
+        vecs = loaded.signatures[signatures.USER_REPRESENTATION](
+            examples=tf.constant([winner] + losers)
+        )
+        vecs = vecs[signatures.USER_REPRESENTATION].numpy()  # [1 + losers, d]
         assert not np.allclose(vecs[0], vecs[1:], **TOL)  # the rule is observable
         expected[u] = vecs[0]
 
@@ -216,54 +221,13 @@ def test_table_round_trip(tmp_path):
             for i in range(50)]
     prefix = os.path.join(str(tmp_path), "user_table")
     with BeamTestPipeline() as p:
-        _ = p | beam.Create(rows[::-1]) | beam_tables.WriteRepresentationTable(
+        _ = p | beam.Create(rows[::-1]) | representation_tables.WriteRepresentationTable(
             prefix, model_version=42, num_shards=3)
     files = sorted(os.listdir(tmp_path))
     assert len(files) == 3 and all(f.endswith(".tfrecord.gz") for f in files), files
-    keys, matrix, updated_at, versions = T.read_table(prefix + "-*")
+    keys, matrix, updated_at, versions = tables.read_table(prefix + "-*")
     assert keys.tolist() == [r[0] for r in rows]
     np.testing.assert_array_equal(matrix, np.stack([r[1] for r in rows]))
     assert matrix.dtype == np.float32 and matrix.shape == (50, 6)
     assert updated_at.tolist() == [r[2] for r in rows] and updated_at.dtype == np.int64
     assert versions.tolist() == [42] * 50
-
-
-def test_decode_rows_keeps_order_and_names_errors():
-    good = [T.encode_row("b", [1.0, 2.0], 5, 1), T.encode_row(b"a", np.ones(2), 6, 1)]
-    keys, matrix, updated_at, versions = T.decode_rows(good)
-    assert keys.tolist() == [b"b", b"a"] and updated_at.tolist() == [5, 6]
-    np.testing.assert_array_equal(matrix, [[1, 2], [1, 1]])
-    empty = T.decode_rows([])
-    assert empty[0].shape == (0,) and empty[1].shape == (0, 0)
-
-    with pytest.raises(T.TableError, match=r"row 2 \(key b'c'\).*dimension 3.*have 2"):
-        T.decode_rows(good + [T.encode_row(b"c", [1, 2, 3], 7, 1)])
-    for field in T.FIELDS:
-        example = tf.train.Example.FromString(good[0])
-        del example.features.feature[field]
-        with pytest.raises(T.TableError, match=f"row 1 is missing field '{field}'"):
-            T.decode_rows([good[1], example.SerializeToString()])
-    example = tf.train.Example.FromString(good[0])
-    example.features.feature[T.UPDATED_AT].Clear()
-    example.features.feature[T.UPDATED_AT].float_list.value.append(1.5)
-    with pytest.raises(T.TableError, match="'updated_at' must be a int64_list"):
-        T.decode_rows([example.SerializeToString()])
-    example = tf.train.Example.FromString(good[0])
-    example.features.feature[T.KEY].bytes_list.value.append(b"x")
-    with pytest.raises(T.TableError, match="'key' must hold exactly one value, got 2"):
-        T.decode_rows([example.SerializeToString()])
-    with pytest.raises(T.TableError, match="row 0 is not a serialized tf.Example"):
-        T.decode_rows([b"\xff\xff not a proto"])
-    with pytest.raises(T.TableError, match="must be 1-D"):
-        T.encode_row(b"k", np.ones((2, 2)), 1, 1)
-
-
-def test_read_table_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no representation table file"):
-        T.read_table(str(tmp_path / "nothing-*"))
-    path = str(tmp_path / "t-00000-of-00001.tfrecord.gz")
-    with tf.io.TFRecordWriter(path, "GZIP") as w:
-        for _ in range(2):
-            w.write(T.encode_row(b"dup", [1.0], 1, 1))
-    with pytest.raises(T.TableError, match="key b'dup' appears more than once"):
-        T.read_table(str(tmp_path / "t-*"))

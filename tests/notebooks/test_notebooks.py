@@ -32,6 +32,7 @@ def test_notebook_is_committed_clean(path):
 
 
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_notebook_runs_and_writes_its_figures(path, tmp_path):
     figures = tmp_path / "figures"
     parameters = {**render.SMALL[path.name], "figures_dir": str(figures),

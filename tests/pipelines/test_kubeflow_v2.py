@@ -26,7 +26,7 @@ def test_compiles_every_component(tmp_path):
 
 def test_the_trainer_gets_the_preset_and_overrides(tmp_path):
     """`create_pipeline(preset=...)` reaches the Trainer's custom_config, where
-    `trainer.tfx_trainer.run_fn` reads it with `trainer.config.from_preset`."""
+    `trainer.tfx.upstream_module.run_fn` reads it with `trainer.config.from_preset`."""
     from pipelines.pipeline import create_pipeline
     from trainer.config import from_preset
 

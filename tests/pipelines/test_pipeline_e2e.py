@@ -16,20 +16,20 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
-from components import artifacts as A
-from components.representation_guard.component import LIVE_FILE, live_version
+from common import features, signatures
+from common.representations import tables
+from components import artifacts
+from components.publishing import LIVE_FILE, live_version
 from pipelines import local_runner
 from pipelines.sources import synthetic
 from pipelines.summary import metadata_file, run_summary
 from serving.store import open_store
-from trainer import evaluation
-from trainer import features as F
-from trainer import input as data_input
-from trainer import signatures as S
-from trainer.representations import tables as tables
+from trainer import data_input, evaluation
 
 EXAMPLES = 4000
 FAST = {"epochs": 2, "batch_size": 256}
+
+pytestmark = pytest.mark.slow  # two whole pipeline runs (`make test-fast` leaves them out)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def second_run(workdir, first_run):
         [tfx, "run", "create", "--engine", "local", "--pipeline_name", "lfm4ads"],
         env=env, capture_output=True, text=True, cwd=local_runner.configs.REPO_ROOT)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
-    # The runner's console is quiet (trainer.console): no traceback, not even TensorFlow's at
+    # The runner's console is quiet (common.console): no traceback, not even TensorFlow's at
     # interpreter exit, and no library WARNING lines.
     for noise in ("Traceback", "Exception ignored", "WARNING:absl", "WARNING:tensorflow"):
         assert noise not in run.stdout + run.stderr, (run.stdout + run.stderr)[-5000:]
@@ -117,12 +117,12 @@ def test_first_run_pushes_and_publishes(first_run, workdir):
     from pipelines.summary import latest_artifact, open_metadata
 
     guard = latest_artifact(open_metadata(metadata_file(str(workdir / "root"))),
-                            A.GuardResult.TYPE_NAME)
+                            artifacts.GuardResult.TYPE_NAME)
     assert guard.custom_properties["verdict"].string_value == "passed"
     stats = json.loads(guard.custom_properties["statistics"].string_value)
-    assert set(stats) == set(A.TABLES)
-    assert stats[A.CROSS_USER_TABLE]["statistics"]["rows"] == s["cr_users"]
-    assert stats[A.USER_TABLE]["statistics"]["nan_count"] == 0
+    assert set(stats) == set(artifacts.TABLES)
+    assert stats[artifacts.CROSS_USER_TABLE]["statistics"]["rows"] == s["cr_users"]
+    assert stats[artifacts.USER_TABLE]["statistics"]["nan_count"] == 0
 
 
 def test_pushed_model_takes_raw_examples_and_matches_tfma(first_run, workdir):
@@ -130,33 +130,36 @@ def test_pushed_model_takes_raw_examples_and_matches_tfma(first_run, workdir):
     Evaluator's AUC / GAUC equal ours computed from its predictions on the eval window."""
     model = tf.saved_model.load(first_run["pushed_path"])
     assert len(model.model.feature_path.variables) == 9  # run 1 trained with the feature path
-    assert {S.SERVING_DEFAULT, S.USER_REPRESENTATION, S.ITEM_REPRESENTATION,
-            S.CROSS_REPRESENTATION, S.TRANSFORM_FEATURES} <= set(model.signatures)
+    assert {signatures.SERVING_DEFAULT, signatures.USER_REPRESENTATION,
+            signatures.ITEM_REPRESENTATION,
+            signatures.CROSS_REPRESENTATION, signatures.TRANSFORM_FEATURES} <= set(model.signatures)
     serialized = _eval_examples(str(workdir / "data1"))
     batch = tf.constant(serialized)
-    out = model.signatures[S.SERVING_DEFAULT](examples=batch)
-    raw = F.parse_examples(batch)
-    is_ad = raw[F.DOMAIN].numpy() == F.DOMAIN_AD
-    labels = raw[F.LABEL].numpy()
-    users = raw[F.USER_ID].numpy()
-    content = out[S.CONTENT_PREDICTION].numpy()[:, 0]
+    out = model.signatures[signatures.SERVING_DEFAULT](examples=batch)
+    raw = features.parse_examples(batch)
+    is_ad = raw[features.DOMAIN].numpy() == features.DOMAIN_AD
+    labels = raw[features.LABEL].numpy()
+    users = raw[features.USER_ID].numpy()
+    content = out[signatures.CONTENT_PREDICTION].numpy()[:, 0]
     assert first_run["auc_content"] == pytest.approx(
         evaluation.auc(labels[~is_ad], content[~is_ad]), abs=2e-3)
     assert first_run["gauc_content"] == pytest.approx(
         evaluation.gauc(users[~is_ad], labels[~is_ad], content[~is_ad]), abs=1e-3)
-    ur = model.signatures[S.USER_REPRESENTATION](examples=batch)[S.USER_REPRESENTATION]
+    ur = model.signatures[signatures.USER_REPRESENTATION](examples=batch)[
+        signatures.USER_REPRESENTATION
+    ]
     assert ur.shape[0] == len(serialized) and np.isfinite(ur.numpy()).all()
     # A request without a required feature fails naming it.
     example = tf.train.Example.FromString(serialized[0])
-    del example.features.feature[F.USER_GEO]
-    with pytest.raises(tf.errors.InvalidArgumentError, match=F.USER_GEO):
-        model.signatures[S.SERVING_DEFAULT](examples=tf.constant([example.SerializeToString()]))
+    del example.features.feature[features.USER_GEO]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=features.USER_GEO):
+        model.signatures[signatures.SERVING_DEFAULT](examples=tf.constant([example.SerializeToString()]))
 
 
 def test_published_tables_match_the_artifacts(first_run, workdir):
     published = workdir / "serving" / "representations" / str(first_run["pushed_version"])
     sizes = {}
-    for table in A.TABLES:
+    for table in artifacts.TABLES:
         keys, matrix, updated_at, versions = tables.read_table(
             str(published / table / ("*" + tables.FILE_SUFFIX)))
         assert np.isfinite(matrix).all()
@@ -165,30 +168,41 @@ def test_published_tables_match_the_artifacts(first_run, workdir):
     # CR(u), CR(i) fold ad requests only (cr_domains "ad", Sec. 4.3.1): a row per user and
     # item met by an ad; UR, IR a row per user and item of every request.
     files = data_input.list_files(str(workdir / "data1"))
-    ds = data_input.make_dataset(files, 4096, names=(F.USER_ID, F.ITEM_ID, F.DOMAIN))
+    ds = data_input.make_dataset(files, 4096, names=(features.USER_ID, features.ITEM_ID,
+                                                     features.DOMAIN))
     batches = list(ds)
-    ids = {k: np.concatenate([b[k].numpy() for b in batches]) for k in (F.USER_ID, F.ITEM_ID,
-                                                                         F.DOMAIN)}
-    ad = ids[F.DOMAIN] == F.DOMAIN_AD
+    ids = {
+        k: np.concatenate([b[k].numpy() for b in batches])
+        for k in (features.USER_ID, features.ITEM_ID, features.DOMAIN)
+    }
+    ad = ids[features.DOMAIN] == features.DOMAIN_AD
     assert first_run["cr_domains"] == "ad"
-    assert sizes[A.CROSS_USER_TABLE] == first_run["cr_users"] == len(set(ids[F.USER_ID][ad]))
-    assert sizes[A.CROSS_ITEM_TABLE] == first_run["cr_items"] == len(set(ids[F.ITEM_ID][ad]))
+    assert (
+        sizes[artifacts.CROSS_USER_TABLE]
+        == first_run["cr_users"]
+        == len(set(ids[features.USER_ID][ad]))
+    )
+    assert (
+        sizes[artifacts.CROSS_ITEM_TABLE]
+        == first_run["cr_items"]
+        == len(set(ids[features.ITEM_ID][ad]))
+    )
     assert first_run["cr_users"] < first_run["ur_rows"]  # some users met no ad
     # The guard loaded the published version into the serving store (SQLite by default).
     store = open_store(first_run["store_url"])
     try:
-        for table in A.TABLES:
+        for table in artifacts.TABLES:
             assert store.count(table) == sizes[table]
         keys, matrix, _, _ = tables.read_table(
-            str(published / A.CROSS_USER_TABLE / ("*" + tables.FILE_SUFFIX)))
-        rows = store.get(A.CROSS_USER_TABLE, list(keys[:5]))
+            str(published / artifacts.CROSS_USER_TABLE / ("*" + tables.FILE_SUFFIX)))
+        rows = store.get(artifacts.CROSS_USER_TABLE, list(keys[:5]))
         np.testing.assert_allclose(rows.representations, matrix[:5], rtol=1e-6)
         assert set(rows.model_version.tolist()) == {first_run["pushed_version"]}
     finally:
         store.close()
     # Every user and item of the data has a row (the extractor reads both splits).
-    assert sizes[A.USER_TABLE] == len(set(ids[F.USER_ID]))
-    assert sizes[A.ITEM_TABLE] == len(set(ids[F.ITEM_ID]))
+    assert sizes[artifacts.USER_TABLE] == len(set(ids[features.USER_ID]))
+    assert sizes[artifacts.ITEM_TABLE] == len(set(ids[features.ITEM_ID]))
 
 
 def test_online_loop_serves_the_pushed_model_and_updates_the_store(first_run, workdir):
@@ -210,19 +224,19 @@ def test_online_loop_serves_the_pushed_model_and_updates_the_store(first_run, wo
     last_ad: dict[bytes, int] = {}
     for record in latest[-64:]:
         f = tf.train.Example.FromString(record).features.feature
-        user, t = f[F.USER_ID].bytes_list.value[0], f[F.TIMESTAMP].int64_list.value[0]
+        user, t = f[features.USER_ID].bytes_list.value[0], f[features.TIMESTAMP].int64_list.value[0]
         last_seen[user] = max(last_seen.get(user, 0), t)
-        if f[F.DOMAIN].bytes_list.value[0] == F.DOMAIN_AD:
+        if f[features.DOMAIN].bytes_list.value[0] == features.DOMAIN_AD:
             last_ad[user] = max(last_ad.get(user, 0), t)
     users = sorted(last_seen)
     assert out["online_cr_domains"] == "ad" and 0 < len(last_ad) < len(users)
     store = open_store(first_run["store_url"])
     try:
-        rows = store.get(A.USER_TABLE, users)
+        rows = store.get(artifacts.USER_TABLE, users)
         assert rows.found.all()
         assert rows.updated_at.tolist() == [last_seen[u] + 86_400 for u in users]
         assert set(rows.model_version.tolist()) == {first_run["pushed_version"]}
-        cross = store.get(A.CROSS_USER_TABLE, users)
+        cross = store.get(artifacts.CROSS_USER_TABLE, users)
         for user, found, updated_at in zip(users, cross.found, cross.updated_at, strict=True):
             if user in last_ad:
                 assert found and updated_at == last_ad[user] + 86_400, user
@@ -259,9 +273,7 @@ def test_downstream_examples_see_the_upstream_as_of_before_each_row(first_run, w
     upstream over the data held them strictly before the row (the online loop's view)."""
     from components.downstream_examples.component import ITEM_COLD_START
     from pipelines.summary import latest_artifact, open_metadata
-    from trainer.downstream import point_in_time as P
-    from trainer.downstream import replay as R
-
+    from trainer.downstream import point_in_time, replay
     examples = latest_artifact(open_metadata(metadata_file(str(workdir / "root"))), "Examples",
                                "DownstreamExamples")
     rows = []
@@ -271,21 +283,22 @@ def test_downstream_examples_see_the_upstream_as_of_before_each_row(first_run, w
                  for r in tf.data.TFRecordDataset([str(f) for f in files], "GZIP")]
     assert len(rows) > 100
     files = data_input.list_files(str(workdir / "data1"))
-    source = R.histories(R.run_upstream(R.saved_model_fn(first_run["pushed_path"]),
+    source = replay.histories(replay.run_upstream(replay.saved_model_fn(first_run["pushed_path"]),
                                         data_input.records_in_window(files)),
                          local_runner.configs.CR_HALF_LIFE_SECONDS)
 
     def one(example, name, kind):
         return getattr(example.features.feature[name], kind).value[0]
 
-    users = [one(r, F.USER_ID, "bytes_list") for r in rows]
-    items = [one(r, F.ITEM_ID, "bytes_list") for r in rows]
-    times = np.array([one(r, F.TIMESTAMP, "int64_list") for r in rows], np.int64)
-    assert all(one(r, F.DOMAIN, "bytes_list") == F.DOMAIN_AD for r in rows)
-    expected = P.attach(source, users, items, times, S.REPRESENTATION_FEATURES[:4])
-    for name in S.REPRESENTATION_FEATURES[:4]:
-        found = np.array([one(r, S.found_feature(name), "int64_list") for r in rows])
-        np.testing.assert_array_equal(found, expected[S.found_feature(name)])
+    users = [one(r, features.USER_ID, "bytes_list") for r in rows]
+    items = [one(r, features.ITEM_ID, "bytes_list") for r in rows]
+    times = np.array([one(r, features.TIMESTAMP, "int64_list") for r in rows], np.int64)
+    assert all(one(r, features.DOMAIN, "bytes_list") == features.DOMAIN_AD for r in rows)
+    expected = point_in_time.attach(source, users, items, times,
+                                    signatures.REPRESENTATION_FEATURES[:4])
+    for name in signatures.REPRESENTATION_FEATURES[:4]:
+        found = np.array([one(r, signatures.found_feature(name), "int64_list") for r in rows])
+        np.testing.assert_array_equal(found, expected[signatures.found_feature(name)])
         for r, row in enumerate(rows):
             if found[r]:
                 np.testing.assert_allclose(row.features.feature[name].float_list.value,
@@ -304,13 +317,13 @@ def test_the_scaling_stages_rerun_on_the_runs_artifacts(first_run, workdir, tmp_
 
     root = str(workdir / "root")
     store = open_metadata(metadata_file(root))
-    reps = latest_artifact(store, A.Representations.TYPE_NAME)
+    reps = latest_artifact(store, artifacts.Representations.TYPE_NAME)
     out = scaling._stage("RepresentationExtractor", root, str(tmp_path / "ext"))
     assert out["rows"] == {t: reps.custom_properties[f"{t}_rows"].int_value
-                           for t in (A.USER_TABLE, A.ITEM_TABLE)}
+                           for t in (artifacts.USER_TABLE, artifacts.ITEM_TABLE)}
     examples = latest_artifact(store, "Examples", "ExampleGen").uri
     events = tf.data.TFRecordDataset(
-        [str(f) for f in sorted((tmp_path / "ext" / A.CROSS_EVENTS).glob("*"))], "GZIP")
+        [str(f) for f in sorted((tmp_path / "ext" / artifacts.CROSS_EVENTS).glob("*"))], "GZIP")
     n_events = sum(len(tables.decode_event_batch(r.numpy())["timestamp"]) for r in events)
     n_examples = sum(1 for split in ("train", "eval") for _ in tf.data.TFRecordDataset(
         [str(f) for f in sorted(Path(examples, f"Split-{split}").glob("*"))], "GZIP"))
@@ -319,10 +332,10 @@ def test_the_scaling_stages_rerun_on_the_runs_artifacts(first_run, workdir, tmp_
     out = scaling._stage("DownstreamExamples", root, str(tmp_path / "dex"))
     assert out["rows"] == {s: dex.custom_properties[f"{s}_rows"].int_value
                            for s in ("train", "eval")}
-    cross = latest_artifact(store, A.CrossRepresentationTables.TYPE_NAME)
+    cross = latest_artifact(store, artifacts.CrossRepresentationTables.TYPE_NAME)
     out = scaling._stage("CrossRepresentationAggregator", root, str(tmp_path / "agg"))
     assert out["rows"] == {t: cross.custom_properties[f"{t}_rows"].int_value
-                           for t in (A.CROSS_USER_TABLE, A.CROSS_ITEM_TABLE)}
+                           for t in (artifacts.CROSS_USER_TABLE, artifacts.CROSS_ITEM_TABLE)}
     assert out["stage_seconds"] > 0 and out["after_trim_gb"] > 0
     with pytest.raises(FileNotFoundError, match="no ExampleGen/examples artifact"):
         scaling._stage("DownstreamExamples", str(tmp_path), str(tmp_path / "x"))
@@ -334,7 +347,7 @@ def test_point_in_time_examples_for_downstream_training(first_run, workdir):
     from pipelines.summary import latest_artifact, open_metadata
 
     cross = latest_artifact(open_metadata(metadata_file(str(workdir / "root"))),
-                    A.CrossRepresentationTables.TYPE_NAME)
+                    artifacts.CrossRepresentationTables.TYPE_NAME)
     assert cross.custom_properties["point_in_time_splits"].string_value == "eval"
     assert not (Path(cross.uri) / "point_in_time" / "Split-train").exists()
     total = 0
@@ -345,7 +358,7 @@ def test_point_in_time_examples_for_downstream_training(first_run, workdir):
         total += len(rows)
         for row in rows[:200]:
             f = row.features.feature
-            t = f[F.TIMESTAMP].int64_list.value[0]
+            t = f[features.TIMESTAMP].int64_list.value[0]
             for side in ("user", "item"):
                 updated = f[f"cr_{side}_updated_at"].int64_list.value[0]
                 assert updated < t  # strictly before the row: no leakage
@@ -384,13 +397,13 @@ def test_second_run_compares_with_the_blessed_model(first_run, second_run, workd
                 diffs[kv.key.output_name] = kv.value.double_value.value
             else:
                 aucs[(kv.key.model_name, kv.key.output_name)] = kv.value.double_value.value
-    assert S.AD_PREDICTION in diffs, "no comparison with the baseline in the evaluation"
+    assert signatures.AD_PREDICTION in diffs, "no comparison with the baseline in the evaluation"
     # The summary reports the candidate's AUC, not the baseline's (TFMA holds both).
-    assert summary["auc_ad"] == round(aucs[("candidate", S.AD_PREDICTION)], 4)
-    assert ("baseline", S.AD_PREDICTION) in aucs
+    assert summary["auc_ad"] == round(aucs[("candidate", signatures.AD_PREDICTION)], 4)
+    assert ("baseline", signatures.AD_PREDICTION) in aucs
     # The blessing follows the thresholds: value >= 0.55 and no drop of more than 0.01.
     auc_ad = summary["auc_ad"]
-    expected = auc_ad is not None and auc_ad >= 0.55 and diffs[S.AD_PREDICTION] >= -0.01
+    expected = auc_ad is not None and auc_ad >= 0.55 and diffs[signatures.AD_PREDICTION] >= -0.01
     assert summary["blessed"] == expected
     assert summary["pushed"] == expected
     # The guard compared with the live version of run 1 and acted on its verdict.
@@ -405,7 +418,7 @@ def test_second_run_compares_with_the_blessed_model(first_run, second_run, workd
         assert summary["guard_reasons"] or summary["lee_reasons"]
     store = open_store(first_run["store_url"])
     try:
-        rows = store.get(A.USER_TABLE, _some_users(workdir))
+        rows = store.get(artifacts.USER_TABLE, _some_users(workdir))
         assert rows.found.any()
         assert set(rows.model_version[rows.found].tolist()) == {live}
     finally:
@@ -414,8 +427,9 @@ def test_second_run_compares_with_the_blessed_model(first_run, second_run, workd
 
 def _some_users(workdir) -> list[bytes]:
     files = data_input.list_files(str(workdir / "data1"))
-    batch = next(iter(data_input.make_dataset(files, 50, names=(F.USER_ID, F.TIMESTAMP))))
-    return sorted(set(batch[F.USER_ID].numpy().tolist()))
+    batch = next(iter(data_input.make_dataset(files, 50, names=(features.USER_ID,
+                                                                features.TIMESTAMP))))
+    return sorted(set(batch[features.USER_ID].numpy().tolist()))
 
 
 def test_the_tfx_run_fn_trains_under_a_strategy(first_run, workdir, tmp_path):
@@ -424,7 +438,7 @@ def test_the_tfx_run_fn_trains_under_a_strategy(first_run, workdir, tmp_path):
     run's Transform outputs."""
     from types import SimpleNamespace
 
-    from trainer.tfx_trainer import run_fn
+    from trainer.tfx.upstream_module import run_fn
 
     root = workdir / "root"
     (graph,) = sorted(root.glob("Transform/transform_graph/*"))[:1]
@@ -434,11 +448,15 @@ def test_the_tfx_run_fn_trains_under_a_strategy(first_run, workdir, tmp_path):
         transform_output=str(graph),
         train_files=[str(examples / "Split-train" / "*")],
         eval_files=[str(examples / "Split-eval" / "*")],
-        serving_model_dir=str(tmp_path / "serving_model"))
+        serving_model_dir=str(tmp_path / "serving_model"),
+        model_run_dir=str(tmp_path / "model_run"))
     run_fn(fn_args)
+    # TensorBoard summaries, as TFX users expect them, in the Trainer's model_run_dir
+    for split in ("train", "validation"):
+        assert list((tmp_path / "model_run" / split).glob("events.out.tfevents.*")), split
     model = tf.saved_model.load(fn_args.serving_model_dir)
     raw = _eval_examples(str(workdir / "data1"))[:32]
-    out = model.signatures[S.SERVING_DEFAULT](examples=tf.constant(raw))
-    assert out[S.AD_PREDICTION].shape == (32, 1)
-    assert np.all(np.isfinite(out[S.AD_PREDICTION].numpy()))
-    assert S.TRANSFORM_FEATURES in model.signatures
+    out = model.signatures[signatures.SERVING_DEFAULT](examples=tf.constant(raw))
+    assert out[signatures.AD_PREDICTION].shape == (32, 1)
+    assert np.all(np.isfinite(out[signatures.AD_PREDICTION].numpy()))
+    assert signatures.TRANSFORM_FEATURES in model.signatures

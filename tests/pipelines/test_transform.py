@@ -8,10 +8,11 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import schema_utils
 
+from common import features
 from pipelines import configs
-from trainer import features as F
-from trainer import transform as T
+from trainer import transform
 from trainer.config import ModelConfig
+from trainer.tfx import transform_module
 
 
 def _load_schema():
@@ -22,10 +23,12 @@ def _load_schema():
 
 def _row(user, item, hist, tags, ts, advertiser=b"adv1", domain=b"ad"):
     return {
-        F.USER_ID: [user], F.ITEM_ID: [item], F.DOMAIN: [domain], F.SCENARIO: [b"feed"],
-        F.TIMESTAMP: [ts], F.USER_AGE: [3], F.USER_GENDER: [b"f"], F.USER_GEO: [b"geo1"],
-        F.USER_HIST_ITEMS: hist, F.ITEM_CATEGORY: [b"cat1"], F.ITEM_TAGS: tags,
-        F.ITEM_ADVERTISER: [advertiser], F.LABEL: [1], F.CONVERSION: [0],
+        features.USER_ID: [user], features.ITEM_ID: [item], features.DOMAIN: [domain],
+        features.SCENARIO: [b"feed"],
+        features.TIMESTAMP: [ts], features.USER_AGE: [3], features.USER_GENDER: [b"f"],
+        features.USER_GEO: [b"geo1"],
+        features.USER_HIST_ITEMS: hist, features.ITEM_CATEGORY: [b"cat1"], features.ITEM_TAGS: tags,
+        features.ITEM_ADVERTISER: [advertiser], features.LABEL: [1], features.CONVERSION: [0],
     }
 
 
@@ -49,7 +52,7 @@ def transformed(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("tft"))
     with tft_beam.Context(temp_dir=tmp, force_tf_compat_v1=False):
         (out, _), transform_fn = (train, metadata) | tft_beam.AnalyzeAndTransformDataset(
-            T.preprocessing_fn)
+            transform_module.preprocessing_fn)
         later_out, _ = ((later, metadata), transform_fn) | tft_beam.TransformDataset()
         _ = transform_fn | tft_beam.WriteTransformFn(tmp)
     return out, later_out, tft.TFTransformOutput(tmp)
@@ -57,69 +60,82 @@ def transformed(tmp_path_factory):
 
 def test_schema_spec_is_the_raw_contract():
     spec = schema_utils.schema_as_feature_spec(_load_schema()).feature_spec
-    assert set(spec) == set(F.ALL_FEATURES)
-    for name in F.LIST_FEATURES:
+    assert set(spec) == set(features.ALL_FEATURES)
+    for name in features.LIST_FEATURES:
         assert isinstance(spec[name], tf.io.VarLenFeature)
 
 
+@pytest.mark.slow
 def test_ids_follow_the_preprocessor_contract(transformed):
     out, later, tft_output = transformed
-    sizes = T.vocabulary_sizes(tft_output)
+    sizes = transform.vocabulary_sizes(tft_output)
     # item_id min frequency 2: i1 appears 1 + 2 (history) times, i2 1 + 1 times.
     items = tft_output.vocabulary_by_name("item_id")
     assert sorted(items) == [b"i1", b"i2"]
-    assert sizes[F.ITEM_ID] == 2 + T.VOCABULARIES[F.ITEM_ID][1] + 1
+    assert sizes[features.ITEM_ID] == 2 + transform.VOCABULARIES[features.ITEM_ID][1] + 1
     for row in out + later:
         for name, size in sizes.items():
             ids = np.atleast_1d(row[name])
             assert ids.min() >= 0 and ids.max() < size, name
     # History shares the item vocabulary; padding is id 0; b"" advertiser is id 0.
-    assert list(out[2][F.USER_HIST_ITEMS][:2]) == [out[1][F.ITEM_ID], out[0][F.ITEM_ID]]
-    assert np.all(out[2][F.USER_HIST_ITEMS][2:] == 0) and len(out[2][F.USER_HIST_ITEMS]) == 20
-    assert out[2][F.ITEM_ADVERTISER] == 0 and out[0][F.ITEM_ADVERTISER] > 0
-    assert len(out[1][F.ITEM_TAGS]) == 5 and np.count_nonzero(out[1][F.ITEM_TAGS]) == 2
+    assert list(out[2][features.USER_HIST_ITEMS][:2]) == [out[1][features.ITEM_ID],
+                                                          out[0][features.ITEM_ID]]
+    assert (
+        np.all(out[2][features.USER_HIST_ITEMS][2:] == 0)
+        and len(out[2][features.USER_HIST_ITEMS]) == 20
+    )
+    assert out[2][features.ITEM_ADVERTISER] == 0 and out[0][features.ITEM_ADVERTISER] > 0
+    assert (
+        len(out[1][features.ITEM_TAGS]) == 5 and np.count_nonzero(out[1][features.ITEM_TAGS]) == 2
+    )
 
 
+@pytest.mark.slow
 def test_unseen_items_are_oov_and_flagged_cold_start(transformed):
     out, later, _ = transformed
-    vocabulary_ids = {out[0][F.ITEM_ID], out[1][F.ITEM_ID]}
-    assert [r[T.ITEM_COLD_START] for r in out] == [0, 0, 0]
-    assert later[0][T.ITEM_COLD_START] == 1
-    assert later[0][F.ITEM_ID] not in vocabulary_ids and later[0][F.ITEM_ID] > 2  # OOV bucket
+    vocabulary_ids = {out[0][features.ITEM_ID], out[1][features.ITEM_ID]}
+    assert [r[transform.ITEM_COLD_START] for r in out] == [0, 0, 0]
+    assert later[0][transform.ITEM_COLD_START] == 1
+    assert (
+        later[0][features.ITEM_ID] not in vocabulary_ids and later[0][features.ITEM_ID] > 2
+    )  # OOV bucket
 
 
+@pytest.mark.slow
 def test_timestamp_buckets_and_pass_through(transformed):
     out, later, _ = transformed
-    assert [r[T.HOUR_OF_DAY] for r in out] == [1, 6, 1]
-    assert later[0][T.HOUR_OF_DAY] == 24
-    assert out[0][T.DAY_OF_WEEK] == 4  # 1970-01-01 was a Thursday: Monday is 1
-    assert out[2][T.DAY_OF_WEEK] == out[0][T.DAY_OF_WEEK] + 1
-    assert out[2][F.DOMAIN] == b"content" and out[0][F.LABEL] == 1
+    assert [r[transform.HOUR_OF_DAY] for r in out] == [1, 6, 1]
+    assert later[0][transform.HOUR_OF_DAY] == 24
+    assert out[0][transform.DAY_OF_WEEK] == 4  # 1970-01-01 was a Thursday: Monday is 1
+    assert out[2][transform.DAY_OF_WEEK] == out[0][transform.DAY_OF_WEEK] + 1
+    assert out[2][features.DOMAIN] == b"content" and out[0][features.LABEL] == 1
 
 
+@pytest.mark.slow
 def test_transform_preprocessor_passes_ids_and_checks_sizes(transformed):
     _, _, tft_output = transformed
-    pre = T.TransformPreprocessor(T.vocabulary_sizes(tft_output))
-    assert pre.context_fields() == T.CONTEXT_FIELDS
-    ids = pre({F.USER_ID: tf.constant([5]), F.LABEL: tf.constant([1]),
-               T.HOUR_OF_DAY: tf.constant([3])})
-    assert set(ids) == {F.USER_ID, T.HOUR_OF_DAY}
+    pre = transform.TransformPreprocessor(transform.vocabulary_sizes(tft_output))
+    assert pre.context_fields() == transform.CONTEXT_FIELDS
+    ids = pre({features.USER_ID: tf.constant([5]), features.LABEL: tf.constant([1]),
+               transform.HOUR_OF_DAY: tf.constant([3])})
+    assert set(ids) == {features.USER_ID, transform.HOUR_OF_DAY}
     with pytest.raises(ValueError, match="item_id"):
-        T.TransformPreprocessor({F.USER_ID: 10})
+        transform.TransformPreprocessor({features.USER_ID: 10})
 
 
 def _raw_batch(rows: list[dict]) -> dict[str, tf.Tensor]:
     """The rows as one batch of dense raw features (lists padded with b"")."""
     batch = {}
-    for name in F.ALL_FEATURES:
-        if name in F.LIST_FEATURES:
-            length = F.LIST_LENGTHS[name]
+    for name in features.ALL_FEATURES:
+        if name in features.LIST_FEATURES:
+            length = features.LIST_LENGTHS[name]
             batch[name] = tf.constant([(r[name] + [b""] * length)[:length] for r in rows])
         else:
             batch[name] = tf.constant([r[name][0] for r in rows])
     return batch
 
 
+@pytest.mark.slow
 def test_in_memory_vocabularies_give_the_transform_ids(transformed):
     """`trainer.train`'s VocabularyPreprocessor reproduces the Transform's ids: same vocabularies
     (thresholds, order, shared history), same OOV buckets for values never seen."""
@@ -129,13 +145,13 @@ def test_in_memory_vocabularies_give_the_transform_ids(transformed):
     train, unseen = _train_rows(), _later_rows()  # the fixture's rows
     pre = VocabularyPreprocessor.adapt(
         tf.data.Dataset.from_tensors(_raw_batch(train)), ModelConfig())
-    for name, (filename, _, _) in T.VOCABULARIES.items():
+    for name, (filename, _, _) in transform.VOCABULARIES.items():
         assert pre.vocabularies[name] == [
             v.decode() for v in tft_output.vocabulary_by_name(filename)], name
-    sizes = T.vocabulary_sizes(tft_output)
+    sizes = transform.vocabulary_sizes(tft_output)
     for rows, expected in ((train, out), (unseen, later)):
         ids = pre(_raw_batch(rows))
-        for name in list(T.VOCABULARIES) + list(T.SHARED_VOCABULARY):
+        for name in list(transform.VOCABULARIES) + list(transform.SHARED_VOCABULARY):
             assert pre.vocabulary_size(name) == sizes[name], name
             got = ids[name].numpy()
             np.testing.assert_array_equal(got, np.stack([r[name] for r in expected]), name)

@@ -10,6 +10,7 @@ from pipelines.sources import synthetic
 from pipelines.summary import metadata_file, run_summary
 
 
+@pytest.mark.slow
 def test_anomalous_data_stops_the_run_before_transform(tmp_path):
     good = tmp_path / "good"
     synthetic.generate(str(good), examples=400, seed=5, days=3, progress=False)

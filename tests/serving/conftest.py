@@ -22,11 +22,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from common import features, signatures
 from pipelines.sources import synthetic
 from serving.model_server import ModelServer
-from trainer import features as F
-from trainer import input as data_input
-from trainer import signatures as S
+from tests.conftest import made_once
+from trainer import data_input
 from trainer.config import ModelConfig
 from trainer.export import export_saved_model
 from trainer.model import LFM4AdsModel
@@ -52,16 +52,18 @@ def examples(tmp_path_factory) -> list[bytes]:
 
 @pytest.fixture(scope="session")
 def exported(examples, tmp_path_factory) -> dict[str, str]:
-    """Two exports of differently initialised models: {"a": <dir>/1, "b": <dir>/1}."""
-    root = tmp_path_factory.mktemp("exports")
-    paths = {}
-    for name, seed in (("a", 1), ("b", 2)):
-        tf.keras.utils.set_random_seed(seed)
-        model = LFM4AdsModel(ModelConfig(cr_layer="mlp_1", **SMALL))
-        model(F.parse_examples(tf.constant(examples[:8])))
-        paths[name] = export_saved_model(model, str(root / name), warmup_examples=examples[:4],
-                                         version=1)
-    return paths
+    """Two exports of differently initialised models: {"a": <dir>/1, "b": <dir>/1} (made once
+    for all test processes; copy a version before changing it)."""
+
+    def export(root):
+        for name, seed in (("a", 1), ("b", 2)):
+            tf.keras.utils.set_random_seed(seed)
+            model = LFM4AdsModel(ModelConfig(cr_layer="mlp_1", **SMALL))
+            model(features.parse_examples(tf.constant(examples[:8])))
+            export_saved_model(model, str(root / name), warmup_examples=examples[:4], version=1)
+
+    root = made_once(tmp_path_factory, "serving-exports-a1-b2", export)
+    return {name: str(root / name / "1") for name in ("a", "b")}
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +126,7 @@ def copy_version(source: str, base: str, version: int) -> str:
     return final
 
 
-def predict_request(examples: list[bytes], signature: str = S.USER_REPRESENTATION,
+def predict_request(examples: list[bytes], signature: str = signatures.USER_REPRESENTATION,
                     name: str = MODEL, version: int | None = None, label: str | None = None,
                     output_filter: tuple[str, ...] = ()) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest(output_filter=list(output_filter))
@@ -134,7 +136,7 @@ def predict_request(examples: list[bytes], signature: str = S.USER_REPRESENTATIO
         request.model_spec.version.value = version
     if label is not None:
         request.model_spec.version_label = label
-    request.inputs[S.INPUT_KEY].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
+    request.inputs[signatures.INPUT_KEY].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
     return request
 
 

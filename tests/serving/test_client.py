@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import client as C
+from common import features, signatures
+from serving import client
 from serving.model_server import ModelServer
 from tests.serving.conftest import MODEL
-from trainer import features as F
-from trainer import signatures as S
 
 
 @pytest.fixture(scope="module")
@@ -29,23 +28,41 @@ def direct(exported):
 
 
 def test_representations_equal_the_saved_model(server, direct, examples):
-    with C.EmbeddingClient(server.grpc_target, MODEL, timeout=10) as client:
+    with client.EmbeddingClient(server.grpc_target, MODEL, timeout=10) as embedding:
         batch = tf.constant(examples[:16])
-        for method, signature in ((client.user_representations, S.USER_REPRESENTATION),
-                                  (client.item_representations, S.ITEM_REPRESENTATION),
-                                  (client.cross_representations, S.CROSS_REPRESENTATION)):
+        for method, signature in ((embedding.user_representations, signatures.USER_REPRESENTATION),
+                                  (embedding.item_representations, signatures.ITEM_REPRESENTATION),
+                                  (embedding.cross_representations,
+                                   signatures.CROSS_REPRESENTATION)):
             got = method(examples[:16])
             want = direct.signatures[signature](examples=batch)[signature].numpy()
             assert got.dtype == np.float32 and got.shape == want.shape
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-        scores = client.predict(examples[:16])
-        want = direct.signatures[S.SERVING_DEFAULT](examples=batch)
-        assert set(scores) == set(S.OUTPUT_KEYS[S.SERVING_DEFAULT])
-        np.testing.assert_allclose(scores[S.AD_PREDICTION], want[S.AD_PREDICTION].numpy(),
+        scores = embedding.predict(examples[:16])
+        want = direct.signatures[signatures.SERVING_DEFAULT](examples=batch)
+        assert set(scores) == set(signatures.OUTPUT_KEYS[signatures.SERVING_DEFAULT])
+        np.testing.assert_allclose(scores[signatures.AD_PREDICTION],
+                                   want[signatures.AD_PREDICTION].numpy(),
                                    rtol=1e-5)
-        only = client.predict(examples[:2], outputs=[S.AD_PREDICTION])
-        assert set(only) == {S.AD_PREDICTION}
-        assert client.last_model_version == 1
+        only = embedding.predict(examples[:2], outputs=[signatures.AD_PREDICTION])
+        assert set(only) == {signatures.AD_PREDICTION}
+        assert embedding.last_model_version == 1
+
+
+def test_one_representations_call_equals_the_four_single_calls(server, examples):
+    """`representations()`: one request, one forward pass; through the server it returns what
+    the three representation signatures and `serving_default` return, bit for bit."""
+    with client.EmbeddingClient(server.grpc_target, MODEL, timeout=10) as embedding:
+        got = embedding.representations(examples[:16])
+        assert list(got) == list(signatures.OUTPUT_KEYS[signatures.REPRESENTATIONS])
+        want = {signatures.USER_REPRESENTATION: embedding.user_representations(examples[:16]),
+                signatures.ITEM_REPRESENTATION: embedding.item_representations(examples[:16]),
+                signatures.CROSS_REPRESENTATION: embedding.cross_representations(examples[:16]),
+                signatures.AD_PREDICTION: embedding.predict(
+                    examples[:16], outputs=[signatures.AD_PREDICTION])[signatures.AD_PREDICTION]}
+        for key, value in want.items():
+            assert got[key].dtype == np.float32 and got[key].shape == value.shape
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
 def test_responses_are_decoded_by_the_servers_tensor_decoder():
@@ -57,33 +74,34 @@ def test_responses_are_decoded_by_the_servers_tensor_decoder():
 
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
     for as_content in (False, True):
-        out = C._tensor_to_numpy("x", tensors.to_proto(array, as_content=as_content))
+        out = client._tensor_to_numpy("x", tensors.to_proto(array, as_content=as_content))
         np.testing.assert_array_equal(out, array)
         assert out.dtype == np.float32 and out.flags.writeable
     splat = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[2.5])
     splat.tensor_shape.dim.add(size=3)
-    np.testing.assert_array_equal(C._tensor_to_numpy("x", splat), [2.5, 2.5, 2.5])
+    np.testing.assert_array_equal(client._tensor_to_numpy("x", splat), [2.5, 2.5, 2.5])
     bad = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=b"\x00" * 3)
     bad.tensor_shape.dim.add(size=1)
     with pytest.raises(ValueError, match="output 'x': tensor parsing error: x"):
-        C._tensor_to_numpy("x", bad)
+        client._tensor_to_numpy("x", bad)
 
 
 def test_errors_are_raised_with_the_server_message(server, examples):
-    with C.EmbeddingClient(server.grpc_target, MODEL, timeout=10) as client:
+    with client.EmbeddingClient(server.grpc_target, MODEL, timeout=10) as embedding:
         bad = tf.train.Example.FromString(examples[0])
-        del bad.features.feature[F.USER_GEO]
-        with pytest.raises(C.ServingClientError, match=F.USER_GEO) as info:
-            client.user_representations([bad.SerializeToString()])
+        del bad.features.feature[features.USER_GEO]
+        with pytest.raises(client.ServingClientError, match=features.USER_GEO) as info:
+            embedding.user_representations([bad.SerializeToString()])
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(ValueError, match="empty"):
-            client.user_representations([])
-    with C.EmbeddingClient(server.grpc_target, "nope", timeout=10) as client:
-        with pytest.raises(C.ServingClientError) as info:
-            client.user_representations(examples[:1])
+            embedding.user_representations([])
+    with client.EmbeddingClient(server.grpc_target, "nope", timeout=10) as embedding:
+        with pytest.raises(client.ServingClientError) as info:
+            embedding.user_representations(examples[:1])
         assert info.value.code == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.slow
 def test_unavailable_is_retried_until_the_server_is_up(exported, examples):
     """A server that starts late: the call retries UNAVAILABLE and succeeds within its deadline."""
     import socket
@@ -102,8 +120,9 @@ def test_unavailable_is_retried_until_the_server_is_up(exported, examples):
     thread = threading.Thread(target=start_later)
     thread.start()
     try:
-        with C.EmbeddingClient(f"127.0.0.1:{port}", MODEL, timeout=60, retries=50) as client:
-            out = client.user_representations(examples[:2])
+        with client.EmbeddingClient(f"127.0.0.1:{port}", MODEL, timeout=60,
+                                    retries=50) as embedding:
+            out = embedding.user_representations(examples[:2])
         assert out.shape[0] == 2
     finally:
         thread.join()
@@ -117,10 +136,10 @@ def test_deadline_is_not_exceeded_when_nothing_answers(examples):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with C.EmbeddingClient(f"127.0.0.1:{port}", MODEL, timeout=0.5, retries=100) as client:
+    with client.EmbeddingClient(f"127.0.0.1:{port}", MODEL, timeout=0.5, retries=100) as embedding:
         started = time.monotonic()
-        with pytest.raises(C.ServingClientError) as info:
-            client.user_representations(examples[:1])
+        with pytest.raises(client.ServingClientError) as info:
+            embedding.user_representations(examples[:1])
         assert time.monotonic() - started < 2.0
         assert info.value.code in (grpc.StatusCode.DEADLINE_EXCEEDED,
                                    grpc.StatusCode.UNAVAILABLE)
@@ -133,11 +152,11 @@ def test_cli_embeds_a_tfrecord_file(server, direct, examples, tmp_path, suffix):
         for e in examples[:40]:
             w.write(e)
     out = tmp_path / f"ur{suffix}"
-    code = C.main(["--target", server.grpc_target, "--model_name", MODEL, "--input",
+    code = client.main(["--target", server.grpc_target, "--model_name", MODEL, "--input",
                    str(source), "--output", str(out), "--batch_size", "16"])
     assert code == 0
-    want = direct.signatures[S.USER_REPRESENTATION](
-        examples=tf.constant(examples[:40]))[S.USER_REPRESENTATION].numpy()
+    want = direct.signatures[signatures.USER_REPRESENTATION](
+        examples=tf.constant(examples[:40]))[signatures.USER_REPRESENTATION].numpy()
     if suffix == ".npy":
         got = np.load(out)
     else:

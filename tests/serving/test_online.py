@@ -9,6 +9,8 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 
+from common import features
+from common.representations import cr_folding
 from components.cr_aggregation.beam_transforms import AggregateCrossRepresentations
 from components.representation_extractor.beam_transforms import ExtractRepresentations
 from serving.client import EmbeddingClient
@@ -16,8 +18,6 @@ from serving.model_server import ModelServer
 from serving.online import OnlineLoop
 from serving.store import CR_ITEM, CR_USER, IR, UR, open_store
 from tests.serving.conftest import MODEL, synthetic_records
-from trainer import features as F
-from trainer.representations import cr_domains as CD
 
 HALF_LIFE = 3600.0
 
@@ -53,19 +53,25 @@ def _offline(model_dir: str, stream: list[bytes], tmp_path, cr_domains: str) -> 
 
 
 def _domain(example: bytes) -> bytes:
-    return tf.train.Example.FromString(example).features.feature[F.DOMAIN].bytes_list.value[0]
+    return (
+        tf.train.Example.FromString(example).features.feature[features.DOMAIN].bytes_list.value[0]
+    )
 
 
-@pytest.mark.parametrize(("backend", "cr_domains"),
-                         [("sqlite", CD.AD), ("sqlite", CD.ALL), ("redis", CD.AD)])
-def test_replay_equals_the_offline_pipeline(exported, stream, tmp_path, backend, cr_domains,
-                                            request):
+@pytest.mark.parametrize(
+    ("backend", "cr_domains"),
+    [("sqlite", cr_folding.AD), ("sqlite", cr_folding.ALL), ("redis", cr_folding.AD)],
+)
+@pytest.mark.slow
+def test_replay_equals_the_offline_pipeline(
+    exported, stream, tmp_path, backend, cr_domains, request
+):
     """Row for row, under either `cr_domains`: the store after the loop holds the offline
     extractor + aggregator's tables (under "ad", CR(u), CR(i) only for keys met by an ad)."""
     url = (f"sqlite:///{tmp_path / 'store.db'}" if backend == "sqlite"
            else request.getfixturevalue("redis_url"))
     offline = _offline(exported["a"], stream, tmp_path, cr_domains)
-    ads = sum(_domain(r) == F.DOMAIN_AD for r in stream)
+    ads = sum(_domain(r) == features.DOMAIN_AD for r in stream)
     assert 0 < ads < len(stream)
     base = os.path.dirname(exported["a"])
     with ModelServer(model_name=MODEL, model_base_path=base, port=0, rest_api_port=None) as srv:
@@ -78,9 +84,9 @@ def test_replay_equals_the_offline_pipeline(exported, stream, tmp_path, backend,
             assert not first.fetched.user.found.any()  # nothing stored before the first request
             totals = loop.replay(stream[1:], batch_size=37)
         assert totals["requests"] == len(stream) - 1
-        assert first.cr_folded + totals["cr_folded"] == (ads if cr_domains == CD.AD
+        assert first.cr_folded + totals["cr_folded"] == (ads if cr_domains == cr_folding.AD
                                                          else len(stream))
-        if cr_domains == CD.AD:
+        if cr_domains == cr_folding.AD:
             assert len(offline["cru"]) < len(offline["ur"])  # some users met no ad
         assert totals["late_user"] == totals["late_item"] == 0
         for table, name in ((UR, "ur"), (IR, "ir"), (CR_USER, "cru"), (CR_ITEM, "cri")):
@@ -102,23 +108,26 @@ def test_replay_equals_the_offline_pipeline(exported, stream, tmp_path, backend,
 
 def _as(example: bytes, domain: bytes, timestamp: int) -> bytes:
     out = tf.train.Example.FromString(example)
-    out.features.feature[F.DOMAIN].bytes_list.value[:] = [domain]
-    out.features.feature[F.TIMESTAMP].int64_list.value[:] = [timestamp]
+    out.features.feature[features.DOMAIN].bytes_list.value[:] = [domain]
+    out.features.feature[features.TIMESTAMP].int64_list.value[:] = [timestamp]
     return out.SerializeToString()
 
 
 def _pair(example: bytes) -> tuple[list[bytes], list[bytes]]:
     feature = tf.train.Example.FromString(example).features.feature
-    return [feature[F.USER_ID].bytes_list.value[0]], [feature[F.ITEM_ID].bytes_list.value[0]]
+    return [feature[features.USER_ID].bytes_list.value[0]], [
+        feature[features.ITEM_ID].bytes_list.value[0]
+    ]
 
 
-@pytest.mark.parametrize("cr_domains", CD.CHOICES)
+@pytest.mark.parametrize("cr_domains", cr_folding.CHOICES)
 def test_a_content_request_folds_only_under_all(exported, stream, tmp_path, cr_domains):
     """An ad request, then a content request of the same user and item a minute later: UR and
     IR move to the content request either way; CR(u), CR(i) move only under "all"."""
     base = os.path.dirname(exported["a"])
     t0 = 2_000_000_000
-    ad, content = _as(stream[0], F.DOMAIN_AD, t0), _as(stream[0], F.DOMAIN_CONTENT, t0 + 60)
+    ad, content = _as(stream[0], features.DOMAIN_AD, t0), _as(stream[0], features.DOMAIN_CONTENT,
+                                                              t0 + 60)
     with ModelServer(model_name=MODEL, model_base_path=base, port=0, rest_api_port=None) as srv:
         store = open_store(f"sqlite:///{tmp_path / 'store.db'}", half_life_seconds=HALF_LIFE)
         with EmbeddingClient(srv.grpc_target, MODEL, timeout=30) as client:
@@ -132,7 +141,7 @@ def test_a_content_request_folds_only_under_all(exported, stream, tmp_path, cr_d
         for side in ("cross_user", "cross_item"):
             old, new = before[side], getattr(after, side)
             assert old.found[0] and old.updated_at[0] == t0
-            if cr_domains == CD.AD:
+            if cr_domains == cr_folding.AD:
                 assert out.cr_folded == 0
                 assert new.updated_at[0] == t0
                 np.testing.assert_array_equal(new.representations, old.representations)
@@ -144,7 +153,7 @@ def test_a_content_request_folds_only_under_all(exported, stream, tmp_path, cr_d
 def test_ad_only_needs_each_requests_domain(exported, stream, tmp_path):
     base = os.path.dirname(exported["a"])
     bad = tf.train.Example.FromString(stream[0])
-    del bad.features.feature[F.DOMAIN]
+    del bad.features.feature[features.DOMAIN]
     with ModelServer(model_name=MODEL, model_base_path=base, port=0, rest_api_port=None) as srv:
         store = open_store(f"sqlite:///{tmp_path / 'store.db'}", half_life_seconds=HALF_LIFE)
         with EmbeddingClient(srv.grpc_target, MODEL, timeout=30) as client:
@@ -168,3 +177,74 @@ def test_bad_examples_are_refused_before_anything_is_written(exported, stream, t
                 loop.process([stream[1], bad.SerializeToString()])
         assert all(store.count(t) == 0 for t in (UR, IR, CR_USER, CR_ITEM))
         store.close()
+
+
+def test_one_call_and_three_calls_leave_the_same_tables(exported, stream, tmp_path):
+    """The loop's one `representations` call per batch and its three single calls (an upstream
+    exported before that signature) write the same four tables, value for value."""
+    base = os.path.dirname(exported["a"])
+    pairs = [_pair(r) for r in stream[:200]]
+    users, items = sorted({u[0] for u, _ in pairs}), sorted({i[0] for _, i in pairs})
+    keys = {UR: users, CR_USER: users, IR: items, CR_ITEM: items}
+    tables = {}
+    with ModelServer(model_name=MODEL, model_base_path=base, port=0, rest_api_port=None) as srv:
+        with EmbeddingClient(srv.grpc_target, MODEL, timeout=30) as client:
+            for one_call in (True, False):
+                store = open_store(f"sqlite:///{tmp_path / f'{one_call}.db'}",
+                                   half_life_seconds=HALF_LIFE)
+                loop = OnlineLoop(client, store, one_call=one_call)
+                loop.replay(stream[:200], batch_size=37)
+                assert loop.one_call is one_call
+                tables[one_call] = {table: store.get(table, k) for table, k in keys.items()}
+                store.close()
+    for table, rows in tables[True].items():
+        other = tables[False][table]
+        assert rows.found.any() and rows.found.tolist() == other.found.tolist(), table
+        np.testing.assert_array_equal(rows.representations, other.representations, err_msg=table)
+        assert rows.updated_at.tolist() == other.updated_at.tolist(), table
+
+
+class _OldUpstream:
+    """A client of an upstream exported before the `representations` signature: that call
+    fails as TF Serving fails it; the single signatures answer."""
+
+    last_model_version = 3
+
+    def __init__(self):
+        self.calls = []
+
+    def representations(self, examples):
+        import grpc
+
+        from serving.client import ServingClientError
+
+        self.calls.append("representations")
+        raise ServingClientError(grpc.StatusCode.FAILED_PRECONDITION,
+                                 'Serving signature key "representations" not found.',
+                                 "representations")
+
+    def _vectors(self, name, examples):
+        self.calls.append(name)
+        return np.full((len(examples), 2), len(self.calls), np.float32)
+
+    def user_representations(self, examples):
+        return self._vectors("user", examples)
+
+    def item_representations(self, examples):
+        return self._vectors("item", examples)
+
+    def cross_representations(self, examples):
+        return self._vectors("cross", examples)
+
+
+def test_an_upstream_without_the_signature_is_asked_with_single_calls(stream):
+    """FAILED_PRECONDITION naming `representations`: the loop asks the single signatures, and
+    from then on asks them directly (one failed call, not one per batch)."""
+    client = _OldUpstream()
+    loop = OnlineLoop(client, store=None)
+    first = loop.infer(stream[:3])
+    assert client.calls == ["representations", "user", "item", "cross"]
+    assert first["user_representation"].shape == (3, 2) and not loop.one_call
+    assert "ad_prediction" not in first  # only the one-call signature returns it
+    loop.infer(stream[:3])
+    assert client.calls[4:] == ["user", "item", "cross"]

@@ -3,7 +3,7 @@
 import pytest
 
 from pipelines.sources import synthetic
-from trainer import input as data_input
+from trainer import data_input
 
 
 @pytest.fixture(scope="session")

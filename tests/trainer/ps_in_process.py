@@ -9,7 +9,7 @@ one JSON line: the trainer's results, the mean training loss of the trained mode
 same model untrained, and a checkpoint of a sharded model restored with other shard counts.
 """
 
-from trainer import legacy_keras  # noqa: F401
+from common import legacy_keras  # noqa: F401
 
 # isort: split
 import json
@@ -20,8 +20,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from trainer import distribute, train
-from trainer import input as data_input
+from trainer import data_input, distribute, train
 from trainer.config import ModelConfig, TrainConfig
 from trainer.export import export_saved_model
 from trainer.model import LFM4AdsModel

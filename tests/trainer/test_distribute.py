@@ -22,12 +22,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import signatures
 from pipelines.sources import synthetic
 from serving.client import EmbeddingClient
 from serving.model_server import ModelServer
-from trainer import distribute, train
-from trainer import input as data_input
-from trainer import signatures as S
+from trainer import data_input, distribute, train
 from trainer.config import ModelConfig, TrainConfig
 from trainer.model import LFM4AdsModel
 
@@ -187,6 +186,7 @@ def ps_run(data, tmp_path_factory) -> dict:
     return _json_line(str(log))
 
 
+@pytest.mark.slow
 def test_parameter_servers_train_sharded_tables_and_the_loss_goes_down(ps_run):
     assert ps_run["strategy"] == "parameter_server"
     assert ps_run["sharded_variables"] >= 6  # the id and feature tables, each in 2 shards
@@ -195,6 +195,7 @@ def test_parameter_servers_train_sharded_tables_and_the_loss_goes_down(ps_run):
     assert ps_run["auc_ad"] is not None and ps_run["auc_content"] is not None
 
 
+@pytest.mark.slow
 def test_a_sharded_checkpoint_restores_with_other_shard_counts(ps_run):
     reshard = ps_run["reshard"]
     assert reshard["item_id"]["shards"] == [2, 3, 1]
@@ -202,15 +203,17 @@ def test_a_sharded_checkpoint_restores_with_other_shard_counts(ps_run):
         assert table["equal"] == [True, True], name
 
 
+@pytest.mark.slow
 def test_the_parameter_server_export_serves(ps_run, data):
     export = ps_run["export_path"]
     loaded = tf.saved_model.load(export)
-    assert set(loaded.signatures) >= {S.SERVING_DEFAULT, S.USER_REPRESENTATION,
-                                      S.ITEM_REPRESENTATION, S.CROSS_REPRESENTATION}
+    assert set(loaded.signatures) >= {signatures.SERVING_DEFAULT, signatures.USER_REPRESENTATION,
+                                      signatures.ITEM_REPRESENTATION,
+                                      signatures.CROSS_REPRESENTATION}
     files = data_input.list_files(data)
     examples = [r.numpy() for r in data_input.records_in_window(files).take(16)]
-    expected = loaded.signatures[S.USER_REPRESENTATION](
-        examples=tf.constant(examples))[S.USER_REPRESENTATION].numpy()
+    expected = loaded.signatures[signatures.USER_REPRESENTATION](
+        examples=tf.constant(examples))[signatures.USER_REPRESENTATION].numpy()
     with ModelServer(model_name="lfm4ads", model_base_path=os.path.dirname(export), port=0,
                      rest_api_port=None) as server:
         with EmbeddingClient(server.grpc_target, "lfm4ads") as client:
@@ -220,6 +223,7 @@ def test_the_parameter_server_export_serves(ps_run, data):
 
 
 # -- parameter servers, one process per task, a worker lost -------------------------------
+@pytest.mark.slow
 def test_parameter_server_cli_on_tf_config_survives_a_lost_worker(data, tmp_path):
     chief_port, w0, w1, ps = _ports(4)
     cluster = {"chief": [f"localhost:{chief_port}"],
@@ -260,6 +264,7 @@ def test_parameter_server_cli_on_tf_config_survives_a_lost_worker(data, tmp_path
 
 
 # -- multi-worker mirrored: 2 workers, the weights of one ---------------------------------
+@pytest.mark.slow
 def test_two_mirrored_workers_give_the_weights_of_one(data, tmp_path, monkeypatch, capsys):
     args = [*SMALL_FLAGS, "--data", data, "--strategy=multi_worker", "--id_dropout=0",
             "--shuffle_buffer=0", "--epochs=1", "--batch_size=64", "--json"]

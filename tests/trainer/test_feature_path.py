@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import features as F
-from trainer import input as data_input
+from common import features
+from trainer import data_input
 from trainer.config import ModelConfig, TrainConfig
 from trainer.feature_path import (
     ALPHA_INIT,
@@ -27,7 +27,7 @@ def _ids(batch: int = 6, seed: int = 0) -> dict[str, tf.Tensor]:
     tags = rng.integers(1, 10, (batch, 3))
     tags[:, 2] = 0  # padding
     tags[0, 1:] = 0
-    ids[F.ITEM_TAGS] = tf.constant(tags)
+    ids[features.ITEM_TAGS] = tf.constant(tags)
     return ids
 
 
@@ -51,9 +51,9 @@ def test_matches_the_formula():
     b = {name: t.numpy() for name, t in layer.biases.items()}
     n = {k: v.numpy() for k, v in ids.items()}
     u = sum(w[f][n[f]] for f in USER_FIELDS)
-    tags = n[F.ITEM_TAGS]
-    tag_mean = np.stack([w[F.ITEM_TAGS][row[row != 0]].mean(0) for row in tags])
-    v = w[F.ITEM_CATEGORY][n[F.ITEM_CATEGORY]] + tag_mean
+    tags = n[features.ITEM_TAGS]
+    tag_mean = np.stack([w[features.ITEM_TAGS][row[row != 0]].mean(0) for row in tags])
+    v = w[features.ITEM_CATEGORY][n[features.ITEM_CATEGORY]] + tag_mean
     cos = np.sum(u * v, -1) / np.linalg.norm(u, axis=-1) / np.linalg.norm(v, axis=-1)
     bias = sum(b[f][n[f]] for f in BIAS_FIELDS)
     for i, head in enumerate(("ad", "content", "conversion")):
@@ -64,7 +64,7 @@ def test_matches_the_formula():
 
 def test_bias_penalty_is_a_layer_loss():
     layer = _path(bias_l2=0.5)
-    layer.biases[F.SCENARIO].assign(np.full(10, 1.0))
+    layer.biases[features.SCENARIO].assign(np.full(10, 1.0))
     layer(_ids())
     assert float(tf.add_n(layer.losses)) == pytest.approx(0.5 * 10, rel=1e-5)
 
@@ -90,7 +90,8 @@ def test_model_config_sets_the_penalties():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"lacks the feature path's fields \['item_tags'\]"):
-        FeatureAffinityPath({k: v for k, v in SIZES.items() if k != F.ITEM_TAGS}, heads=("ad",))
+        FeatureAffinityPath({k: v for k, v in SIZES.items() if k != features.ITEM_TAGS},
+                            heads=("ad",))
     with pytest.raises(ValueError, match=r"bias_heads \['click'\] are not among heads"):
         FeatureAffinityPath(SIZES, heads=("ad",), bias_heads=("click",))
     with pytest.raises(ValueError, match="embedding_dim must be >= 1, got 0"):
@@ -137,25 +138,26 @@ def test_path_ignores_ids_and_learns_from_both_domains(small_batch):
     model(small_batch)
     # No ids: other user and item ids give the same contribution (cold start).
     renamed = dict(small_batch)
-    renamed[F.USER_ID] = tf.strings.join([small_batch[F.USER_ID], b"-new"])
-    renamed[F.ITEM_ID] = tf.strings.join([small_batch[F.ITEM_ID], b"-new"])
+    renamed[features.USER_ID] = tf.strings.join([small_batch[features.USER_ID], b"-new"])
+    renamed[features.ITEM_ID] = tf.strings.join([small_batch[features.ITEM_ID], b"-new"])
     before = model._forward(small_batch, training=False)[-1]
     after = model._forward(renamed, training=False)[-1]
     for head in before:
         np.testing.assert_allclose(before[head], after[head], rtol=1e-6)
     # Content rows move the content alpha only, ad rows the ad (and conversion) ones; both
     # domains train the shared feature embeddings.
-    for domain, moved in ((F.DOMAIN_CONTENT, [1]), (F.DOMAIN_AD, [0, 2])):
-        keep = small_batch[F.DOMAIN].numpy() == domain
+    for domain, moved in ((features.DOMAIN_CONTENT, [1]), (features.DOMAIN_AD, [0, 2])):
+        keep = small_batch[features.DOMAIN].numpy() == domain
         rows = {k: tf.boolean_mask(v, keep) for k, v in small_batch.items()}
         with tf.GradientTape() as tape:
             loss = model.compute_loss(rows, training=True)
         alpha, geo = tape.gradient(
-            loss, [model.feature_path.alpha, model.feature_path.tables[F.USER_GEO]])
+            loss, [model.feature_path.alpha, model.feature_path.tables[features.USER_GEO]])
         assert sorted(np.flatnonzero(alpha.numpy())) == moved, domain
         assert float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(geo)))) > 0, domain
 
 
+@pytest.mark.slow
 def test_fit_feature_path_trains_the_path_alone_then_freezes_it(small_data):
     files = data_input.list_files(small_data)
     ds = data_input.make_dataset(files, 256, cache=True)
@@ -186,6 +188,7 @@ def test_fit_feature_path_trains_the_path_alone_then_freezes_it(small_data):
         strict=True))
 
 
+@pytest.mark.slow
 def test_fit_feature_path_errors(small_batch):
     with pytest.raises(ValueError, match=r"needs ModelConfig\(feature_path=True\)"):
         LFM4AdsModel(ModelConfig(**SMALL)).fit_feature_path(
@@ -203,6 +206,7 @@ def test_fit_feature_path_errors(small_batch):
     model.fit_feature_path(tf.data.Dataset.from_tensors(small_batch), 1, 0.01, freeze=False)
 
 
+@pytest.mark.slow
 def test_two_stages_under_mixed_precision(small_data):
     files = data_input.list_files(small_data)
     ds = data_input.make_dataset(files, 256, cache=True).take(3)
@@ -224,20 +228,28 @@ def test_two_stages_under_mixed_precision(small_data):
 def test_fields_are_configuration():
     """Other fields than the defaults: U from the user's geo only, V from the category only,
     no biases; the model passes ModelConfig's fields through."""
-    layer = FeatureAffinityPath(SIZES, heads=("ad",), user_fields=(F.USER_GEO,),
-                                item_fields=(F.ITEM_CATEGORY,), bias_fields=())
+    layer = FeatureAffinityPath(SIZES, heads=("ad",), user_fields=(features.USER_GEO,),
+                                item_fields=(features.ITEM_CATEGORY,), bias_fields=())
     ids = _ids()
     out = layer(ids)["ad"].numpy()[:, 0]
-    assert set(layer.tables) == {F.USER_GEO, F.ITEM_CATEGORY} and layer.biases == {}
-    u = layer.tables[F.USER_GEO].numpy()[ids[F.USER_GEO].numpy()]
-    v = layer.tables[F.ITEM_CATEGORY].numpy()[ids[F.ITEM_CATEGORY].numpy()]
+    assert set(layer.tables) == {features.USER_GEO, features.ITEM_CATEGORY} and layer.biases == {}
+    u = layer.tables[features.USER_GEO].numpy()[ids[features.USER_GEO].numpy()]
+    v = layer.tables[features.ITEM_CATEGORY].numpy()[ids[features.ITEM_CATEGORY].numpy()]
     cos = np.sum(u * v, -1) / np.linalg.norm(u, axis=-1) / np.linalg.norm(v, axis=-1)
     np.testing.assert_allclose(out, layer.alpha.numpy()[0] * cos, rtol=1e-5, atol=1e-5)
-    assert FeatureAffinityPath.from_config(layer.get_config()).item_fields == (F.ITEM_CATEGORY,)
-    model = LFM4AdsModel(ModelConfig(feature_path=True, feature_path_user_fields=(F.USER_AGE,),
-                                     feature_path_bias_fields=(F.SCENARIO,), **SMALL))
-    assert model.feature_path.user_fields == (F.USER_AGE,)
-    assert model.feature_path.bias_fields == (F.SCENARIO,)
+    assert FeatureAffinityPath.from_config(layer.get_config()).item_fields == (
+        features.ITEM_CATEGORY,
+    )
+    model = LFM4AdsModel(
+        ModelConfig(
+            feature_path=True,
+            feature_path_user_fields=(features.USER_AGE,),
+            feature_path_bias_fields=(features.SCENARIO,),
+            **SMALL,
+        )
+    )
+    assert model.feature_path.user_fields == (features.USER_AGE,)
+    assert model.feature_path.bias_fields == (features.SCENARIO,)
     with pytest.raises(ValueError, match="feature_path_user_fields must name at least one"):
         ModelConfig(feature_path_user_fields=())
     with pytest.raises(ValueError, match=r"lacks the feature path's fields \['user_bogus'\]"):

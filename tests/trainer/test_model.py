@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import features as F
+from common import features
 from trainer.config import ModelConfig, TrainConfig, from_preset
 from trainer.model import LFM4AdsModel
 
@@ -20,7 +20,7 @@ D0 = 8 + 8 + 8 + 8 * 4
 def test_outputs_and_shapes(small_batch, interaction, branches):
     model = LFM4AdsModel(ModelConfig(interaction=interaction, branches=branches, **SMALL))
     out = model(small_batch)
-    batch = small_batch[F.LABEL].shape[0]
+    batch = small_batch[features.LABEL].shape[0]
     assert out["ad_prediction"].shape == (batch, 1)
     assert out["user_representation"].shape == (batch, 8)
     assert out["item_representation"].shape == (batch, 8)
@@ -39,7 +39,7 @@ def test_outputs_and_shapes(small_batch, interaction, branches):
 def test_cr_layer_selects_the_named_output(small_batch, interaction, cr_layer, width):
     model = LFM4AdsModel(ModelConfig(interaction=interaction, cr_layer=cr_layer, **SMALL))
     cr = model.cross_representation(small_batch)
-    assert cr.shape == (small_batch[F.LABEL].shape[0], width)
+    assert cr.shape == (small_batch[features.LABEL].shape[0], width)
     if cr_layer == "embedding":
         # The embedding CR starts with [UR, IR].
         np.testing.assert_allclose(cr[:, :8], model.user_representation(small_batch), atol=1e-6)
@@ -103,7 +103,7 @@ def test_bad_cr_layer():
 
 
 def _only(batch, domain: bytes):
-    keep = batch[F.DOMAIN].numpy() == domain
+    keep = batch[features.DOMAIN].numpy() == domain
     return {k: tf.boolean_mask(v, keep) for k, v in batch.items()}
 
 
@@ -124,9 +124,9 @@ def _grads(model, batch):
 def test_losses_are_masked_by_domain(small_batch, scale):
     model = LFM4AdsModel(ModelConfig(ad_tower_gradient_scale=scale, **SMALL))
     model(small_batch)
-    content_only = _grads(model, _only(small_batch, F.DOMAIN_CONTENT))
+    content_only = _grads(model, _only(small_batch, features.DOMAIN_CONTENT))
     assert content_only["ad"] == 0.0 and content_only["content"] > 0 and content_only["user"] > 0
-    ad_only = _grads(model, _only(small_batch, F.DOMAIN_AD))
+    ad_only = _grads(model, _only(small_batch, features.DOMAIN_AD))
     assert ad_only["content"] == 0.0 and ad_only["ad"] > 0
     # With scale 0 the ad loss trains its branch only; the towers learn from content.
     assert (ad_only["user"] > 0) == (scale > 0)
@@ -154,12 +154,13 @@ def test_retrieval_loss_adds_to_the_loss(small_batch):
     with_retrieval.set_weights(base.get_weights())
     extra = float(with_retrieval.compute_loss(small_batch)) - float(base.compute_loss(small_batch))
     # In-batch softmax over n positives is about log(n) at initialisation.
-    positives = int(np.sum(small_batch[F.LABEL].numpy()))
+    positives = int(np.sum(small_batch[features.LABEL].numpy()))
     assert extra == pytest.approx(np.log(256) * positives / 256, rel=0.3)
 
 
+@pytest.mark.slow
 def test_fit_lowers_the_loss(small_data):
-    from trainer import input as data_input
+    from trainer import data_input
 
     files = data_input.list_files(small_data)
     ds = data_input.make_dataset(files, 128, cache=True)
@@ -171,6 +172,7 @@ def test_fit_lowers_the_loss(small_data):
 
 
 @pytest.mark.parametrize("id_dropout,trained", [(1.0, False), (0.0, True)])
+@pytest.mark.slow
 def test_id_dropout_hides_ids_in_training(small_batch, id_dropout, trained):
     model = LFM4AdsModel(ModelConfig(id_dropout=id_dropout, **SMALL))
     model.compile(tf.keras.optimizers.Adam(1e-2))
@@ -178,10 +180,10 @@ def test_id_dropout_hides_ids_in_training(small_batch, id_dropout, trained):
     # The id tables start at zero; with every id hidden in training the rows of real ids never
     # move (an id then contributes what an id never seen does: nothing), while row 0, "missing",
     # is what the hidden ids were mapped to and is learned (unused, so still zero, without it).
-    user_table = model.embeddings.tables[F.USER_ID].numpy()
+    user_table = model.embeddings.tables[features.USER_ID].numpy()
     assert bool(np.any(user_table[1:] != 0)) == trained
     assert bool(np.any(user_table[0] != 0)) == (not trained)
-    assert bool(np.any(model.embeddings.tables[F.USER_GEO].numpy() != 0))
+    assert bool(np.any(model.embeddings.tables[features.USER_GEO].numpy() != 0))
 
 
 def test_id_dropout_out_of_range():

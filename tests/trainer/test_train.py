@@ -9,10 +9,11 @@ import sys
 import pytest
 import tensorflow as tf
 
-from trainer import input as data_input
-from trainer import signatures as S
+from common import signatures
+from trainer import data_input
 
 
+@pytest.mark.slow
 def test_cli_trains_evaluates_and_exports(small_data, tmp_path):
     export_dir = tmp_path / "export"
     proc = subprocess.run(
@@ -21,7 +22,7 @@ def test_cli_trains_evaluates_and_exports(small_data, tmp_path):
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # A quiet console (trainer.console): no traceback, not even TensorFlow's at interpreter
+    # A quiet console (common.console): no traceback, not even TensorFlow's at interpreter
     # exit, and no library log line (TensorFlow's C++ "2026-... W tensorflow/..." lines).
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, \
         proc.stderr[-3000:]
@@ -60,7 +61,7 @@ def test_cli_trains_evaluates_and_exports(small_data, tmp_path):
         assert 1.0 <= s["participation_ratio"] <= s["effective_rank"] + 1e-6, key
     assert "eff. rank" in proc.stdout and "CR(u,i)" in proc.stdout
     loaded = tf.saved_model.load(result["export_path"])
-    assert set(loaded.signatures) == set(S.OUTPUT_KEYS)
+    assert set(loaded.signatures) == set(signatures.OUTPUT_KEYS)
     assert os.path.dirname(result["export_path"]) == str(export_dir)
 
 
@@ -91,6 +92,7 @@ def test_cli_rejects_an_eval_window_longer_than_the_data(small_data, tmp_path, e
     assert "nothing would be left to train on" in proc.stderr
 
 
+@pytest.mark.slow
 def test_early_stopping_on_a_validation_window(small_data, tmp_path):
     """`validation_days` holds the day before the eval window out of training and keeps the
     weights of the best validation epoch."""
@@ -116,12 +118,13 @@ def test_early_stopping_on_a_validation_window(small_data, tmp_path):
                          TrainConfig(epochs=1, validation_days=5.0), verbose=0)
 
 
+@pytest.mark.slow
 def test_feature_path_two_stage_training_is_what_gets_exported(small_data, tmp_path):
     """`feature_path_epochs` trains the path first; the exported model is the evaluated one,
     path included (its predictions give the AUC that training reports)."""
     import numpy as np
 
-    from trainer import features as F
+    from common import features
     from trainer.config import ModelConfig, TrainConfig
     from trainer.evaluation import auc
     from trainer.train import train_and_export
@@ -143,23 +146,25 @@ def test_feature_path_two_stage_training_is_what_gets_exported(small_data, tmp_p
     assert result["preprocessing"] == "vocabulary"
     counts = Counter()
     for batch in data_input.make_dataset(files, 1024, end=result["eval_window"][0]):
-        for name in (F.ITEM_ID, F.USER_HIST_ITEMS):
+        for name in (features.ITEM_ID, features.USER_HIST_ITEMS):
             counts.update(v for v in batch[name].numpy().reshape(-1).tolist() if v)
-    kept = sum(n >= VOCABULARIES[F.ITEM_ID][2] for n in counts.values())
-    assert result["vocabulary_sizes"][F.ITEM_ID] == 1 + kept + VOCABULARIES[F.ITEM_ID][1]
+    kept = sum(n >= VOCABULARIES[features.ITEM_ID][2] for n in counts.values())
+    assert (
+        result["vocabulary_sizes"][features.ITEM_ID] == 1 + kept + VOCABULARIES[features.ITEM_ID][1]
+    )
     serialized = [r.numpy() for r in data_input.records_in_window(
         files, start=result["eval_window"][0])]
     assert len(serialized) == result["eval_examples"]
     loaded = tf.saved_model.load(result["export_path"])
-    out = loaded.signatures[S.SERVING_DEFAULT](examples=tf.constant(serialized))
-    raw = F.parse_examples(tf.constant(serialized))
-    ad = raw[F.DOMAIN].numpy() == F.DOMAIN_AD
-    label = raw[F.LABEL].numpy()
-    assert auc(label[ad], out[S.AD_PREDICTION].numpy()[ad, 0]) == pytest.approx(
+    out = loaded.signatures[signatures.SERVING_DEFAULT](examples=tf.constant(serialized))
+    raw = features.parse_examples(tf.constant(serialized))
+    ad = raw[features.DOMAIN].numpy() == features.DOMAIN_AD
+    label = raw[features.LABEL].numpy()
+    assert auc(label[ad], out[signatures.AD_PREDICTION].numpy()[ad, 0]) == pytest.approx(
         result["auc_ad"], abs=1e-6)
-    assert auc(label[~ad], out[S.CONTENT_PREDICTION].numpy()[~ad, 0]) == pytest.approx(
+    assert auc(label[~ad], out[signatures.CONTENT_PREDICTION].numpy()[~ad, 0]) == pytest.approx(
         result["auc_content"], abs=1e-6)
-    assert np.all(np.isfinite(out[S.AD_PREDICTION].numpy()))
+    assert np.all(np.isfinite(out[signatures.AD_PREDICTION].numpy()))
     # Expected AUC: the exported model's predictions against the simulator's probabilities.
     from trainer.evaluation import expected_auc
 
@@ -167,7 +172,7 @@ def test_feature_path_two_stage_training_is_what_gets_exported(small_data, tmp_p
     window = oracle["timestamp"] >= result["eval_window"][0]
     assert np.array_equal(oracle["label"][window], label)
     p = oracle["p_label"][window]
-    assert expected_auc(p[ad], out[S.AD_PREDICTION].numpy()[ad, 0]) == pytest.approx(
+    assert expected_auc(p[ad], out[signatures.AD_PREDICTION].numpy()[ad, 0]) == pytest.approx(
         result["expected_auc_ad"], abs=1e-6)
     assert expected_auc(p[ad], p[ad]) == pytest.approx(result["oracle_expected_auc_ad"])
 
@@ -230,6 +235,7 @@ def test_presets_reject_unknown_fields():
         from_preset("nope")
 
 
+@pytest.mark.slow
 def test_skip_last_days_evaluates_on_an_earlier_window(small_data, tmp_path):
     """`skip_last_days` leaves the data's last days out: the eval window is the day before
     the last, its oracle AUC is that window's, and no later row is read."""

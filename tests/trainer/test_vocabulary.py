@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import features as F
+from common import features
 from trainer.config import ModelConfig
 from trainer.preprocessing import HashingPreprocessor
 from trainer.transform import VOCABULARIES
 from trainer.vocabulary import VocabularyPreprocessor
 
-ITEM_OOV = VOCABULARIES[F.ITEM_ID][1]
-TAG_OOV = VOCABULARIES[F.ITEM_TAGS][1]
+ITEM_OOV = VOCABULARIES[features.ITEM_ID][1]
+TAG_OOV = VOCABULARIES[features.ITEM_TAGS][1]
 
 
 def _batch(**columns) -> dict[str, tf.Tensor]:
@@ -35,12 +35,14 @@ def _adapted() -> VocabularyPreprocessor:
 
 def test_adapt_applies_thresholds_order_and_the_shared_item_vocabulary():
     pre = _adapted()
-    assert pre.vocabularies[F.ITEM_ID] == ["i1", "i3", "i2"]  # i3/i2 tie: the larger first
-    assert pre.vocabularies[F.ITEM_TAGS] == ["t2", "t3", "t1"]
-    assert pre.vocabularies[F.ITEM_ADVERTISER] == []  # content only: every advertiser is OOV
-    assert pre.vocabulary_size(F.ITEM_ID) == 1 + 3 + ITEM_OOV
-    assert pre.vocabulary_size(F.USER_HIST_ITEMS) == pre.vocabulary_size(F.ITEM_ID)
-    assert pre.vocabulary_size(F.USER_ID) == 50 and pre.vocabulary_size(F.USER_AGE) == 6
+    assert pre.vocabularies[features.ITEM_ID] == ["i1", "i3", "i2"]  # i3/i2 tie: the larger first
+    assert pre.vocabularies[features.ITEM_TAGS] == ["t2", "t3", "t1"]
+    assert pre.vocabularies[features.ITEM_ADVERTISER] == []  # content only: every advertiser is OOV
+    assert pre.vocabulary_size(features.ITEM_ID) == 1 + 3 + ITEM_OOV
+    assert pre.vocabulary_size(features.USER_HIST_ITEMS) == pre.vocabulary_size(features.ITEM_ID)
+    assert (
+        pre.vocabulary_size(features.USER_ID) == 50 and pre.vocabulary_size(features.USER_AGE) == 6
+    )
 
 
 def test_ids_padding_vocabulary_and_oov():
@@ -53,22 +55,22 @@ def test_ids_padding_vocabulary_and_oov():
         user_id=[b"u1", b"", b"u1", b"u2"], user_age=np.array([-1, 2, 40, 3], np.int64),
         label=[1, 0, 0, 1],  # not a model feature: dropped
     ))
-    assert F.LABEL not in ids
-    item = ids[F.ITEM_ID].numpy()
+    assert features.LABEL not in ids
+    item = ids[features.ITEM_ID].numpy()
     assert item[:2].tolist() == [1, 3]  # vocabulary ids, shifted by one
     assert all(4 <= i < 4 + ITEM_OOV for i in item[2:])  # i4 (under threshold), zz: OOV
-    hist = ids[F.USER_HIST_ITEMS].numpy()
+    hist = ids[features.USER_HIST_ITEMS].numpy()
     assert hist[0].tolist() == [3, 0] and hist[1].tolist() == [0, 0]
     assert hist[2].tolist() == [1, 2] and hist[3, 0] == item[3]  # same ids as item_id
-    assert ids[F.ITEM_TAGS].numpy()[:2].tolist() == [[3, 0], [1, 2]]
-    assert 4 <= ids[F.ITEM_TAGS].numpy()[3, 0] < 4 + TAG_OOV
-    advertiser = ids[F.ITEM_ADVERTISER].numpy()
-    assert advertiser[0] == 0 and 1 <= advertiser[1] <= VOCABULARIES[F.ITEM_ADVERTISER][1]
+    assert ids[features.ITEM_TAGS].numpy()[:2].tolist() == [[3, 0], [1, 2]]
+    assert 4 <= ids[features.ITEM_TAGS].numpy()[3, 0] < 4 + TAG_OOV
+    advertiser = ids[features.ITEM_ADVERTISER].numpy()
+    assert advertiser[0] == 0 and 1 <= advertiser[1] <= VOCABULARIES[features.ITEM_ADVERTISER][1]
     # user_id and user_age as HashingPreprocessor's.
-    hashed = HashingPreprocessor({F.USER_ID: 50, F.USER_AGE: 6})(
-        {F.USER_ID: tf.constant([b"u1", b"", b"u1", b"u2"]),
-         F.USER_AGE: tf.constant([-1, 2, 40, 3], tf.int64)})
-    for name in (F.USER_ID, F.USER_AGE):
+    hashed = HashingPreprocessor({features.USER_ID: 50, features.USER_AGE: 6})(
+        {features.USER_ID: tf.constant([b"u1", b"", b"u1", b"u2"]),
+         features.USER_AGE: tf.constant([-1, 2, 40, 3], tf.int64)})
+    for name in (features.USER_ID, features.USER_AGE):
         np.testing.assert_array_equal(ids[name], hashed[name])
 
 
@@ -83,26 +85,26 @@ def test_config_and_saved_model_round_trips(tmp_path):
     module = tf.Module()
     module.pre = pre
     module.ids = tf.function(
-        lambda items, tags: pre({F.ITEM_ID: items, F.ITEM_TAGS: tags}),
+        lambda items, tags: pre({features.ITEM_ID: items, features.ITEM_TAGS: tags}),
         input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, 2], tf.string)])
     tf.saved_model.save(module, str(tmp_path / "m"))
     loaded = tf.saved_model.load(str(tmp_path / "m"))
-    out = loaded.ids(batch[F.ITEM_ID], batch[F.ITEM_TAGS])
+    out = loaded.ids(batch[features.ITEM_ID], batch[features.ITEM_TAGS])
     for name in expected:
         np.testing.assert_array_equal(out[name], expected[name])
 
 
 def test_bad_vocabularies_are_refused_by_name():
     good = {name: [] for name in VOCABULARIES}
-    buckets = {F.USER_ID: 10, F.USER_AGE: 5}
+    buckets = {features.USER_ID: 10, features.USER_AGE: 5}
     with pytest.raises(ValueError, match=r"lacks the features \['item_tags'\]"):
-        VocabularyPreprocessor({k: v for k, v in good.items() if k != F.ITEM_TAGS}, buckets)
+        VocabularyPreprocessor({k: v for k, v in good.items() if k != features.ITEM_TAGS}, buckets)
     with pytest.raises(ValueError, match=r"no vocabulary is defined for the features \['colour'\]"):
         VocabularyPreprocessor({**good, "colour": ["red"]}, buckets)
     with pytest.raises(ValueError, match="'item_category' contains the empty string"):
-        VocabularyPreprocessor({**good, F.ITEM_CATEGORY: ["a", ""]}, buckets)
+        VocabularyPreprocessor({**good, features.ITEM_CATEGORY: ["a", ""]}, buckets)
     with pytest.raises(ValueError, match="'user_geo' has repeated values"):
-        VocabularyPreprocessor({**good, F.USER_GEO: ["x", "x"]}, buckets)
+        VocabularyPreprocessor({**good, features.USER_GEO: ["x", "x"]}, buckets)
     data = tf.data.Dataset.from_tensors(_batch(item_category=[b"\xff\xfe"]))
     with pytest.raises(ValueError, match="feature 'item_category' has a value that is not UTF-8"):
         VocabularyPreprocessor.adapt(data, ModelConfig())

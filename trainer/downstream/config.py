@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from trainer import signatures as S
+from common import signatures
 
 NONE = "none"
 UR = "ur"
@@ -40,32 +40,32 @@ RANKER_MODES = MODES[:-1]  # `retrieval` is a model of its own (StandaloneRetrie
 #   finetune        lfm4ads with UR, IR computed by the upstream towers inside the ranker,
 #                   fine-tuned with the downstream loss (UpstreamLayer(trainable=True))
 #   retrieval       cosine of adapted UR, IR, InfoNCE (Eq. 6; StandaloneRetrieval)
-_UR_IR = (S.UR_FEATURE, S.IR_FEATURE)
-_CRS = (S.CR_USER_FEATURE, S.CR_ITEM_FEATURE)
+_UR_IR = (signatures.UR_FEATURE, signatures.IR_FEATURE)
+_CRS = (signatures.CR_USER_FEATURE, signatures.CR_ITEM_FEATURE)
 MODE_FEATURES = {
     NONE: (),
-    UR: (S.UR_FEATURE,),
-    UR_SAME_BRANCH: (S.UR_FEATURE,),
+    UR: (signatures.UR_FEATURE,),
+    UR_SAME_BRANCH: (signatures.UR_FEATURE,),
     UR_IR: _UR_IR,
     CR_LINEAR: _UR_IR + _CRS,
-    CR_LATEST: _UR_IR + (S.CR_LATEST_USER_FEATURE, S.CR_LATEST_ITEM_FEATURE),
+    CR_LATEST: _UR_IR + (signatures.CR_LATEST_USER_FEATURE, signatures.CR_LATEST_ITEM_FEATURE),
     LFM4ADS: _UR_IR + _CRS,
     IIM: _UR_IR,
     LFM4ADS_IIM: _UR_IR + _CRS,
-    DISTILL: (S.UPSTREAM_AD_PREDICTION_FEATURE,),
+    DISTILL: (signatures.UPSTREAM_AD_PREDICTION_FEATURE,),
     FINETUNE: _CRS,
     RETRIEVAL: _UR_IR,
 }
 # The representation features each mode concatenates into the ranker's input as they are.
 MODE_DENSE_FEATURES = {
-    NONE: (), UR: (S.UR_FEATURE,), UR_SAME_BRANCH: (S.UR_FEATURE,), UR_IR: _UR_IR,
+    NONE: (), UR: (signatures.UR_FEATURE,), UR_SAME_BRANCH: (signatures.UR_FEATURE,), UR_IR: _UR_IR,
     CR_LINEAR: _UR_IR,
     CR_LATEST: _UR_IR, LFM4ADS: _UR_IR, IIM: (), LFM4ADS_IIM: _UR_IR, DISTILL: (), FINETUNE: (),
     RETRIEVAL: (),
 }
 # Features computed per row by the live upstream at request time (not representations looked
 # up as of before the row: no `<name>_found`, not in `representation_features`).
-PREDICTION_FEATURES = (S.UPSTREAM_AD_PREDICTION_FEATURE,)
+PREDICTION_FEATURES = (signatures.UPSTREAM_AD_PREDICTION_FEATURE,)
 ADAPTER_MODES = frozenset({CR_LATEST, LFM4ADS, LFM4ADS_IIM, FINETUNE})
 IIM_MODES = frozenset({IIM, LFM4ADS_IIM})
 CR_MODES = frozenset({CR_LINEAR, CR_LATEST, LFM4ADS})

@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from trainer import features as F
-from trainer.downstream import replay as R
+from common import features
+from trainer.downstream import replay
 
-DAY = F.DAY
+DAY = features.DAY
 # How a downstream study or ranker sees the upstream: `frozen`, one model trained before the
 # downstream windows; `daily`, a model moved forward one day at a time (module doc), or, for a
 # trained upstream's exports, each request scored by the newest version trained before it.
@@ -43,9 +43,9 @@ def day_windows(start: int, end: int, days: float = 1.0) -> list[tuple[int, int]
 
 def replay_daily(model, records: Sequence[bytes], start: int, *, batch_size: int = 1024,
                  shuffle_buffer: int = 100_000, seed: int = 0, days: float = 1.0,
-                 model_fn: Callable = R.keras_model_fn, before_day: Callable | None = None,
+                 model_fn: Callable = replay.keras_model_fn, before_day: Callable | None = None,
                  trains_on: np.ndarray | None = None,
-                 log: Callable[[str], None] | None = None) -> R.UpstreamEvents:
+                 log: Callable[[str], None] | None = None) -> replay.UpstreamEvents:
     """Scores `records` day by day with the model as it stood before each day and updates it
     on the day after scoring it (module doc). `model` is a compiled `LFM4AdsModel` pretrained
     on the requests before `start`; it is updated in place and ends trained on every request.
@@ -53,7 +53,7 @@ def replay_daily(model, records: Sequence[bytes], start: int, *, batch_size: int
     the events in input order. `trains_on` (bool [n]): the requests the updates train on
     (default all; e.g. one domain's for an upstream of that domain), all of them scored."""
     records = list(records)
-    stamps = R.record_timestamps(records)
+    stamps = replay.record_timestamps(records)
     if trains_on is not None and np.shape(trains_on) != stamps.shape:
         raise ValueError(f"trains_on has shape {np.shape(trains_on)}, the records "
                          f"{stamps.shape}")
@@ -66,7 +66,7 @@ def replay_daily(model, records: Sequence[bytes], start: int, *, batch_size: int
     fn = model_fn(model)
     parts, order = [], []
     history = np.flatnonzero(stamps < start)
-    parts.append(R.run_upstream(fn, [records[j] for j in history]).scored_by(start))
+    parts.append(replay.run_upstream(fn, [records[j] for j in history]).scored_by(start))
     order.append(history)
     windows = day_windows(start, int(stamps.max()) + 1, days)
     for k, (d0, d1) in enumerate(windows):
@@ -75,14 +75,14 @@ def replay_daily(model, records: Sequence[bytes], start: int, *, batch_size: int
         day = np.flatnonzero((stamps >= d0) & (stamps < d1))
         if not day.size:
             continue
-        parts.append(R.run_upstream(fn, [records[j] for j in day]).scored_by(d0))
+        parts.append(replay.run_upstream(fn, [records[j] for j in day]).scored_by(d0))
         order.append(day)
         learn = day if trains_on is None else day[trains_on[day]]
         if k + 1 < len(windows) and learn.size:  # the last day's update would score nothing
             update(model, [records[j] for j in learn], batch_size, shuffle_buffer, seed + k)
         if log is not None:
             log(f"    day {k + 1}/{len(windows)}: {day.size} requests scored, then trained on")
-    events = R.concatenate(parts)
+    events = replay.concatenate(parts)
     return events.select(np.argsort(np.concatenate(order), kind="stable"))
 
 
@@ -92,5 +92,5 @@ def update(model, records: Sequence[bytes], batch_size: int, shuffle_buffer: int
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(records), tf.string))
     if shuffle_buffer:
         ds = ds.shuffle(min(shuffle_buffer, len(records)), seed=seed)
-    ds = ds.batch(batch_size).map(F.parse_examples, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(features.parse_examples, num_parallel_calls=tf.data.AUTOTUNE)
     model.fit(ds.prefetch(tf.data.AUTOTUNE), epochs=1, verbose=0)

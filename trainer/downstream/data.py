@@ -14,13 +14,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from trainer import features as F
-from trainer import input as data_input
-from trainer import oracle
-from trainer import signatures as S
-from trainer.downstream import point_in_time as P
-from trainer.downstream.requests import example_with_representations
-from trainer.serving_layout import resolve_export_dir
+from common import features, signatures
+from common.downstream_requests import example_with_representations
+from common.serving_layout import resolve_export_dir
+from trainer import data_input, oracle
+from trainer.downstream import point_in_time
 
 Rows = dict[str, np.ndarray]
 # A batch of raw features (`features.ALL_FEATURES`, as `to_dataset` batches them) -> the
@@ -29,13 +27,13 @@ PredictFn = Callable[[dict[str, tf.Tensor]], tf.Tensor | np.ndarray]
 
 
 def read_rows(files: Sequence[str], start: int | None = None, end: int | None = None,
-              domain: bytes | None = F.DOMAIN_AD, batch_size: int = 8192) -> Rows:
+              domain: bytes | None = features.DOMAIN_AD, batch_size: int = 8192) -> Rows:
     """Every raw feature of the records with `start <= timestamp < end` (and `domain`), in
     record order."""
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in F.ALL_FEATURES}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in features.ALL_FEATURES}
     for batch in data_input.make_dataset(list(files), batch_size, start=start, end=end):
-        keep = (batch[F.DOMAIN].numpy() == domain) if domain is not None else None
-        for name in F.ALL_FEATURES:
+        keep = (batch[features.DOMAIN].numpy() == domain) if domain is not None else None
+        for name in features.ALL_FEATURES:
             value = batch[name].numpy()
             parts[name].append(value[keep] if keep is not None else value)
     return with_bytes_as_objects(
@@ -45,26 +43,27 @@ def read_rows(files: Sequence[str], start: int | None = None, end: int | None = 
 def with_bytes_as_objects(rows: Rows) -> Rows:
     """`rows` with each bytes feature of the schema as an object array of `bytes` (what the
     point-in-time lookups and the ranker's preprocessing take)."""
-    for name in F.ALL_FEATURES:
-        if name in rows and F.FEATURE_TYPES[name] is bytes:
+    for name in features.ALL_FEATURES:
+        if name in rows and features.FEATURE_TYPES[name] is bytes:
             rows[name] = rows[name].astype(object)
     return rows
 
 
 def size(rows: Rows) -> int:
-    return int(rows[F.LABEL].shape[0])
+    return int(rows[features.LABEL].shape[0])
 
 
 def select(rows: Rows, keep: np.ndarray) -> Rows:
     return {name: value[keep] for name, value in rows.items()}
 
 
-def with_representations(rows: Rows, source: P.RepresentationSource,
-                         features: Sequence[str]) -> Rows:
-    """`rows` plus the representation `features`, as of strictly before each row."""
-    if not features:
+def with_representations(rows: Rows, source: point_in_time.RepresentationSource,
+                         names: Sequence[str]) -> Rows:
+    """`rows` plus the representation features `names`, as of strictly before each row."""
+    if not names:
         return dict(rows)
-    extra = P.attach(source, rows[F.USER_ID], rows[F.ITEM_ID], rows[F.TIMESTAMP], features)
+    extra = point_in_time.attach(source, rows[features.USER_ID], rows[features.ITEM_ID],
+                                 rows[features.TIMESTAMP], names)
     return {**rows, **extra}
 
 
@@ -73,7 +72,7 @@ def with_upstream_prediction(rows: Rows, predict: PredictFn, batch_size: int = 4
     rows' raw features, `batch_size` rows at a time (e.g. `keras_ad_prediction_fn`,
     `saved_model_ad_prediction_fn`). The upstream scores each row itself, as the live model
     does at request time: give one that never trained on the rows."""
-    raw = {name: rows[name] for name in F.ALL_FEATURES}
+    raw = {name: rows[name] for name in features.ALL_FEATURES}
     out = [np.asarray(predict(batch), np.float32).reshape(-1)
            for batch in to_dataset(raw, batch_size)]
     probabilities = np.concatenate(out) if out else np.zeros(0, np.float32)
@@ -84,13 +83,13 @@ def with_upstream_prediction(rows: Rows, predict: PredictFn, batch_size: int = 4
     if bad.any():
         raise ValueError(f"predict gave {int(bad.sum())} values outside [0, 1] (e.g. "
                          f"{probabilities[bad][0]}): it must give probabilities")
-    return {**rows, S.UPSTREAM_AD_PREDICTION_FEATURE: probabilities}
+    return {**rows, signatures.UPSTREAM_AD_PREDICTION_FEATURE: probabilities}
 
 
 def keras_ad_prediction_fn(model: tf.keras.Model) -> PredictFn:
     """An in-memory upstream (`trainer.model.LFM4AdsModel`) as a `PredictFn`: its
     `ad_prediction` on the raw features, not training."""
-    forward = tf.function(lambda raw: model(raw, training=False)[S.AD_PREDICTION])
+    forward = tf.function(lambda raw: model(raw, training=False)[signatures.AD_PREDICTION])
     return lambda raw: forward(raw).numpy()  # [batch, 1]
 
 
@@ -100,18 +99,20 @@ def saved_model_ad_prediction_fn(export_dir: str) -> PredictFn:
     row serialized as the serving request it would be (the raw features of a tf.Example)."""
     path = resolve_export_dir(export_dir)
     loaded = tf.saved_model.load(path)
-    serve = loaded.signatures.get(S.SERVING_DEFAULT)
-    if serve is None or S.AD_PREDICTION not in serve.structured_outputs:
-        raise ValueError(f"SavedModel {path!r} has no {S.SERVING_DEFAULT!r} signature with the "
-                         f"output {S.AD_PREDICTION!r}; it has {sorted(loaded.signatures)}")
+    serve = loaded.signatures.get(signatures.SERVING_DEFAULT)
+    if serve is None or signatures.AD_PREDICTION not in serve.structured_outputs:
+        raise ValueError(
+            f"SavedModel {path!r} has no {signatures.SERVING_DEFAULT!r} signature with the "
+            f"output {signatures.AD_PREDICTION!r}; it has {sorted(loaded.signatures)}"
+        )
 
     def predict(raw: dict[str, tf.Tensor]) -> np.ndarray:
         values = {name: value.numpy() for name, value in raw.items()}
         n = next(iter(values.values())).shape[0]
         examples = [example_with_representations({k: v[r] for k, v in values.items()}, {})
                     for r in range(n)]
-        return serve(**{S.INPUT_KEY: tf.constant(examples, tf.string)})[
-            S.AD_PREDICTION].numpy()  # [batch, 1]
+        return serve(**{signatures.INPUT_KEY: tf.constant(examples, tf.string)})[
+            signatures.AD_PREDICTION].numpy()  # [batch, 1]
 
     predict.loaded = loaded  # keeps the variables alive
     return predict
@@ -127,9 +128,10 @@ def to_dataset(rows: Rows, batch_size: int, shuffle_seed: int | None = None) -> 
 
 
 def oracle_probabilities(data: str, rows: Rows, start: int, end: int,
-                         domain: bytes | None = F.DOMAIN_AD) -> np.ndarray | None:
+                         domain: bytes | None = features.DOMAIN_AD) -> np.ndarray | None:
     """The true click probability of each of `rows` (read with `read_rows(start, end, domain)`
     from `data`) when `data` holds the synthetic generator's oracle (`trainer.oracle`); None
     otherwise, or when the oracle's rows of that window are not `rows`."""
-    return oracle.probabilities(data, rows[F.LABEL], rows[F.ITEM_ID], rows[F.TIMESTAMP], start,
-                                end, None if domain is None else domain == F.DOMAIN_AD)
+    return oracle.probabilities(data, rows[features.LABEL], rows[features.ITEM_ID],
+                                rows[features.TIMESTAMP], start,
+                                end, None if domain is None else domain == features.DOMAIN_AD)

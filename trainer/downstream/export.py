@@ -3,7 +3,7 @@
 `<export_dir>/<version>/` with one signature, `serving_default`: `examples` (DT_STRING
 `[batch]` serialized tf.Examples) -> `prediction` `[batch, 1]`. Each example carries the raw
 features of the ranker's fields and the mode's representation features as float lists
-(`trainer.signatures.REPRESENTATION_FEATURES`, each with its int64 `<name>_found`), which a
+(`common.signatures.REPRESENTATION_FEATURES`, each with its int64 `<name>_found`), which a
 serving host fills from the representation store (paper Fig. 4). A representation feature that
 is absent parses as zeros with found 0 (a cold start); one of the wrong length fails with
 TensorFlow's parse error, which names the feature.
@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from trainer import features as F
-from trainer import signatures as S
+from common import features, signatures
+from common.serving_layout import save_versioned
 from trainer.downstream.ranker import FIELDS, DownstreamRanker
-from trainer.serving_layout import save_versioned
 
-_EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name=S.INPUT_KEY)
+_EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name=signatures.INPUT_KEY)
 _ABSENT = -1.0  # parsed for an absent prediction feature: not a probability
 
 
 def ranker_feature_spec(model: DownstreamRanker) -> dict:
     """`tf.io.parse_example` spec of what the ranker reads from a serving request."""
-    spec = F.feature_spec(FIELDS)
+    spec = features.feature_spec(FIELDS)
     for name, dim in model.representation_dims.items():
         spec[name] = tf.io.FixedLenFeature([dim], tf.float32, default_value=[0.0] * dim)
-        spec[S.found_feature(name)] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
+        spec[signatures.found_feature(name)] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
     for name in model.prediction_features:
         spec[name] = tf.io.FixedLenFeature([], tf.float32, default_value=_ABSENT)
     return spec
@@ -46,20 +45,26 @@ class _RankerModule(tf.Module):
 
         @tf.function(input_signature=[_EXAMPLES_SPEC])
         def serving_default(examples):
-            parsed = F.densify(tf.io.parse_example(examples, spec))
+            parsed = features.densify(tf.io.parse_example(examples, spec))
             for name in model.representation_dims:
-                parsed[S.found_feature(name)] = tf.cast(parsed[S.found_feature(name)],
-                                                        tf.float32)
-            checks = [tf.debugging.assert_greater_equal(
-                parsed[name], 0.0,
-                message=f"mode {model.mode} reads the feature {name} (the {S.AD_PREDICTION} "
-                        "of the upstream on that request, a probability) from every request: "
-                        "one lacks it") for name in model.prediction_features]
+                parsed[signatures.found_feature(name)] = tf.cast(
+                    parsed[signatures.found_feature(name)], tf.float32
+                )
+            checks = [
+                tf.debugging.assert_greater_equal(
+                    parsed[name],
+                    0.0,
+                    message=f"mode {model.mode} reads the feature {name} (the "
+                    f"{signatures.AD_PREDICTION} of the upstream on that request, a "
+                    "probability) from every request: one lacks it",
+                )
+                for name in model.prediction_features
+            ]
             with tf.control_dependencies(checks):
                 out = model(parsed, training=False)
-            return {S.DOWNSTREAM_PREDICTION: out["prediction"]}
+            return {signatures.DOWNSTREAM_PREDICTION: out["prediction"]}
 
-        self.signature_functions = {S.SERVING_DEFAULT: serving_default}
+        self.signature_functions = {signatures.SERVING_DEFAULT: serving_default}
 
 
 def export_ranker(model: DownstreamRanker, export_dir: str, warmup_examples: list[bytes],

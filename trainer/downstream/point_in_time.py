@@ -29,9 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
-from trainer import signatures as S
-from trainer.representations import ema
-from trainer.representations import tables as T
+from common import signatures
+from common.representations import ema, tables
 
 # Histories that the published tables do not hold: the latest CR(u,i) of each user and item,
 # without aggregation (the `cr_latest` ablation of Table 1).
@@ -41,12 +40,12 @@ LATEST_CROSS_ITEM_TABLE = "latest_cross_item"
 USER_SIDE, ITEM_SIDE = "user", "item"
 # Representation feature -> (table, side whose key it is looked up by).
 FEATURE_TABLES = {
-    S.UR_FEATURE: (T.USER_TABLE, USER_SIDE),
-    S.IR_FEATURE: (T.ITEM_TABLE, ITEM_SIDE),
-    S.CR_USER_FEATURE: (T.CROSS_USER_TABLE, USER_SIDE),
-    S.CR_ITEM_FEATURE: (T.CROSS_ITEM_TABLE, ITEM_SIDE),
-    S.CR_LATEST_USER_FEATURE: (LATEST_CROSS_USER_TABLE, USER_SIDE),
-    S.CR_LATEST_ITEM_FEATURE: (LATEST_CROSS_ITEM_TABLE, ITEM_SIDE),
+    signatures.UR_FEATURE: (tables.USER_TABLE, USER_SIDE),
+    signatures.IR_FEATURE: (tables.ITEM_TABLE, ITEM_SIDE),
+    signatures.CR_USER_FEATURE: (tables.CROSS_USER_TABLE, USER_SIDE),
+    signatures.CR_ITEM_FEATURE: (tables.CROSS_ITEM_TABLE, ITEM_SIDE),
+    signatures.CR_LATEST_USER_FEATURE: (LATEST_CROSS_USER_TABLE, USER_SIDE),
+    signatures.CR_LATEST_ITEM_FEATURE: (LATEST_CROSS_ITEM_TABLE, ITEM_SIDE),
 }
 
 
@@ -212,7 +211,7 @@ class RepresentationHistory:
                    base: RepresentationHistory | None = None) -> RepresentationHistory:
         """CR(u) or CR(i): the time-aware EMA of Eq. 1-2 over the CR(u,i) events, every
         intermediate state kept (`ema.prefix_states`, with the tie rule of
-        `trainer.representations.ema`). `base` holds the states before the events (a
+        `common.representations.ema`). `base` holds the states before the events (a
         published CR table): the EMA continues from each key's last base state (it acts as
         that key's first event); events older than it are late and skipped, as in the store."""
         keys = _keys(keys, "events")
@@ -278,15 +277,17 @@ class HistorySource:
         """The four tables of a published version `<publish_root>/<version>/` (or of the
         guard's LIVE version when `directory` is the publish root), one state per key; the
         model versions that wrote them in `model_versions`."""
-        live = os.path.join(directory, "LIVE")
+        live = os.path.join(directory, tables.LIVE_FILE)
         if os.path.exists(live):
             with open(live) as f:
                 directory = os.path.join(directory, f.read().strip())
-        missing = [t for t in T.TABLES if not os.path.isdir(os.path.join(directory, t))]
+        missing = [t for t in tables.TABLES if not os.path.isdir(os.path.join(directory, t))]
         if missing:
-            raise FileNotFoundError(f"{directory!r} is not a published representation version: "
-                                    f"it lacks the tables {missing} (expected {list(T.TABLES)})")
-        return cls.from_tables({table: os.path.join(directory, table) for table in T.TABLES})
+            raise FileNotFoundError(
+                f"{directory!r} is not a published representation version: "
+                f"it lacks the tables {missing} (expected {list(tables.TABLES)})"
+            )
+        return cls.from_tables({table: os.path.join(directory, table) for table in tables.TABLES})
 
     @classmethod
     def from_tables(cls, directories: Mapping[str, str]) -> HistorySource:
@@ -294,8 +295,8 @@ class HistorySource:
         extractor's and the aggregator's artifacts before publication), one state per key."""
         histories, versions = {}, set()
         for table, directory in directories.items():
-            keys, vectors, updated_at, model_version = T.read_table(
-                os.path.join(directory, "*" + T.FILE_SUFFIX))
+            keys, vectors, updated_at, model_version = tables.read_table(
+                os.path.join(directory, "*" + tables.FILE_SUFFIX))
             histories[table] = RepresentationHistory(keys, updated_at, vectors)
             versions.update(int(v) for v in np.unique(model_version))
         return cls(histories, frozenset(versions))
@@ -320,8 +321,13 @@ class StoreSource:
         return Lookup(vectors, found, np.where(found, rows.updated_at, -1).astype(np.int64))
 
 
-def attach(source: RepresentationSource, user_ids, item_ids, timestamps,
-           features: Sequence[str] = S.REPRESENTATION_FEATURES[:4]) -> dict[str, np.ndarray]:
+def attach(
+    source: RepresentationSource,
+    user_ids,
+    item_ids,
+    timestamps,
+    features: Sequence[str] = signatures.REPRESENTATION_FEATURES[:4],
+) -> dict[str, np.ndarray]:
     """The representation features of downstream rows, as of strictly before each row.
 
     Args:
@@ -344,5 +350,5 @@ def attach(source: RepresentationSource, user_ids, item_ids, timestamps,
         table, side = FEATURE_TABLES[name]
         found = source.lookup(table, sides[side], t)
         out[name] = found.vectors
-        out[S.found_feature(name)] = found.found.astype(np.float32)
+        out[signatures.found_feature(name)] = found.found.astype(np.float32)
     return out

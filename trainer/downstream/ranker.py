@@ -27,10 +27,9 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from trainer import features as F
-from trainer import signatures as S
+from common import features, signatures
 from trainer.config import ModelConfig
-from trainer.downstream import config as C
+from trainer.downstream import config as downstream_config
 from trainer.downstream.adapter import NonLinearAdapter
 from trainer.downstream.iim import IsomorphicInteractionModule
 from trainer.downstream.linear_fusion import LinearFusion
@@ -43,13 +42,13 @@ from trainer.preprocessing import BUCKET_FIELDS, FeaturePreprocessor
 PREDICTION_EPSILON = 1e-6
 
 # The downstream's own fields, each embedded by the ranker (ids included).
-FIELDS = (F.SCENARIO,) + F.USER_FEATURES + F.ITEM_FEATURES
+FIELDS = (features.SCENARIO,) + features.USER_FEATURES + features.ITEM_FEATURES
 RAW_FEATURES = FIELDS
 FIELD_GROUPS = {  # for importance by masking (Sec. 5.3.1)
-    "ids": F.ID_FEATURES,
-    "user features": tuple(f for f in F.USER_FEATURES if f not in F.ID_FEATURES),
-    "item features": tuple(f for f in F.ITEM_FEATURES if f not in F.ID_FEATURES),
-    "scenario": (F.SCENARIO,),
+    "ids": features.ID_FEATURES,
+    "user features": tuple(f for f in features.USER_FEATURES if f not in features.ID_FEATURES),
+    "item features": tuple(f for f in features.ITEM_FEATURES if f not in features.ID_FEATURES),
+    "scenario": (features.SCENARIO,),
 }
 
 
@@ -82,7 +81,8 @@ class DownstreamRanker(tfrs.models.Model):
       >>> ranker.fit(dataset_of_feature_dicts_with_label)
     """
 
-    def __init__(self, config: C.DownstreamConfig, preprocessor: FeaturePreprocessor,
+    def __init__(self, config: downstream_config.DownstreamConfig,
+                 preprocessor: FeaturePreprocessor,
                  representation_dims: dict[str, int] | None = None,
                  upstream_config: ModelConfig | None = None,
                  upstream_export: str | None = None, label_prior: float | None = None,
@@ -90,7 +90,7 @@ class DownstreamRanker(tfrs.models.Model):
         super().__init__(**kwargs)
         if label_prior is not None and not 0.0 < label_prior < 1.0:
             raise ValueError(f"label_prior must be in (0, 1), got {label_prior}")
-        if config.mode == C.RETRIEVAL:
+        if config.mode == downstream_config.RETRIEVAL:
             raise ValueError("mode 'retrieval' is a model of its own: use "
                              "trainer.downstream.retrieval.StandaloneRetrieval")
         self.config = config
@@ -107,17 +107,17 @@ class DownstreamRanker(tfrs.models.Model):
         self.embeddings = FeatureEmbeddings(
             {name: preprocessor.vocabulary_size(name) for name in BUCKET_FIELDS
              if name not in SHARED_TABLES},
-            config.embedding_dim, l2=config.embedding_l2, zero_init=F.ID_FEATURES)
+            config.embedding_dim, l2=config.embedding_l2, zero_init=features.ID_FEATURES)
         self.dense_features = config.dense_features
         self.cr_features = tuple(f for f in config.representation_features
-                                 if f not in (S.UR_FEATURE, S.IR_FEATURE))
+                                 if f not in (signatures.UR_FEATURE, signatures.IR_FEATURE))
         self.adapter = NonLinearAdapter(
             config.adapter_activation, per_field=config.adapter_per_field,
-            name="adapter") if self.mode in C.ADAPTER_MODES else None
+            name="adapter") if self.mode in downstream_config.ADAPTER_MODES else None
         self.fusion = LinearFusion(config.linear_fusion_units, name="linear_fusion") if (
-            self.mode == C.CR_LINEAR) else None
+            self.mode == downstream_config.CR_LINEAR) else None
         self.iim = None
-        if self.mode in C.IIM_MODES:
+        if self.mode in downstream_config.IIM_MODES:
             if upstream_config is None:
                 raise ValueError(f"mode {self.mode!r} needs the upstream's ModelConfig "
                                  "(upstream_config) to copy its ad branch")
@@ -125,15 +125,17 @@ class DownstreamRanker(tfrs.models.Model):
         self.upstream_config = upstream_config
         self.upstream_export = upstream_export
         self.towers = None
-        if self.mode == C.FINETUNE:
+        if self.mode == downstream_config.FINETUNE:
             if upstream_export is None:
                 raise ValueError("mode 'finetune' needs the upstream export (upstream_export)")
             from trainer.downstream.upstream_layer import UpstreamLayer
 
             self.towers = {
-                S.UR_FEATURE: UpstreamLayer(upstream_export, S.USER_TOWER_ENDPOINT,
+                signatures.UR_FEATURE: UpstreamLayer(upstream_export,
+                                                     signatures.USER_TOWER_ENDPOINT,
                                             trainable=True, name="upstream_user_tower"),
-                S.IR_FEATURE: UpstreamLayer(upstream_export, S.ITEM_TOWER_ENDPOINT,
+                signatures.IR_FEATURE: UpstreamLayer(upstream_export,
+                                                     signatures.ITEM_TOWER_ENDPOINT,
                                             trainable=True, name="upstream_item_tower"),
             }
         self.cross = [CrossNetV2(projection_dim=config.cross_projection_dim, name=f"cross_{i + 1}")
@@ -149,7 +151,7 @@ class DownstreamRanker(tfrs.models.Model):
             loss=tf.keras.losses.BinaryCrossentropy(from_logits=True)) if self.iim else None
         self.prediction_features = config.prediction_features
         self.distill_logit = self.distill_task = None
-        if self.mode == C.DISTILL and config.distill_loss_weight:
+        if self.mode == downstream_config.DISTILL and config.distill_loss_weight:
             self.distill_logit = tf.keras.layers.Dense(
                 1, bias_initializer=tf.keras.initializers.Constant(bias), name="distill_logit")
             self.distill_task = tfrs.tasks.Ranking(
@@ -165,20 +167,21 @@ class DownstreamRanker(tfrs.models.Model):
         """The upstream's predicted probability `name` of each row, `[batch, 1]` float32."""
         if name not in inputs:
             raise ValueError(f"mode {self.mode!r} reads the feature {name!r} (the upstream's "
-                             f"{S.AD_PREDICTION!r} on the row itself): attach it with "
+                             f"{signatures.AD_PREDICTION!r} on the row itself): attach it with "
                              "trainer.downstream.data.with_upstream_prediction")
         return tf.reshape(tf.cast(inputs[name], tf.float32), [-1, 1])
 
     def _representation(self, inputs, name: str, masked, training: bool):
         """(vector [batch, d], found [batch, 1]) of representation feature `name`."""
         if self.towers is not None and name in self.towers:
-            needs = S.REQUIRED_FEATURES[S.USER_REPRESENTATION if name == S.UR_FEATURE
-                                        else S.ITEM_REPRESENTATION]
+            needs = signatures.REQUIRED_FEATURES[signatures.USER_REPRESENTATION
+                                                 if name == signatures.UR_FEATURE
+                                        else signatures.ITEM_REPRESENTATION]
             vector = self.towers[name]({k: inputs[k] for k in needs}, training=training)
             found = tf.ones_like(vector[:, :1])
         else:
             vector = tf.cast(inputs[name], tf.float32)
-            found = tf.cast(tf.reshape(inputs[S.found_feature(name)], [-1, 1]), tf.float32)
+            found = tf.cast(tf.reshape(inputs[signatures.found_feature(name)], [-1, 1]), tf.float32)
         if name in masked:
             vector, found = tf.zeros_like(vector), tf.zeros_like(found)
         return tf.cast(vector, tf.float32), found
@@ -188,14 +191,14 @@ class DownstreamRanker(tfrs.models.Model):
         """`call` with the inputs of `masked` (field or representation feature names) zeroed:
         a field's embedding, a representation's vector and its found indicator, the column
         logit(p_up) of the upstream's prediction (Sec. 5.3.1)."""
-        maskable = S.REPRESENTATION_FEATURES + C.PREDICTION_FEATURES
+        maskable = signatures.REPRESENTATION_FEATURES + downstream_config.PREDICTION_FEATURES
         unknown = sorted(set(masked) - set(FIELDS) - set(maskable))
         if unknown:
             raise ValueError(f"cannot mask {unknown}: not a field ({list(FIELDS)}) or a "
                              f"representation feature ({list(maskable)})")
         ids = self.preprocessor({k: inputs[k] for k in FIELDS})
         if training and self.config.id_dropout:
-            for name in F.ID_FEATURES:  # hidden ids: the ranker must also use the features
+            for name in features.ID_FEATURES:  # hidden ids: the ranker must also use the features
                 keep = tf.random.uniform(tf.shape(ids[name])) >= self.config.id_dropout
                 ids[name] = tf.where(keep, ids[name], tf.zeros_like(ids[name]))
         embedded = self.embeddings(ids)
@@ -203,8 +206,8 @@ class DownstreamRanker(tfrs.models.Model):
                            for f in FIELDS], axis=1)  # [batch, F, d]
         reps = {name: self._representation(inputs, name, masked, training)
                 for name in self.config.representation_features}
-        if self.mode == C.FINETUNE:  # UR, IR from the fine-tuned towers
-            for name in (S.UR_FEATURE, S.IR_FEATURE):
+        if self.mode == downstream_config.FINETUNE:  # UR, IR from the fine-tuned towers
+            for name in (signatures.UR_FEATURE, signatures.IR_FEATURE):
                 reps[name] = self._representation(inputs, name, masked, training)
         if self.adapter is not None:
             condition = tf.concat([reps[n][0] for n in self.cr_features]
@@ -212,8 +215,8 @@ class DownstreamRanker(tfrs.models.Model):
             fields = self.adapter((fields, condition))  # E ⊙ σ(CR · M): [batch, F, d]
         width = len(FIELDS) * self.config.embedding_dim
         parts = [tf.reshape(fields, [-1, width])]  # [batch, F * d]
-        dense = self.dense_features + ((S.UR_FEATURE, S.IR_FEATURE)
-                                       if self.mode == C.FINETUNE else ())
+        dense = self.dense_features + ((signatures.UR_FEATURE, signatures.IR_FEATURE)
+                                       if self.mode == downstream_config.FINETUNE else ())
         for name in dense:
             parts += list(reps[name])  # [batch, d], [batch, 1]
         if self.fusion is not None:
@@ -230,7 +233,8 @@ class DownstreamRanker(tfrs.models.Model):
             x = layer(x0, x)  # [batch, d0]
         out = {}
         if self.iim is not None:
-            module = self.iim((reps[S.UR_FEATURE][0], reps[S.IR_FEATURE][0]), training=training)
+            module = self.iim((reps[signatures.UR_FEATURE][0], reps[signatures.IR_FEATURE][0]),
+                              training=training)
             x = tf.concat([x, module["representation"]], axis=-1)  # [batch, d0 + d_cr']
             out["iim_logit"] = module["logit"]
         h = self.mlp(x, training=training)[-1] if self.config.mlp_hidden else x
@@ -248,20 +252,20 @@ class DownstreamRanker(tfrs.models.Model):
         if self.iim is None:
             raise ValueError(f"mode {self.mode!r} has no isomorphic interaction module")
         if not self.iim.built:
-            d_ur = self.representation_dims[S.UR_FEATURE]
-            d_ir = self.representation_dims[S.IR_FEATURE]
+            d_ur = self.representation_dims[signatures.UR_FEATURE]
+            d_ir = self.representation_dims[signatures.IR_FEATURE]
             self.iim((tf.zeros([1, d_ur]), tf.zeros([1, d_ir])))
         return self.iim.warm_start_from(variables)
 
     def compute_loss(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         outputs = self(inputs, training=training)
-        label = tf.cast(tf.reshape(inputs[F.LABEL], [-1, 1]), tf.float32)  # [batch, 1]
+        label = tf.cast(tf.reshape(inputs[features.LABEL], [-1, 1]), tf.float32)  # [batch, 1]
         loss = self.task(labels=label, predictions=outputs["logit"], training=training)
         if self.iim_task is not None and self.config.iim_aux_loss_weight:
             loss += self.config.iim_aux_loss_weight * self.iim_task(
                 labels=label, predictions=outputs["iim_logit"], training=training)
         if self.distill_task is not None:  # the upstream's probability as a soft target
-            target = self._upstream_probability(inputs, S.UPSTREAM_AD_PREDICTION_FEATURE)
+            target = self._upstream_probability(inputs, signatures.UPSTREAM_AD_PREDICTION_FEATURE)
             loss += self.config.distill_loss_weight * self.distill_task(
                 labels=target, predictions=outputs["distill_logit"], training=training)
         return loss

@@ -2,7 +2,7 @@
 
 In production (paper Fig. 4) every request runs the upstream model; the online loop stores
 the new UR(u), IR(i) and folds CR(u,i) into CR(u), CR(i) when the request is an ad (Sec.
-4.3.1; `cr_domains`, `trainer.representations.cr_domains`: `"ad"` by default, `"all"` folds
+4.3.1; `cr_domains`, `common.representations.cr_folding`: `"ad"` by default, `"all"` folds
 content requests too). To build downstream training rows
 that see exactly what production would have stored before each of them, `run_upstream` runs
 the upstream's `user_representation`, `item_representation` and `cross_representation`
@@ -19,17 +19,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from trainer import features as F
-from trainer import signatures as S
-from trainer.downstream import point_in_time as P
+from common import features, signatures
+from common.representations import cr_folding, tables
+from common.serving_layout import resolve_export_dir, version_of
+from trainer.downstream import point_in_time
 from trainer.export import read_training_facts
 from trainer.mix_tower import CR_OUTPUT
-from trainer.representations import cr_domains as CD
-from trainer.representations import tables as T
-from trainer.serving_layout import resolve_export_dir, version_of
 
 # The outputs `run_upstream` collects: UR, IR and CR(u,i).
-UR, IR, CR = S.USER_REPRESENTATION, S.ITEM_REPRESENTATION, S.CROSS_REPRESENTATION
+UR, IR, CR = (
+    signatures.USER_REPRESENTATION,
+    signatures.ITEM_REPRESENTATION,
+    signatures.CROSS_REPRESENTATION,
+)
 
 RepresentationFn = Callable[[tf.Tensor], Mapping[str, tf.Tensor]]
 """Serialized tf.Examples `[batch]` -> `{UR: [batch, d_ur], IR: ..., CR: ...}` (and more)."""
@@ -43,16 +45,26 @@ def resolve_export(export_dir: str) -> tuple[str, int | None]:
 
 
 def saved_model_fn(export_dir: str) -> RepresentationFn:
-    """The upstream SavedModel's three representation signatures as one `RepresentationFn`."""
+    """The upstream SavedModel as one `RepresentationFn`: its `representations` signature (one
+    forward pass per batch; it also returns the ad prediction), or, for an export from
+    before that signature, its three representation signatures."""
     path, _ = resolve_export(export_dir)
     loaded = tf.saved_model.load(path)
+    if signatures.REPRESENTATIONS in loaded.signatures:
+        combined = loaded.signatures[signatures.REPRESENTATIONS]
+
+        def run(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+            return dict(combined(**{signatures.INPUT_KEY: examples}))
+
+        run.loaded = loaded  # keeps the variables alive
+        return run
     missing = [n for n in (UR, IR, CR) if n not in loaded.signatures]
     if missing:
         raise ValueError(f"SavedModel {path!r} lacks the signatures {missing}; it has "
                          f"{sorted(loaded.signatures)}")
 
     def run(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {name: loaded.signatures[name](**{S.INPUT_KEY: examples})[name]
+        return {name: loaded.signatures[name](**{signatures.INPUT_KEY: examples})[name]
                 for name in (UR, IR, CR)}
 
     run.loaded = loaded  # keeps the variables alive
@@ -67,7 +79,7 @@ def keras_model_fn(model, cr_layers: Iterable[str] = ()) -> RepresentationFn:
 
     @tf.function
     def forward(examples):
-        raw = F.parse_examples(examples)
+        raw = features.parse_examples(examples)
         out = {UR: model.user_representation(raw), IR: model.item_representation(raw)}
         layers = model.ad_branch_outputs(raw)
         out[CR] = layers[CR_OUTPUT]
@@ -115,15 +127,15 @@ class UpstreamEvents:
                                                                np.int64))
 
     def fold_mask(self, cr_domains: str) -> np.ndarray:
-        """bool [n]: the events whose CR(u,i) folds under `cr_domains` (`cr_domains.fold_mask`).
+        """bool [n]: the events whose CR(u,i) folds under `cr_domains` (`cr_folding.fold_mask`).
         Raises ValueError under a setting that reads domains when these events have none."""
-        if not CD.needs_domains(cr_domains):
+        if not cr_folding.needs_domains(cr_domains):
             return np.ones(len(self), dtype=bool)
         if self.domain is None:
             raise ValueError(f"cr_domains={cr_domains!r} needs each request's domain; these "
                              f"events have none (run_upstream reads it): fold with "
-                             f"cr_domains={CD.ALL!r} or give UpstreamEvents.domain")
-        return CD.fold_mask(self.domain, cr_domains)
+                             f"cr_domains={cr_folding.ALL!r} or give UpstreamEvents.domain")
+        return cr_folding.fold_mask(self.domain, cr_domains)
 
 
 def run_upstream(fn: RepresentationFn, records: Iterable[bytes] | tf.data.Dataset,
@@ -134,17 +146,18 @@ def run_upstream(fn: RepresentationFn, records: Iterable[bytes] | tf.data.Datase
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not isinstance(records, tf.data.Dataset):
         records = tf.data.Dataset.from_tensor_slices(tf.constant(list(records), tf.string))
-    spec = F.feature_spec((F.USER_ID, F.ITEM_ID, F.TIMESTAMP, F.DOMAIN))
+    spec = features.feature_spec((features.USER_ID, features.ITEM_ID, features.TIMESTAMP,
+                                  features.DOMAIN))
     parts: dict[str, list[np.ndarray]] = {"user_id": [], "item_id": [], "timestamp": [],
                                           "digest": [], "domain": []}
     outputs: dict[str, list[np.ndarray]] = {}
     for batch in records.batch(batch_size).prefetch(2):
         ids = tf.io.parse_example(batch, spec)
-        parts["user_id"].append(ids[F.USER_ID].numpy().astype(object))
-        parts["item_id"].append(ids[F.ITEM_ID].numpy().astype(object))
-        parts["timestamp"].append(ids[F.TIMESTAMP].numpy().astype(np.int64))
-        parts["domain"].append(ids[F.DOMAIN].numpy().astype(object))
-        parts["digest"].append(np.array([T.sample_digest(r) for r in batch.numpy()],
+        parts["user_id"].append(ids[features.USER_ID].numpy().astype(object))
+        parts["item_id"].append(ids[features.ITEM_ID].numpy().astype(object))
+        parts["timestamp"].append(ids[features.TIMESTAMP].numpy().astype(np.int64))
+        parts["domain"].append(ids[features.DOMAIN].numpy().astype(object))
+        parts["digest"].append(np.array([tables.sample_digest(r) for r in batch.numpy()],
                                         dtype=object))
         for name, value in fn(batch).items():
             outputs.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
@@ -180,9 +193,9 @@ def record_timestamps(records: Sequence[bytes]) -> np.ndarray:
     """int64 [n]: the `timestamp` of each serialized request."""
     if not len(records):
         return np.zeros(0, np.int64)
-    spec = {F.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
+    spec = {features.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
     batches = tf.data.Dataset.from_tensor_slices(tf.constant(list(records), tf.string))
-    return np.concatenate([tf.io.parse_example(b, spec)[F.TIMESTAMP].numpy()
+    return np.concatenate([tf.io.parse_example(b, spec)[features.TIMESTAMP].numpy()
                            for b in batches.batch(65536)]).astype(np.int64)
 
 
@@ -263,8 +276,8 @@ def check_unseen(events: UpstreamEvents, start: int) -> None:
 
 
 def histories(events: UpstreamEvents, half_life_seconds: float,
-              base: P.HistorySource | None = None, cr_output: str = CR,
-              cr_domains: str = CD.DEFAULT) -> P.HistorySource:
+              base: point_in_time.HistorySource | None = None, cr_output: str = CR,
+              cr_domains: str = cr_folding.DEFAULT) -> point_in_time.HistorySource:
     """The tables the online loop would hold after each of `events` (module doc).
 
     UR, IR: the latest request per key (same-second ties by the sample digest), every request;
@@ -280,15 +293,15 @@ def histories(events: UpstreamEvents, half_life_seconds: float,
     u, i, t, digest = events.user_id, events.item_id, events.timestamp, events.digest
     cr = events.outputs[cr_output][fold]  # [m, d_cr]
     cu, ci, ct, cdigest = u[fold], i[fold], t[fold], digest[fold]
-    latest = P.RepresentationHistory.latest
-    aggregated = P.RepresentationHistory.aggregated
-    return P.HistorySource({
-        T.USER_TABLE: latest(u, t, events.outputs[UR], digest, old.get(T.USER_TABLE)),
-        T.ITEM_TABLE: latest(i, t, events.outputs[IR], digest, old.get(T.ITEM_TABLE)),
-        T.CROSS_USER_TABLE: aggregated(cu, ct, cr, half_life_seconds,
-                                       old.get(T.CROSS_USER_TABLE)),
-        T.CROSS_ITEM_TABLE: aggregated(ci, ct, cr, half_life_seconds,
-                                       old.get(T.CROSS_ITEM_TABLE)),
-        P.LATEST_CROSS_USER_TABLE: latest(cu, ct, cr, cdigest),
-        P.LATEST_CROSS_ITEM_TABLE: latest(ci, ct, cr, cdigest),
+    latest = point_in_time.RepresentationHistory.latest
+    aggregated = point_in_time.RepresentationHistory.aggregated
+    return point_in_time.HistorySource({
+        tables.USER_TABLE: latest(u, t, events.outputs[UR], digest, old.get(tables.USER_TABLE)),
+        tables.ITEM_TABLE: latest(i, t, events.outputs[IR], digest, old.get(tables.ITEM_TABLE)),
+        tables.CROSS_USER_TABLE: aggregated(cu, ct, cr, half_life_seconds,
+                                       old.get(tables.CROSS_USER_TABLE)),
+        tables.CROSS_ITEM_TABLE: aggregated(ci, ct, cr, half_life_seconds,
+                                       old.get(tables.CROSS_ITEM_TABLE)),
+        point_in_time.LATEST_CROSS_USER_TABLE: latest(cu, ct, cr, cdigest),
+        point_in_time.LATEST_CROSS_ITEM_TABLE: latest(ci, ct, cr, cdigest),
     })

@@ -25,26 +25,25 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from trainer import features as F
-from trainer import signatures as S
-from trainer.serving_layout import save_versioned
+from common import features, signatures
+from common.serving_layout import save_versioned
 
 # Signature of the exported model that returns the per-row score(u, i) (the name is the output
 # key's); `serving_default` returns the top-k.
-SCORE_SIGNATURE = S.RETRIEVAL_SCORE
+SCORE_SIGNATURE = signatures.RETRIEVAL_SCORE
 # signature name -> output keys.
 OUTPUT_KEYS = {
-    S.SERVING_DEFAULT: (S.TOP_K_SCORES, S.TOP_K_IDS),
-    SCORE_SIGNATURE: (S.RETRIEVAL_SCORE,),
+    signatures.SERVING_DEFAULT: (signatures.TOP_K_SCORES, signatures.TOP_K_IDS),
+    SCORE_SIGNATURE: (signatures.RETRIEVAL_SCORE,),
 }
 # signature name -> representation features it parses from each tf.Example.
 REQUIRED_FEATURES = {
-    S.SERVING_DEFAULT: (S.UR_FEATURE,),
-    SCORE_SIGNATURE: (S.UR_FEATURE, S.IR_FEATURE),
+    signatures.SERVING_DEFAULT: (signatures.UR_FEATURE,),
+    SCORE_SIGNATURE: (signatures.UR_FEATURE, signatures.IR_FEATURE),
 }
 INDEXES = ("brute_force", "scann")
 
-_EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name=S.INPUT_KEY)
+_EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name=signatures.INPUT_KEY)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -98,8 +97,9 @@ class StandaloneRetrieval(tfrs.models.Model):
       activation: activation of the hidden layers (a `tf.keras.activations` name).
 
     Inputs (a dict; `compute_loss`, `call`, `score`):
-      `S.UR_FEATURE`: `[batch, d_ur]` float32, `S.IR_FEATURE`: `[batch, d_ir]` float32,
-      optionally `F.LABEL`: `[batch]` or `[batch, 1]` 0/1 and `F.ITEM_ID`: `[batch]` bytes.
+      `signatures.UR_FEATURE`: `[batch, d_ur]` float32, `signatures.IR_FEATURE`:
+      `[batch, d_ir]` float32, optionally `features.LABEL`: `[batch]` or `[batch, 1]` 0/1 and
+      `features.ITEM_ID`: `[batch]` bytes.
 
     Example:
       >>> model = StandaloneRetrieval(adapter_hidden=(32,), output_dim=16)
@@ -177,12 +177,12 @@ class StandaloneRetrieval(tfrs.models.Model):
     @property
     def ur_dim(self) -> int:
         """`d_ur`, the length of the UR the model was built on."""
-        return _input_dim(self.user_adapter, S.UR_FEATURE)
+        return _input_dim(self.user_adapter, signatures.UR_FEATURE)
 
     @property
     def ir_dim(self) -> int:
         """`d_ir`, the length of the IR the model was built on."""
-        return _input_dim(self.item_adapter, S.IR_FEATURE)
+        return _input_dim(self.item_adapter, signatures.IR_FEATURE)
 
     def user_embedding(self, ur: tf.Tensor, training: bool = False) -> tf.Tensor:
         """`Adapter_1(UR) / ||Adapter_1(UR)||`: `[batch, d_ur]` -> `[batch, output_dim]` float32."""
@@ -196,8 +196,8 @@ class StandaloneRetrieval(tfrs.models.Model):
 
     def score(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """Eq. 6 row by row: `score(u_r, i_r)`, `[batch, 1]` float32 (e.g. for AUC on a window)."""
-        u = self.user_embedding(inputs[S.UR_FEATURE], training)  # [batch, output_dim]
-        v = self.item_embedding(inputs[S.IR_FEATURE], training)  # [batch, output_dim]
+        u = self.user_embedding(inputs[signatures.UR_FEATURE], training)  # [batch, output_dim]
+        v = self.item_embedding(inputs[signatures.IR_FEATURE], training)  # [batch, output_dim]
         return tf.reduce_sum(u * v, axis=-1, keepdims=True) / self.temperature  # [batch, 1]
 
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
@@ -206,14 +206,15 @@ class StandaloneRetrieval(tfrs.models.Model):
     def compute_loss(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         # Dividing the queries by tau makes the task's logits u.v^T / tau (the task's own
         # `temperature` is a fixed float).
-        queries = self.user_embedding(inputs[S.UR_FEATURE], training) / self.temperature
-        candidates = self.item_embedding(inputs[S.IR_FEATURE], training)  # [batch, output_dim]
+        queries = self.user_embedding(inputs[signatures.UR_FEATURE], training) / self.temperature
+        candidates = self.item_embedding(inputs[signatures.IR_FEATURE],
+                                         training)  # [batch, output_dim]
         weight = None
-        if F.LABEL in inputs:
-            weight = tf.reshape(tf.cast(inputs[F.LABEL], tf.float32), [-1])  # [batch]
-        if F.ITEM_ID in inputs:
+        if features.LABEL in inputs:
+            weight = tf.reshape(tf.cast(inputs[features.LABEL], tf.float32), [-1])  # [batch]
+        if features.ITEM_ID in inputs:
             return self.task(queries, candidates, sample_weight=weight,
-                             candidate_ids=tf.reshape(inputs[F.ITEM_ID], [-1]),
+                             candidate_ids=tf.reshape(inputs[features.ITEM_ID], [-1]),
                              compute_metrics=not training)
         return self.task_without_ids(queries, candidates, sample_weight=weight,
                                      compute_metrics=not training)
@@ -352,13 +353,13 @@ class _RetrievalServing(tf.Module):
         super().__init__(name="standalone_retrieval")
         self.model = model
         self.index = index
-        lengths = {S.UR_FEATURE: model.ur_dim, S.IR_FEATURE: model.ir_dim}
+        lengths = {signatures.UR_FEATURE: model.ur_dim, signatures.IR_FEATURE: model.ir_dim}
 
         @tf.function(input_signature=[_EXAMPLES_SPEC])
         def serving_default(examples):
-            parsed = _parse(examples, {S.UR_FEATURE: lengths[S.UR_FEATURE]})
+            parsed = _parse(examples, {signatures.UR_FEATURE: lengths[signatures.UR_FEATURE]})
             # Queries divided by tau: the index's dot products are score(u, c) of Eq. 6.
-            queries = model.user_embedding(parsed[S.UR_FEATURE]) / model.temperature
+            queries = model.user_embedding(parsed[signatures.UR_FEATURE]) / model.temperature
             scores, ids = index(queries)  # [batch, k], [batch, k]
             if not index.is_exact():
                 # ScaNN pads with (NaN, candidate 0) when the leaves searched hold fewer than
@@ -366,14 +367,15 @@ class _RetrievalServing(tf.Module):
                 found = tf.math.is_finite(scores)
                 scores = tf.where(found, scores, tf.constant(-np.inf, tf.float32))
                 ids = tf.where(found, ids, tf.constant(b"", tf.string))
-            return {S.TOP_K_SCORES: scores, S.TOP_K_IDS: ids}
+            return {signatures.TOP_K_SCORES: scores, signatures.TOP_K_IDS: ids}
 
         @tf.function(input_signature=[_EXAMPLES_SPEC])
         def score(examples):
             parsed = _parse(examples, lengths)
-            return {S.RETRIEVAL_SCORE: model.score(parsed)}
+            return {signatures.RETRIEVAL_SCORE: model.score(parsed)}
 
-        self.signature_functions = {S.SERVING_DEFAULT: serving_default, SCORE_SIGNATURE: score}
+        self.signature_functions = {signatures.SERVING_DEFAULT: serving_default,
+                                    SCORE_SIGNATURE: score}
 
 
 def _scann_index(k: int, num_candidates: int,
@@ -478,8 +480,8 @@ def export_retrieval(
         except tf.errors.InvalidArgumentError as e:
             raise ValueError(
                 f"warmup_examples fail the {name!r} signature (they must carry the float lists "
-                f"{S.UR_FEATURE!r} of length {ur_dim} and {S.IR_FEATURE!r} of length "
-                f"{model.ir_dim}): {e.message}"
+                f"{signatures.UR_FEATURE!r} of length {ur_dim} and {signatures.IR_FEATURE!r} of "
+                f"length {model.ir_dim}): {e.message}"
             ) from e
 
     return save_versioned(module, module.signature_functions, export_dir, warmup,

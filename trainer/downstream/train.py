@@ -1,7 +1,10 @@
 """Train a downstream ranker on the ad domain with upstream representations, evaluate, export.
 
     python -m trainer.downstream.train --data DIR --upstream EXPORT_DIR [--tables DIR]
-        [--upstream_protocol frozen|daily] --mode M --export_dir DIR [--json]
+        [--upstream_protocol frozen|daily] --mode M --export_dir DIR [--<field> VALUE ...]
+        [--json]
+
+Every field of `DownstreamConfig` and `DownstreamTrainConfig` is a flag (`--help` lists them).
 
 Time split, as in production: the representations come from an upstream trained on data
 before the downstream window. `--tables` is a published representation version of that
@@ -36,34 +39,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from trainer import console
-from trainer import features as F
-from trainer import input as data_input
-from trainer import signatures as S
+from common import cli, features, signatures
+from common.downstream_requests import example_with_representations
+from common.representations.ema import DEFAULT_HALF_LIFE_SECONDS
+from common.representations.tables import ITEM_TABLE
+from trainer import data_input, distribute
 from trainer.config import ModelConfig
-from trainer.downstream import config as C
-from trainer.downstream import data as D
-from trainer.downstream import point_in_time as P
-from trainer.downstream import replay as R
+from trainer.downstream import config as downstream_config
+from trainer.downstream import data as ranker_data
+from trainer.downstream import point_in_time, replay
 from trainer.downstream.daily import DAILY, FROZEN, PROTOCOLS
 from trainer.downstream.export import export_ranker
 from trainer.downstream.ranker import FIELDS, DownstreamRanker
-from trainer.downstream.requests import example_with_representations
 from trainer.evaluation import auc, expected_auc, gauc
 from trainer.export import read_model_config, read_training_facts
-from trainer.representations import tables as T
-from trainer.representations.ema import DEFAULT_HALF_LIFE_SECONDS
 from trainer.transform import SHARED_VOCABULARY, VOCABULARIES
 from trainer.vocabulary import VocabularyPreprocessor
 
-DAY = F.DAY
+DAY = features.DAY
 VOCABULARY_INPUTS = tuple(VOCABULARIES) + tuple(SHARED_VOCABULARY)
 
 
@@ -76,7 +75,7 @@ def logloss(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def make_preprocessor(rows: D.Rows) -> VocabularyPreprocessor:
+def make_preprocessor(rows: ranker_data.Rows) -> VocabularyPreprocessor:
     """Vocabularies of the ranker's own fields, counted on its training rows."""
     ds = tf.data.Dataset.from_tensor_slices(
         {name: tf.constant(rows[name]) for name in VOCABULARY_INPUTS}).batch(8192)
@@ -85,7 +84,7 @@ def make_preprocessor(rows: D.Rows) -> VocabularyPreprocessor:
 
 def load_upstream_config(export_dir: str) -> ModelConfig:
     """The upstream `ModelConfig` that `trainer.export` writes beside the SavedModel."""
-    path, _ = R.resolve_export(export_dir)
+    path, _ = replay.resolve_export(export_dir)
     return read_model_config(path)
 
 
@@ -93,12 +92,12 @@ def ad_module_variables(export_dir: str) -> list[tf.Variable]:
     """The upstream SavedModel's `ad_module` variables (for `iim_warm_start`), from a load of
     their own: not `upstream_layer.load_upstream`'s shared one, whose variables a `finetune`
     ranker in the same process may have trained."""
-    path, _ = R.resolve_export(export_dir)
+    path, _ = replay.resolve_export(export_dir)
     loaded = tf.saved_model.load(path)
-    module = getattr(loaded, S.AD_MODULE_ENDPOINT, None)
+    module = getattr(loaded, signatures.AD_MODULE_ENDPOINT, None)
     if module is None:
         raise ValueError(f"the upstream export {path!r} has no reusable endpoint "
-                         f"{S.AD_MODULE_ENDPOINT!r} (exported before endpoints existed?)")
+                         f"{signatures.AD_MODULE_ENDPOINT!r} (exported before endpoints existed?)")
     return list(module.variables)
 
 
@@ -112,27 +111,33 @@ class ExactValidationAUC(tf.keras.callbacks.Callback):
     `EarlyStopping(monitor="val_auc")`.
     """
 
-    def __init__(self, rows: D.Rows, score_fn):
+    def __init__(self, rows: ranker_data.Rows, score_fn):
         super().__init__()
         self.rows, self.score_fn = rows, score_fn
 
     def on_epoch_end(self, epoch, logs=None):
-        value = auc(self.rows[F.LABEL], self.score_fn(self.model, self.rows))
+        value = auc(self.rows[features.LABEL], self.score_fn(self.model, self.rows))
         if logs is not None:
             logs["val_auc"] = 0.5 if value is None else value
 
 
-def _fit(model, train_rows: D.Rows, validation_rows: D.Rows | None, score_fn,
-         train_config: C.DownstreamTrainConfig, verbose: int, started: float) -> dict:
+def _fit(model, train_rows: ranker_data.Rows, validation_rows: ranker_data.Rows | None, score_fn,
+         train_config: downstream_config.DownstreamTrainConfig, verbose: int,
+         started: float, log_dir: str | None = None) -> dict:
     """Keras `fit`; with validation rows, early stopping on their exact AUC (best weights
-    kept). Returns `{"epochs", "best_epoch", "trainable_parameters", "seconds"}`."""
+    kept); with `log_dir`, TensorBoard summaries of each epoch there (the exact AUC as
+    `validation/epoch_auc`). Returns `{"epochs", "best_epoch", "trainable_parameters",
+    "seconds"}`."""
     callbacks = []
-    if validation_rows is not None and D.size(validation_rows):
+    if validation_rows is not None and ranker_data.size(validation_rows):
         callbacks = [ExactValidationAUC(validation_rows, score_fn),
                      tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                                       patience=train_config.patience,
                                                       restore_best_weights=True)]
-    history = model.fit(D.to_dataset(train_rows, train_config.batch_size, train_config.seed),
+    if log_dir is not None:  # last: it writes the `val_auc` that ExactValidationAUC adds
+        callbacks.append(distribute.tensorboard_callback(log_dir))
+    history = model.fit(ranker_data.to_dataset(train_rows, train_config.batch_size,
+                                               train_config.seed),
                         epochs=train_config.epochs, verbose=verbose, callbacks=callbacks)
     epochs = len(history.history["loss"])
     best = (int(np.argmax(history.history["val_auc"])) + 1 if "val_auc" in history.history
@@ -147,17 +152,19 @@ def trainable_parameters(model) -> int:
     return int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
 
 
-def train_ranker(config: C.DownstreamConfig, train_config: C.DownstreamTrainConfig,
-                 train_rows: D.Rows, validation_rows: D.Rows | None = None,
+def train_ranker(config: downstream_config.DownstreamConfig,
+                 train_config: downstream_config.DownstreamTrainConfig,
+                 train_rows: ranker_data.Rows, validation_rows: ranker_data.Rows | None = None,
                  upstream_config: ModelConfig | None = None, upstream_export: str | None = None,
-                 verbose: int = 0) -> tuple[DownstreamRanker, dict]:
+                 verbose: int = 0, log_dir: str | None = None) -> tuple[DownstreamRanker, dict]:
     """Fits a `DownstreamRanker`; with `validation_rows`, stops early on their exact AUC
-    (`ExactValidationAUC`) and keeps the best epoch's weights. Returns the model and
+    (`ExactValidationAUC`) and keeps the best epoch's weights; with `log_dir`, writes
+    TensorBoard summaries of each epoch there. Returns the model and
     `{"epochs", "best_epoch", "trainable_parameters", "seconds"}`."""
     tf.keras.utils.set_random_seed(train_config.seed)
     started = time.perf_counter()
     dims = {name: int(train_rows[name].shape[1]) for name in config.representation_features}
-    rate = float(np.mean(train_rows[F.LABEL]))
+    rate = float(np.mean(train_rows[features.LABEL]))
     model = DownstreamRanker(config, make_preprocessor(train_rows), dims,
                              upstream_config=upstream_config, upstream_export=upstream_export,
                              label_prior=rate if 0.0 < rate < 1.0 else None)
@@ -167,10 +174,10 @@ def train_ranker(config: C.DownstreamConfig, train_config: C.DownstreamTrainConf
         model.warm_start_iim(ad_module_variables(upstream_export))
     model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
     return model, _fit(model, train_rows, validation_rows, predict, train_config, verbose,
-                       started)
+                       started, log_dir)
 
 
-def predict(model: DownstreamRanker, rows: D.Rows, masked=()) -> np.ndarray:
+def predict(model: DownstreamRanker, rows: ranker_data.Rows, masked=()) -> np.ndarray:
     """Click probabilities `[n]` of `rows`, with the inputs of `masked` zeroed (Sec. 5.3.1)."""
     masked = frozenset(masked)
     cache = model.__dict__.setdefault("_lfm4ads_predict", {})  # one trace per masked set
@@ -178,21 +185,21 @@ def predict(model: DownstreamRanker, rows: D.Rows, masked=()) -> np.ndarray:
         cache[masked] = tf.function(
             lambda batch: model.forward(batch, training=False, masked=masked))
     step = cache[masked]
-    out = [step(batch)["prediction"].numpy()[:, 0] for batch in D.to_dataset(rows, 4096)]
+    out = [step(batch)["prediction"].numpy()[:, 0] for batch in ranker_data.to_dataset(rows, 4096)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def evaluate(rows: D.Rows, scores: np.ndarray, train_items=None,
+def evaluate(rows: ranker_data.Rows, scores: np.ndarray, train_items=None,
              probabilities: np.ndarray | None = None, calibrated: bool = True) -> dict:
     """AUC, GAUC (by user), logloss (`calibrated` scores only), cold-start AUC (items not in
     `train_items`) and, with the true `probabilities`, the AUC in expectation over the draw of
     the labels (`evaluation.expected_auc`)."""
-    labels = rows[F.LABEL]
-    cold = (~np.isin(rows[F.ITEM_ID], np.asarray(list(train_items), dtype=object))
+    labels = rows[features.LABEL]
+    cold = (~np.isin(rows[features.ITEM_ID], np.asarray(list(train_items), dtype=object))
             if train_items is not None else np.zeros(labels.shape[0], bool))
     return {
         "auc": auc(labels, scores),
-        "gauc": gauc(rows[F.USER_ID], labels, scores),
+        "gauc": gauc(rows[features.USER_ID], labels, scores),
         "logloss": logloss(labels, scores) if calibrated else None,
         "auc_cold_start": auc(labels[cold], scores[cold]),
         "expected_auc": (expected_auc(probabilities, scores) if probabilities is not None
@@ -203,8 +210,9 @@ def evaluate(rows: D.Rows, scores: np.ndarray, train_items=None,
     }
 
 
-def train_retrieval(config: C.DownstreamConfig, train_config: C.DownstreamTrainConfig,
-                    train_rows: D.Rows, validation_rows: D.Rows | None = None,
+def train_retrieval(config: downstream_config.DownstreamConfig,
+                    train_config: downstream_config.DownstreamTrainConfig,
+                    train_rows: ranker_data.Rows, validation_rows: ranker_data.Rows | None = None,
                     verbose: int = 0):
     """Fits a `StandaloneRetrieval` (Eq. 6) on the rows' UR and IR (InfoNCE over the clicked
     rows, in-batch negatives); with `validation_rows`, stops early on the exact AUC of its
@@ -213,7 +221,7 @@ def train_retrieval(config: C.DownstreamConfig, train_config: C.DownstreamTrainC
 
     tf.keras.utils.set_random_seed(train_config.seed)
     started = time.perf_counter()
-    names = (S.UR_FEATURE, S.IR_FEATURE, F.LABEL, F.ITEM_ID)
+    names = (signatures.UR_FEATURE, signatures.IR_FEATURE, features.LABEL, features.ITEM_ID)
     model = StandaloneRetrieval(adapter_hidden=config.retrieval_hidden,
                                 output_dim=config.retrieval_dim)
     model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
@@ -221,28 +229,29 @@ def train_retrieval(config: C.DownstreamConfig, train_config: C.DownstreamTrainC
                        retrieval_scores, train_config, verbose, started)
 
 
-def retrieval_scores(model, rows: D.Rows) -> np.ndarray:
+def retrieval_scores(model, rows: ranker_data.Rows) -> np.ndarray:
     """score(u, i) of Eq. 6 `[n]` for each row (for the AUC on a labelled window)."""
-    ds = D.to_dataset({k: rows[k] for k in (S.UR_FEATURE, S.IR_FEATURE)}, 4096)
+    ds = ranker_data.to_dataset({k: rows[k] for k in (signatures.UR_FEATURE,
+                                                      signatures.IR_FEATURE)}, 4096)
     out = [model.score(batch).numpy()[:, 0] for batch in ds]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def retrieval_recall(model, rows: D.Rows, candidate_ids: np.ndarray,
+def retrieval_recall(model, rows: ranker_data.Rows, candidate_ids: np.ndarray,
                      candidate_irs: np.ndarray, ks=(10, 100)) -> dict:
     """recall@k of the clicked rows whose UR was known and whose item is a candidate (the
     item table as of the window's start); also the share of clicked rows that qualified."""
     from trainer.downstream.retrieval import recall_at_k
 
-    clicked = rows[F.LABEL] == 1
-    query = clicked & (rows[S.found_feature(S.UR_FEATURE)] > 0) & np.isin(
-        rows[F.ITEM_ID], candidate_ids)
+    clicked = rows[features.LABEL] == 1
+    query = clicked & (rows[signatures.found_feature(signatures.UR_FEATURE)] > 0) & np.isin(
+        rows[features.ITEM_ID], candidate_ids)
     out = {"recall_queries": int(query.sum()),
            "recall_query_share": float(query.sum() / max(1, clicked.sum()))}
     for k in ks:
         k_eff = min(k, len(candidate_ids))
-        out[f"recall_at_{k}"] = (recall_at_k(model, rows[S.UR_FEATURE][query],
-                                             rows[F.ITEM_ID][query], candidate_ids,
+        out[f"recall_at_{k}"] = (recall_at_k(model, rows[signatures.UR_FEATURE][query],
+                                             rows[features.ITEM_ID][query], candidate_ids,
                                              candidate_irs, k_eff) if query.any() else None)
     return out
 
@@ -274,17 +283,17 @@ def split_windows(files: list[str], eval_days: float, validation_days: float,
 
 
 def representation_source(files: list[str], upstream: str, start: int,
-                          base: P.HistorySource | None,
-                          half_life_seconds: float) -> P.HistorySource:
+                          base: point_in_time.HistorySource | None,
+                          half_life_seconds: float) -> point_in_time.HistorySource:
     """The upstream replayed over the traffic from `start` (all domains), continuing `base`."""
-    events = R.run_upstream(R.saved_model_fn(upstream),
+    events = replay.run_upstream(replay.saved_model_fn(upstream),
                             data_input.records_in_window(files, start=start))
-    return R.histories(events, half_life_seconds, base)
+    return replay.histories(events, half_life_seconds, base)
 
 
 def run(data: str, upstream: str, mode: str, export_dir: str | None, tables: str | None = None,
-        config: C.DownstreamConfig | None = None,
-        train_config: C.DownstreamTrainConfig | None = None, eval_days: float = 1.0,
+        config: downstream_config.DownstreamConfig | None = None,
+        train_config: downstream_config.DownstreamTrainConfig | None = None, eval_days: float = 1.0,
         validation_days: float = 1.0, downstream_days: float | None = None,
         half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS, top_k: int = 100,
         index: str = "brute_force", verbose: int = 0,
@@ -294,8 +303,8 @@ def run(data: str, upstream: str, mode: str, export_dir: str | None, tables: str
         raise ValueError(f"upstream_protocol must be one of {PROTOCOLS}, got "
                          f"{upstream_protocol!r}")
     started = time.perf_counter()
-    config = dataclasses.replace(config or C.DownstreamConfig(), mode=mode)
-    train_config = train_config or C.DownstreamTrainConfig()
+    config = dataclasses.replace(config or downstream_config.DownstreamConfig(), mode=mode)
+    train_config = train_config or downstream_config.DownstreamTrainConfig()
     files = data_input.list_files(data)
     data_input.check_files(files)
     if upstream_protocol == DAILY:
@@ -306,46 +315,50 @@ def run(data: str, upstream: str, mode: str, export_dir: str | None, tables: str
         windows, source, upstream_path, ad_prediction = _frozen_inputs(
             files, upstream, tables, eval_days, validation_days, downstream_days,
             half_life_seconds, config.prediction_features)
-    features = config.representation_features
-    rows = {name: D.with_representations(D.read_rows(files, *window), source, features)
+    names = config.representation_features
+    rows = {name: ranker_data.with_representations(ranker_data.read_rows(files, *window),
+                                                   source, names)
             for name, window in (("train", windows.train), ("validation", windows.validation),
                                  ("test", windows.test))}
     if ad_prediction is not None:  # distill: the upstream's ad prediction on each row itself
         rows = {name: ad_prediction(r) for name, r in rows.items()}
-    if not D.size(rows["train"]) or not D.size(rows["test"]):
-        raise data_input.DataError(f"the downstream windows hold {D.size(rows['train'])} "
-                                   f"training and {D.size(rows['test'])} test ad rows")
-    probabilities = D.oracle_probabilities(data, rows["test"], *windows.test)
-    train_items = set(rows["train"][F.ITEM_ID].tolist())
-    if mode == C.RETRIEVAL:
+    if not ranker_data.size(rows["train"]) or not ranker_data.size(rows["test"]):
+        raise data_input.DataError(f"the downstream windows hold {ranker_data.size(rows['train'])} "
+                                   f"training and {ranker_data.size(rows['test'])} test ad rows")
+    probabilities = ranker_data.oracle_probabilities(data, rows["test"], *windows.test)
+    train_items = set(rows["train"][features.ITEM_ID].tolist())
+    if mode == downstream_config.RETRIEVAL:
         model, fit = train_retrieval(config, train_config, rows["train"], rows["validation"],
                                      verbose=verbose)
         results = {"mode": mode, **evaluate(rows["test"], retrieval_scores(model, rows["test"]),
                                             train_items, probabilities, calibrated=False)}
         # The index: every item the item table holds when the test window begins.
-        items = source.histories[T.ITEM_TABLE].last()
-        known = source.lookup(T.ITEM_TABLE, items.keys,
+        items = source.histories[ITEM_TABLE].last()
+        known = source.lookup(ITEM_TABLE, items.keys,
                               np.full(len(items), windows.test[0], np.int64))
         candidates, irs = items.keys[known.found], known.vectors[known.found]
         results.update(retrieval_recall(model, rows["test"], candidates, irs))
     else:
-        upstream_config = load_upstream_config(upstream_path) if mode in C.IIM_MODES else None
+        upstream_config = (
+            load_upstream_config(upstream_path) if mode in downstream_config.IIM_MODES else None
+        )
         model, fit = train_ranker(config, train_config, rows["train"], rows["validation"],
                                   upstream_config=upstream_config,
                                   upstream_export=upstream_path, verbose=verbose)
         results = {"mode": mode, **evaluate(rows["test"], predict(model, rows["test"]),
                                             train_items, probabilities)}
     results.update(
-        train_rows=D.size(rows["train"]), validation_rows=D.size(rows["validation"]),
+        train_rows=ranker_data.size(rows["train"]),
+        validation_rows=ranker_data.size(rows["validation"]),
         windows=dataclasses.asdict(windows), upstream=upstream_path, tables=tables,
         upstream_protocol=upstream_protocol, **fit)
     if export_dir:
         test = rows["test"]
         warmup = [example_with_representations(
             {name: test[name][r] for name in FIELDS},
-            {name: test[name][r] for name in test if name not in F.ALL_FEATURES})
-            for r in range(min(8, D.size(test)))]
-        if mode == C.RETRIEVAL:
+            {name: test[name][r] for name in test if name not in features.ALL_FEATURES})
+            for r in range(min(8, ranker_data.size(test)))]
+        if mode == downstream_config.RETRIEVAL:
             from trainer.downstream.retrieval import export_retrieval
 
             results["export_path"] = export_retrieval(
@@ -365,8 +378,8 @@ def _frozen_inputs(files, upstream, tables, eval_days, validation_days, downstre
     """`--upstream_protocol frozen`: one upstream export replayed over the traffic (module
     doc). Returns the windows, the representation source, the export the modes that load the
     upstream read, and the rows -> rows with the `distill` input (None when not read)."""
-    upstream_path, upstream_version = R.resolve_export(upstream)
-    base = P.HistorySource.from_published(tables) if tables else None
+    upstream_path, upstream_version = replay.resolve_export(upstream)
+    base = point_in_time.HistorySource.from_published(tables) if tables else None
     newest = base.newest() if base is not None else None
     if base is not None:
         versions = base.model_versions
@@ -399,8 +412,8 @@ def _frozen_inputs(files, upstream, tables, eval_days, validation_days, downstre
     source = representation_source(files, upstream_path, replay_start, base, half_life_seconds)
     ad_prediction = None
     if prediction_features:
-        predict = D.saved_model_ad_prediction_fn(upstream_path)
-        ad_prediction = functools.partial(D.with_upstream_prediction, predict=predict)
+        predict = ranker_data.saved_model_ad_prediction_fn(upstream_path)
+        ad_prediction = functools.partial(ranker_data.with_upstream_prediction, predict=predict)
     return windows, source, upstream_path, ad_prediction
 
 
@@ -414,7 +427,7 @@ def _daily_inputs(files, upstream, tables, eval_days, validation_days, downstrea
         raise ValueError("--tables continues the tables of one upstream version; under "
                          "--upstream_protocol daily the replay of every version starts at the "
                          "data's beginning: leave --tables out")
-    versions = R.upstream_versions(upstream)
+    versions = replay.upstream_versions(upstream)
     lo, hi = data_input.time_range(files)
     if downstream_days is not None:
         test_start = hi + 1 - int(round(eval_days * DAY))
@@ -427,31 +440,46 @@ def _daily_inputs(files, upstream, tables, eval_days, validation_days, downstrea
         raise ValueError(f"no upstream version under {upstream!r} was trained only on data "
                          f"before the validation window ({windows.validation[0]}); their "
                          f"train_end: {[end for end, _ in versions]}")
-    fns = {path: R.saved_model_fn(path) for _, path in versions}
-    events = R.run_versions([(end, fns[path]) for end, path in versions],
+    fns = {path: replay.saved_model_fn(path) for _, path in versions}
+    events = replay.run_versions([(end, fns[path]) for end, path in versions],
                             data_input.records_in_window(files).as_numpy_iterator())
-    R.check_unseen(events, windows.train[0])
-    source = R.histories(events, half_life_seconds)
+    replay.check_unseen(events, windows.train[0])
+    source = replay.histories(events, half_life_seconds)
     ad_prediction = None
     if prediction_features:
-        predicts = [(end, D.saved_model_ad_prediction_fn(path)) for end, path in versions]
+        predicts = [(end, ranker_data.saved_model_ad_prediction_fn(path)) for end, path in versions]
 
         def ad_prediction(rows):  # each row by the version that scored its request
-            which = R.version_index([e for e, _ in predicts], rows[F.TIMESTAMP])
-            out = np.zeros(D.size(rows), np.float32)
+            which = replay.version_index([e for e, _ in predicts], rows[features.TIMESTAMP])
+            out = np.zeros(ranker_data.size(rows), np.float32)
             for k, (_, predict) in enumerate(predicts):
                 keep = which == k
                 if keep.any():
-                    out[keep] = D.with_upstream_prediction(D.select(rows, keep), predict)[
-                        S.UPSTREAM_AD_PREDICTION_FEATURE]
-            return {**rows, S.UPSTREAM_AD_PREDICTION_FEATURE: out}
+                    out[keep] = ranker_data.with_upstream_prediction(
+                        ranker_data.select(rows, keep), predict
+                    )[signatures.UPSTREAM_AD_PREDICTION_FEATURE]
+            return {**rows, signatures.UPSTREAM_AD_PREDICTION_FEATURE: out}
 
     return windows, source, before[-1], ad_prediction
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainer.downstream.train",
-                                description=__doc__.split("\n")[0])
+FLAG_HELP = {  # the flags of DownstreamConfig and DownstreamTrainConfig fields
+    "mode": "what the ranker takes from the upstream (trainer.downstream.config.MODES)",
+    "iim_warm_start": "start the Isomorphic Interaction Module from the upstream's ad branch",
+    "distill_loss_weight": "distill: weight of the auxiliary loss on the upstream's prediction",
+    "use_ur_ir": "the CR modes with UR and IR as features (--no-use_ur_ir: CR alone)",
+    "mlp_hidden": "hidden sizes of the ranker's MLP, comma-separated",
+    "retrieval_hidden": "retrieval: hidden sizes of the adapters, comma-separated",
+}
+
+
+def _parse_args(argv: list[str]) -> tuple[argparse.Namespace,
+                                          downstream_config.DownstreamConfig,
+                                          downstream_config.DownstreamTrainConfig]:
+    """The CLI's arguments and the ranker's configs: every field of DownstreamConfig and
+    DownstreamTrainConfig is a flag (`common.cli`)."""
+    p = cli.ArgumentParser(prog="python -m trainer.downstream.train",
+                           description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="directory (or glob) of tf.Example TFRecords")
     p.add_argument("--upstream", required=True,
                    help="the upstream export: a version directory or its model base path "
@@ -462,7 +490,6 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                         "it (each version's train_end)")
     p.add_argument("--tables", default=None,
                    help="a published representation version (or the publish root: its LIVE)")
-    p.add_argument("--mode", choices=C.MODES, default=C.LFM4ADS)
     p.add_argument("--export_dir", default=None, help="model base path: <dir>/<version>/")
     p.add_argument("--eval_days", type=float, default=1.0)
     p.add_argument("--validation_days", type=float, default=1.0)
@@ -474,20 +501,11 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                    help="retrieval: items per query in the exported index")
     p.add_argument("--index", choices=("brute_force", "scann"), default="brute_force",
                    help="retrieval: the exported index")
-    model = C.DownstreamConfig()
-    p.add_argument("--embedding_dim", type=int, default=model.embedding_dim)
-    p.add_argument("--num_cross_layers", type=int, default=model.num_cross_layers)
-    p.add_argument("--iim_warm_start", action="store_true")
-    p.add_argument("--distill_loss_weight", type=float, default=model.distill_loss_weight,
-                   help="distill: weight of the auxiliary loss on the upstream's prediction")
-    training = C.DownstreamTrainConfig()
-    p.add_argument("--epochs", type=int, default=training.epochs)
-    p.add_argument("--batch_size", type=int, default=training.batch_size)
-    p.add_argument("--learning_rate", type=float, default=training.learning_rate)
-    p.add_argument("--seed", type=int, default=training.seed)
-    p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
-    console.add_verbose_flag(p)
-    return p.parse_args(argv)
+    model = cli.add_dataclass_flags(p, downstream_config.DownstreamConfig, help_texts=FLAG_HELP,
+                                    choices={"mode": downstream_config.MODES})
+    training = cli.add_dataclass_flags(p, downstream_config.DownstreamTrainConfig)
+    args = p.parse_args(argv)
+    return args, model.build(args), training.build(args)
 
 
 def format_table(results: dict) -> str:
@@ -511,29 +529,15 @@ def format_table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
-    console.setup(args.verbose)
-    config = C.DownstreamConfig(mode=args.mode, embedding_dim=args.embedding_dim,
-                                num_cross_layers=args.num_cross_layers,
-                                iim_warm_start=args.iim_warm_start,
-                                distill_loss_weight=args.distill_loss_weight)
-    train_config = C.DownstreamTrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                                           learning_rate=args.learning_rate, seed=args.seed)
-    try:
-        results = run(args.data, args.upstream, args.mode, args.export_dir, tables=args.tables,
-                      config=config, train_config=train_config, eval_days=args.eval_days,
-                      validation_days=args.validation_days,
-                      downstream_days=args.downstream_days,
-                      half_life_seconds=args.half_life_seconds, top_k=args.top_k,
-                      index=args.index, verbose=1 if sys.stdout.isatty() else 2,
-                      upstream_protocol=args.upstream_protocol)
-    except (data_input.DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_table(results))
-    if args.json:
-        print(json.dumps(results))
-    return 0
+    args, config, train_config = _parse_args(sys.argv[1:] if argv is None else argv)
+    return cli.run(
+        lambda: run(args.data, args.upstream, config.mode, args.export_dir, tables=args.tables,
+                    config=config, train_config=train_config, eval_days=args.eval_days,
+                    validation_days=args.validation_days, downstream_days=args.downstream_days,
+                    half_life_seconds=args.half_life_seconds, top_k=args.top_k,
+                    index=args.index, verbose=1 if sys.stdout.isatty() else 2,
+                    upstream_protocol=args.upstream_protocol),
+        args, show=format_table, errors=(data_input.DataError, ValueError))
 
 
 if __name__ == "__main__":

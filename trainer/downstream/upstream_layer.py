@@ -22,8 +22,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from trainer import signatures as S
-from trainer.serving_layout import resolve_export_dir
+from common import signatures
+from common.serving_layout import resolve_export_dir
 
 _LOADED: dict[str, Any] = {}  # version directory -> the object loaded from it
 _LOCK = threading.Lock()
@@ -78,12 +78,12 @@ class UpstreamLayer(tf.keras.layers.Layer):
       export_dir: a version directory (holding `saved_model.pb`) or a model base path in TF
         Serving layout, resolved to its highest integer version when the layer is made, so a
         reloaded model picks the newest version: give a version directory to pin one.
-      endpoint: one of `trainer.signatures.ENDPOINTS`: `user_tower`, `item_tower`, `ad_module`.
+      endpoint: one of `common.signatures.ENDPOINTS`: `user_tower`, `item_tower`, `ad_module`.
       trainable: fine-tune the upstream variables (True) or keep them frozen (False).
       **kwargs: `tf.keras.layers.Layer` arguments (`name`, ...).
 
     Call args:
-      features: dict of dense raw features as `trainer.features.parse_examples` gives them
+      features: dict of dense raw features as `common.features.parse_examples` gives them
         (scalars `[batch]`, list features `[batch, LIST_LENGTHS]` padded with `b""`, `[batch, 1]`
         scalars are accepted too), at least the endpoint's `feature_spec`; others are ignored.
       training: Keras's training flag; only used when the layer is trainable.
@@ -114,12 +114,13 @@ class UpstreamLayer(tf.keras.layers.Layer):
         self.export_path = path
         where = path if path == self.export_dir else (
             f"{path} (the highest version under {self.export_dir})")
-        available = [name for name in S.ENDPOINTS if hasattr(loaded, name)]
+        available = [name for name in signatures.ENDPOINTS if hasattr(loaded, name)]
         if not available:
             raise ValueError(
-                f"upstream export {where} has no reusable endpoints {list(S.ENDPOINTS)}: it was "
-                "written before trainer.export added them, or is not an LFM4Ads upstream "
-                "export; export it again with trainer.export.export_saved_model")
+                f"upstream export {where} has no reusable endpoints {list(signatures.ENDPOINTS)}: "
+                "it was written before trainer.export added them, or is not an LFM4Ads upstream "
+                "export; export it again with trainer.export.export_saved_model"
+            )
         if endpoint not in available:
             raise ValueError(f"unknown endpoint {endpoint!r} of upstream export {where}; "
                              f"available endpoints: {available}")

@@ -10,8 +10,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from pipelines.sources import common, movielens
-from trainer import features
+from common import features
+from pipelines.sources import movielens
+from pipelines.sources.shards import SHARD_PATTERN
 
 from .test_synthetic import parse, read_records
 
@@ -168,4 +169,4 @@ def test_out_dir_must_be_empty_without_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="is not empty; pass --overwrite"):
         movielens.convert(out, wheel=wheel, progress=False)
     manifest = movielens.convert(out, wheel=wheel, overwrite=True, progress=False)
-    assert sorted(p.name for p in out.glob(common.SHARD_PATTERN)) == manifest["shards"]
+    assert sorted(p.name for p in out.glob(SHARD_PATTERN)) == manifest["shards"]

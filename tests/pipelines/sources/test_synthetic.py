@@ -1,4 +1,5 @@
-"""Tests of the synthetic source and of the shared helpers in pipelines/sources/common.py."""
+"""Tests of the synthetic source and of the helpers the sources share (pipelines/sources/:
+the tf.Example encoder, user histories, shards and the output directory)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from pipelines.sources import common, synthetic
-from trainer import features
+from common import features
+from pipelines.sources import synthetic
+from pipelines.sources.example_encoder import BytesColumn, IntColumn, encode_examples
+from pipelines.sources.history import ragged_take, user_history
+from pipelines.sources.output_dir import MANIFEST, to_json
+from pipelines.sources.shards import SHARD_PATTERN
 from trainer.oracle import load_users
 
 EXAMPLES = 12_000
@@ -78,7 +83,7 @@ def test_user_history_excludes_ties_and_orders_newest_first():
     ts = np.array([1, 1, 1, 2, 3, 3])
     item = np.array([10, 11, 20, 12, 13, 14])
     positive = np.array([True, True, True, False, True, True])
-    offsets, values = common.user_history(user, ts, item, positive, cap=20)
+    offsets, values = user_history(user, ts, item, positive, cap=20)
     assert as_lists(offsets, values) == [
         [], [],  # t=1: the other t=1 positive is a tie, not history
         [],  # user 1 sees none of user 0's items
@@ -86,7 +91,7 @@ def test_user_history_excludes_ties_and_orders_newest_first():
         [11, 10],  # t=3: item 12 was negative
         [11, 10],  # t=3 tie with item 13
     ]
-    offsets, values = common.user_history(user, ts, item, positive, cap=1)
+    offsets, values = user_history(user, ts, item, positive, cap=1)
     assert as_lists(offsets, values) == [[], [], [], [11], [11], [11]]
 
 
@@ -96,19 +101,18 @@ def test_user_history_matches_reference_on_random_events():
         n = 300
         user, ts = rng.integers(0, 6, n), rng.integers(0, 40, n)
         item, positive = rng.integers(0, 1000, n), rng.random(n) < 0.5
-        offsets, values = common.user_history(user, ts, item, positive, cap)
+        offsets, values = user_history(user, ts, item, positive, cap)
         assert as_lists(offsets, values) == reference_history(user, ts, item, positive, cap)
 
 
 def test_user_history_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="must be 1-D of one length"):
-        common.user_history(np.zeros(3), np.zeros(2), np.zeros(3), np.zeros(3, bool))
+        user_history(np.zeros(3), np.zeros(2), np.zeros(3), np.zeros(3, bool))
 
 
 def test_ragged_take():
     # rows: [5, 6], [7]; taking rows 1, 0, 1 gives [7], [5, 6], [7].
-    offsets, values = common.ragged_take(np.array([0, 2, 3]), np.array([5, 6, 7]),
-                                         np.array([1, 0, 1]))
+    offsets, values = ragged_take(np.array([0, 2, 3]), np.array([5, 6, 7]), np.array([1, 0, 1]))
     assert offsets.tolist() == [0, 1, 3, 4] and values.tolist() == [7, 5, 6, 7]
 
 
@@ -125,12 +129,12 @@ def test_encode_examples_equals_deterministic_protobuf_serialization():
     offsets = np.concatenate([[0], np.cumsum(rng.integers(0, 10, n))])
     ints = rng.choice([0, 1, 127, 128, 300, 2**40, -1, -2**63, 2**63 - 1, 1767225600], n)
     columns = {
-        "s": common.BytesColumn(vocab, rng.integers(0, 4, n)),
-        "l": common.BytesColumn(vocab, rng.integers(0, 4, offsets[-1]), offsets),
-        "i": common.IntColumn(ints),
-        "a": common.IntColumn(rng.integers(0, 2, n)),
+        "s": BytesColumn(vocab, rng.integers(0, 4, n)),
+        "l": BytesColumn(vocab, rng.integers(0, 4, offsets[-1]), offsets),
+        "i": IntColumn(ints),
+        "a": IntColumn(rng.integers(0, 2, n)),
     }
-    data, starts = common.encode_examples(columns, 5, n)
+    data, starts = encode_examples(columns, 5, n)
     mine = [data[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
     def list_array(row_offsets, values):
@@ -261,9 +265,9 @@ def test_manifest_counts_match_records(dataset):
     is_ad = parsed[features.DOMAIN] == features.DOMAIN_AD
     assert manifest["examples"] == EXAMPLES
     assert manifest["counts"] == {"content": int((~is_ad).sum()), "ad": int(is_ad.sum())}
-    assert sorted(p.name for p in out.glob(common.SHARD_PATTERN)) == manifest["shards"]
+    assert sorted(p.name for p in out.glob(SHARD_PATTERN)) == manifest["shards"]
     assert manifest["users"] >= len(set(parsed[features.USER_ID]))
-    assert json.loads((out / common.MANIFEST).read_text()) == json.loads(common.to_json(manifest))
+    assert json.loads((out / MANIFEST).read_text()) == json.loads(to_json(manifest))
     assert manifest["examples_per_second"] > 0 and manifest["seconds"] > 0
 
 
@@ -564,19 +568,6 @@ def test_cli_world_dynamic(tmp_path, capsys):
     assert "invalid choice: 'static'" in capsys.readouterr().err
 
 
-def test_benchmark_datasets_keep_one_directory_per_world(tmp_path):
-    from benchmarks import datasets
-
-    data = datasets.prepare("synthetic", str(tmp_path), examples=600, seed=2, world="dynamic")
-    assert Path(data).name == "synthetic-dynamic-600-seed2"
-    assert json.loads((Path(data) / common.MANIFEST).read_text())["world"] == "dynamic"
-    data = datasets.prepare("synthetic", str(tmp_path), examples=600, seed=2)
-    assert Path(data).name == "synthetic-600-seed2"  # the name it had before worlds
-    assert json.loads((Path(data) / common.MANIFEST).read_text())["world"] == "two_tower"
-    with pytest.raises(ValueError, match="unknown world 'static'"):
-        datasets.prepare("synthetic", str(tmp_path), world="static")
-
-
 # ----------------------------------------------------------------------------- errors and CLI
 
 
@@ -606,7 +597,7 @@ def test_non_empty_out_needs_overwrite_which_replaces_old_shards(tmp_path, capsy
     assert "is not empty; pass --overwrite" in capsys.readouterr().err
     manifest = synthetic.generate(out, 300, seed=0, num_shards=2, overwrite=True,
                                   progress=False)
-    assert sorted(p.name for p in out.glob(common.SHARD_PATTERN)) == manifest["shards"]
+    assert sorted(p.name for p in out.glob(SHARD_PATTERN)) == manifest["shards"]
     assert len(manifest["shards"]) == 2 and (out / "notes.txt").read_text() == "keep me"
 
 
@@ -621,4 +612,4 @@ def test_cli_json_last_line(tmp_path):
     for key in ("seconds", "examples_per_second", "oracle_auc_ad", "oracle_auc_content",
                 "oracle_auc_cold_start", "static_auc_ad", "static_auc_content"):
         assert key in last, key
-    assert last == json.loads((tmp_path / "o" / common.MANIFEST).read_text())
+    assert last == json.loads((tmp_path / "o" / MANIFEST).read_text())

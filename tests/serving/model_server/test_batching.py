@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import signatures
 from serving.model_server import BatchingParameters, ModelServer
 from tests.serving.conftest import MODEL, Stubs, copy_version, predict_request, rpc_error, wait_for
-from trainer import signatures as S
 
-UR = S.USER_REPRESENTATION
+UR = signatures.USER_REPRESENTATION
 
 
 @pytest.fixture(scope="module")

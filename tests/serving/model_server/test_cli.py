@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,9 +19,9 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from common import console, signatures
 from serving.model_server import main
 from tests.serving.conftest import MODEL, copy_version, free_ports, predict_request, wait_for
-from trainer import signatures as S
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -76,9 +77,9 @@ def test_cli_serves_grpc_rest_and_metrics(cli_server, exported, scann_export, ex
 
     response = stub.Predict(predict_request(examples[:4]), timeout=60)
     np.testing.assert_allclose(
-        tf.make_ndarray(response.outputs[S.USER_REPRESENTATION]),
-        reference(exported["a"], S.USER_REPRESENTATION, examples=examples[:4])[
-            S.USER_REPRESENTATION], rtol=1e-6)
+        tf.make_ndarray(response.outputs[signatures.USER_REPRESENTATION]),
+        reference(exported["a"], signatures.USER_REPRESENTATION, examples=examples[:4])[
+            signatures.USER_REPRESENTATION], rtol=1e-6)
 
     # the ScaNN ops are registered by the server itself (this process never sends them)
     base, queries = scann_export
@@ -137,3 +138,55 @@ def test_cli_flags_parse_as_tf_serving(capsys):
     # TF Serving flags this server does not implement are reported, not fatal
     assert parse_flags(["--rest_api_num_threads=4", "--port=9000"]).port == 9000
     assert "unknown argument: --rest_api_num_threads=4" in capsys.readouterr().err
+
+
+# TensorFlow's native (C++) log lines, "2026-01-01 00:00:00.000000: W tensorflow/...cc:38] ..."
+# and absl's "W0101 00:00:00.000000  1234 file.cc:12] ...", and its Python logger's and
+# warnings' lines. The server's own lines read "2026-01-01 00:00:00,000 INFO ...".
+_TENSORFLOW_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+                              r"|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+                              r"|(INFO|WARNING):tensorflow:|TF-TRT|rendezvous|\w+Warning: ")
+
+
+@pytest.mark.slow
+def test_cli_prints_no_tensorflow_log_lines(exported, examples, tmp_path):
+    """The server has the other CLIs' quiet console (`common.console`): started as a user's
+    shell would (no TF_CPP_MIN_LOG_LEVEL, no --verbose), through a version load with its warmup
+    records, a batch of concurrent requests and SIGTERM, its stderr holds its own lines only,
+    none of TensorFlow's (TF-TRT, "Local rendezvous ... End of sequence", ...)."""
+    base = str(tmp_path / MODEL)
+    copy_version(exported["a"], base, 1)
+    batching = _write(tmp_path / "batching.config", """
+        max_batch_size { value: 64 }
+        batch_timeout_micros { value: 5000 }""")
+    grpc_port, rest_port = free_ports(2)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", console.ENV_VAR)}
+    command = [sys.executable, "-m", "serving.model_server", f"--port={grpc_port}",
+               f"--rest_api_port={rest_port}", f"--model_name={MODEL}",
+               f"--model_base_path={base}", "--enable_batching",
+               f"--batching_parameters_file={batching}"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("Exporting HTTP/REST API" in line for line in lines)
+                 or process.poll() is not None, timeout=120, what="the server to start")
+        assert process.poll() is None, "".join(lines)
+        channel = grpc.insecure_channel(f"localhost:{grpc_port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        calls = [stub.Predict.future(predict_request(examples[i:i + 4]), timeout=60)
+                 for i in range(0, 32, 4)]
+        assert all(call.result().outputs for call in calls)
+        channel.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    reader.join(timeout=30)
+    assert any(f"Running gRPC ModelServer at 0.0.0.0:{grpc_port}" in line for line in lines)
+    assert [line for line in lines if _TENSORFLOW_LINE.search(line)] == []

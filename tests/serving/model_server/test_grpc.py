@@ -22,10 +22,9 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from common import features, signatures
 from serving.model_server import ModelServer
 from tests.serving.conftest import MODEL, Stubs, copy_version, predict_request, rpc_error
-from trainer import features as F
-from trainer import signatures as S
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -35,8 +34,8 @@ def _classifier_export(base: str) -> str:
 
     class Classifier(tf.Module):
         def _age(self, inputs):
-            spec = {F.USER_AGE: tf.io.FixedLenFeature([1], tf.int64, default_value=[0])}
-            return tf.cast(tf.io.parse_example(inputs, spec)[F.USER_AGE], tf.float32)
+            spec = {features.USER_AGE: tf.io.FixedLenFeature([1], tf.int64, default_value=[0])}
+            return tf.cast(tf.io.parse_example(inputs, spec)[features.USER_AGE], tf.float32)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
         def classify(self, inputs):
@@ -88,7 +87,7 @@ def _array(response, key: str) -> np.ndarray:
 
 
 def test_every_signature_matches_the_saved_model(stubs, models, examples, reference):
-    for signature, keys in S.OUTPUT_KEYS.items():
+    for signature, keys in signatures.OUTPUT_KEYS.items():
         response = stubs.predict.Predict(predict_request(examples[:5], signature), timeout=30)
         assert response.model_spec.name == MODEL
         assert response.model_spec.version.value == 1
@@ -107,29 +106,33 @@ def test_every_signature_matches_the_saved_model(stubs, models, examples, refere
 
 def test_empty_signature_name_means_serving_default(stubs, models, examples, reference):
     response = stubs.predict.Predict(predict_request(examples[:3], signature=""), timeout=30)
-    assert response.model_spec.signature_name == S.SERVING_DEFAULT
-    expected = reference(models[MODEL], S.SERVING_DEFAULT, examples=examples[:3])
-    for key in S.OUTPUT_KEYS[S.SERVING_DEFAULT]:
+    assert response.model_spec.signature_name == signatures.SERVING_DEFAULT
+    expected = reference(models[MODEL], signatures.SERVING_DEFAULT, examples=examples[:3])
+    for key in signatures.OUTPUT_KEYS[signatures.SERVING_DEFAULT]:
         np.testing.assert_allclose(_array(response, key), expected[key], rtol=1e-6)
 
 
 def test_output_filter(stubs, models, examples, reference):
-    request = predict_request(examples[:2], S.SERVING_DEFAULT, output_filter=(S.AD_PREDICTION,))
+    request = predict_request(examples[:2], signatures.SERVING_DEFAULT,
+                              output_filter=(signatures.AD_PREDICTION,))
     response = stubs.predict.Predict(request, timeout=30)
-    assert list(response.outputs) == [S.AD_PREDICTION]
-    expected = reference(models[MODEL], S.SERVING_DEFAULT, examples=examples[:2])
-    np.testing.assert_allclose(_array(response, S.AD_PREDICTION), expected[S.AD_PREDICTION],
+    assert list(response.outputs) == [signatures.AD_PREDICTION]
+    expected = reference(models[MODEL], signatures.SERVING_DEFAULT, examples=examples[:2])
+    np.testing.assert_allclose(_array(response, signatures.AD_PREDICTION),
+                               expected[signatures.AD_PREDICTION],
                                rtol=1e-6)
 
-    bad = predict_request(examples[:2], S.SERVING_DEFAULT, output_filter=("nope",))
+    bad = predict_request(examples[:2], signatures.SERVING_DEFAULT, output_filter=("nope",))
     error = rpc_error(stubs.predict.Predict, bad, timeout=30)
     assert error.code() == INVALID
     assert error.details().startswith("output tensor alias not found in signature: nope")
-    twice = predict_request(examples[:2], S.SERVING_DEFAULT,
-                            output_filter=(S.AD_PREDICTION, S.AD_PREDICTION))
+    twice = predict_request(examples[:2], signatures.SERVING_DEFAULT,
+                            output_filter=(signatures.AD_PREDICTION, signatures.AD_PREDICTION))
     error = rpc_error(stubs.predict.Predict, twice, timeout=30)
-    assert (error.code(), error.details()) == (INVALID,
-                                               f"duplicate output tensor alias: {S.AD_PREDICTION}")
+    assert (error.code(), error.details()) == (
+        INVALID,
+        f"duplicate output tensor alias: {signatures.AD_PREDICTION}",
+    )
 
 
 @pytest.mark.parametrize("change, code, message", [
@@ -167,8 +170,8 @@ def test_input_key_errors_name_the_keys(stubs, examples):
     assert "2!=1" in error.details() and "Sent extra: {extra}." in error.details()
 
     wrong = predict_request(examples[:1])
-    wrong.inputs["exampels"].CopyFrom(wrong.inputs[S.INPUT_KEY])
-    del wrong.inputs[S.INPUT_KEY]
+    wrong.inputs["exampels"].CopyFrom(wrong.inputs[signatures.INPUT_KEY])
+    del wrong.inputs[signatures.INPUT_KEY]
     error = rpc_error(stubs.predict.Predict, wrong, timeout=30)
     assert error.code() == INVALID
     assert error.details().startswith("Signature input alias: examples(feed name: ")
@@ -177,20 +180,24 @@ def test_input_key_errors_name_the_keys(stubs, examples):
 
 def test_dtype_shape_and_unparsable_tensor_errors(stubs, examples):
     floats = predict_request(examples[:1])
-    floats.inputs[S.INPUT_KEY].CopyFrom(tf.make_tensor_proto([1.0, 2.0], dtype=tf.float32))
+    floats.inputs[signatures.INPUT_KEY].CopyFrom(tf.make_tensor_proto([1.0, 2.0], dtype=tf.float32))
     error = rpc_error(stubs.predict.Predict, floats, timeout=30)
     assert (error.code(), error.details()) == (
         INVALID, "Expects arg[0] to be string but float is provided")
 
     matrix = predict_request(examples[:1])
-    matrix.inputs[S.INPUT_KEY].CopyFrom(tf.make_tensor_proto([examples[:2]], dtype=tf.string))
+    matrix.inputs[signatures.INPUT_KEY].CopyFrom(
+        tf.make_tensor_proto([examples[:2]], dtype=tf.string)
+    )
     error = rpc_error(stubs.predict.Predict, matrix, timeout=30)
     assert (error.code(), error.details()) == (
         INVALID, "input 'examples' has shape [1,2] but signature 'user_representation' "
                  "expects [-1] (-1: any size)")
 
     too_many_values = predict_request(examples[:1])
-    too_many_values.inputs[S.INPUT_KEY].string_val.append(examples[1])  # 2 values, shape [1]
+    too_many_values.inputs[signatures.INPUT_KEY].string_val.append(
+        examples[1]
+    )  # 2 values, shape [1]
     error = rpc_error(stubs.predict.Predict, too_many_values, timeout=30)
     assert (error.code(), error.details()) == (INVALID, "tensor parsing error: examples")
 
@@ -204,17 +211,17 @@ def test_malformed_examples_are_invalid_argument(stubs, models, examples, refere
                                                  message):
     if record == "wrong_type":
         example = tf.train.Example.FromString(examples[0])
-        example.features.feature[F.USER_AGE].Clear()
-        example.features.feature[F.USER_AGE].bytes_list.value.append(b"thirty")
+        example.features.feature[features.USER_AGE].Clear()
+        example.features.feature[features.USER_AGE].bytes_list.value.append(b"thirty")
         record = example.SerializeToString()
     error = rpc_error(stubs.predict.Predict, predict_request([examples[0], record]), timeout=30)
     assert error.code() == INVALID
     assert message in error.details()
     # the server is not wedged: the next request is answered correctly
     response = stubs.predict.Predict(predict_request(examples[:2]), timeout=30)
-    expected = reference(models[MODEL], S.USER_REPRESENTATION, examples=examples[:2])
-    np.testing.assert_allclose(_array(response, S.USER_REPRESENTATION),
-                               expected[S.USER_REPRESENTATION], rtol=1e-6)
+    expected = reference(models[MODEL], signatures.USER_REPRESENTATION, examples=examples[:2])
+    np.testing.assert_allclose(_array(response, signatures.USER_REPRESENTATION),
+                               expected[signatures.USER_REPRESENTATION], rtol=1e-6)
 
 
 def test_messages_over_4_mib(stubs, models, examples, reference):
@@ -224,10 +231,10 @@ def test_messages_over_4_mib(stubs, models, examples, reference):
     request = predict_request(batch)
     assert request.ByteSize() > 5 << 20
     response = stubs.predict.Predict(request, timeout=120)
-    served = _array(response, S.USER_REPRESENTATION)
-    expected = reference(models[MODEL], S.USER_REPRESENTATION, examples=batch[:64])
+    served = _array(response, signatures.USER_REPRESENTATION)
+    expected = reference(models[MODEL], signatures.USER_REPRESENTATION, examples=batch[:64])
     assert served.shape[0] == count
-    np.testing.assert_allclose(served[:64], expected[S.USER_REPRESENTATION], rtol=1e-6)
+    np.testing.assert_allclose(served[:64], expected[signatures.USER_REPRESENTATION], rtol=1e-6)
 
 
 def test_tensor_content_inputs_and_scann_retrieval(stubs, models, scann_export, reference):
@@ -253,10 +260,13 @@ def test_model_metadata(stubs, models):
     loaded = tf.saved_model.load(models[MODEL])
     assert set(signature_map.signature_def) == set(loaded.signatures) | {
         "__saved_model_init_op"}
-    user = signature_map.signature_def[S.USER_REPRESENTATION]
+    user = signature_map.signature_def[signatures.USER_REPRESENTATION]
     assert user.method_name == "tensorflow/serving/predict"
-    assert user.inputs[S.INPUT_KEY].dtype == tf.string.as_datatype_enum
-    assert [d.size for d in user.outputs[S.USER_REPRESENTATION].tensor_shape.dim] == [-1, 8]
+    assert user.inputs[signatures.INPUT_KEY].dtype == tf.string.as_datatype_enum
+    assert [d.size for d in user.outputs[signatures.USER_REPRESENTATION].tensor_shape.dim] == [
+        -1,
+        8,
+    ]
 
     request.ClearField("metadata_field")
     error = rpc_error(stubs.predict.GetModelMetadata, request, timeout=30)
@@ -317,7 +327,7 @@ def test_classify_and_regress(stubs, models, examples, reference):
 
     # the context's features reach every example (context bytes first, example second)
     context = tf.train.Example()
-    context.features.feature[F.USER_AGE].int64_list.value.append(42)
+    context.features.feature[features.USER_AGE].int64_list.value.append(42)
     bare = [tf.train.Example().SerializeToString()] * 2
     request = classification_pb2.ClassificationRequest(
         input=_input(bare, context.SerializeToString()))
@@ -329,10 +339,11 @@ def test_classify_and_regress(stubs, models, examples, reference):
 
 
 @pytest.mark.parametrize("method, signature, message", [
-    ("Classify", S.SERVING_DEFAULT, "Expected one or two output Tensors, found 3"),
-    ("Classify", S.USER_REPRESENTATION, "No classification inputs found in SignatureDef: "),
-    ("Regress", S.USER_REPRESENTATION, "No regression inputs found in SignatureDef: "),
-    ("Regress", S.SERVING_DEFAULT, "Expected one output Tensor."),
+    ("Classify", signatures.SERVING_DEFAULT, "Expected one or two output Tensors, found 3"),
+    ("Classify", signatures.USER_REPRESENTATION,
+     "No classification inputs found in SignatureDef: "),
+    ("Regress", signatures.USER_REPRESENTATION, "No regression inputs found in SignatureDef: "),
+    ("Regress", signatures.SERVING_DEFAULT, "Expected one output Tensor."),
     ("Classify", "nope", "No signature was found with the name: nope"),
 ])
 def test_classify_and_regress_on_predict_signatures(stubs, examples, method, signature,

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import signatures
 from serving.model_server import BatchingParameters, ModelServer, MonitoringConfig
 from serving.model_server.admission import AdmissionQueue
 from serving.model_server.errors import ServingError
 from tests.serving.conftest import MODEL, Stubs, copy_version, predict_request, rpc_error, wait_for
-from trainer import signatures as S
 
-UR = S.USER_REPRESENTATION
+UR = signatures.USER_REPRESENTATION
 DEPTH = ":tensorflow:serving:request_queue_depth"
 REFUSED = ":tensorflow:serving:request_queue_refused_count"
 
@@ -39,6 +39,7 @@ def _slow_batches(timeout_s: float) -> BatchingParameters:
                               max_enqueued_batches=100, num_batch_threads=1)
 
 
+@pytest.mark.slow
 def test_64_concurrent_clients_on_4_threads_all_get_answers(base, examples, reference):
     """64 client threads x 3 Predicts each on --grpc_max_threads=4: every request waits its turn
     and is answered (with the old behaviour, queue 0, most would be RESOURCE_EXHAUSTED)."""

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from tensorflow_serving.config import model_server_config_pb2
 
+from common import signatures
 from serving.model_server import ModelServer, MonitoringConfig
 from tests.serving.conftest import MODEL, Stubs, copy_version, predict_request
-from trainer import signatures as S
 
-UR = S.USER_REPRESENTATION
+UR = signatures.USER_REPRESENTATION
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_predict_row_and_columnar_formats(server, version_dir, examples, referen
 
 
 def test_predict_with_several_outputs(server, version_dir, examples, reference):
-    expected = reference(version_dir, S.SERVING_DEFAULT, examples=examples[:2])
+    expected = reference(version_dir, signatures.SERVING_DEFAULT, examples=examples[:2])
     rows = [_b64(e) for e in examples[:2]]
     path = f"/v1/models/{MODEL}:predict"
     predictions = _ok(server, path, {"instances": rows})["predictions"]
@@ -162,9 +162,9 @@ def test_model_status_and_metadata(server, version_dir):
 
     metadata = _ok(server, f"/v1/models/{MODEL}/metadata", method="GET")
     assert metadata["model_spec"] == {"name": MODEL, "signature_name": "", "version": "1"}
-    signatures = metadata["metadata"]["signature_def"]["signature_def"]
-    assert set(S.OUTPUT_KEYS) <= set(signatures)
-    user = signatures[UR]
+    defs = metadata["metadata"]["signature_def"]["signature_def"]
+    assert set(signatures.OUTPUT_KEYS) <= set(defs)
+    user = defs[UR]
     assert user["method_name"] == "tensorflow/serving/predict"
     assert user["inputs"]["examples"]["dtype"] == "DT_STRING"
     assert user["outputs"][UR]["tensor_shape"]["dim"][1]["size"] == "8"

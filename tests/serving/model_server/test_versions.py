@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from common import signatures
 from serving.model_server import ModelServer, ServingError
 from tests.serving.conftest import (
     MODEL,
@@ -29,7 +30,6 @@ from tests.serving.conftest import (
     rpc_error,
     wait_for,
 )
-from trainer import signatures as S
 
 AVAILABLE, END = 30, 50
 FAST = dict(port=0, rest_api_port=None, file_system_poll_wait_seconds=0.2,
@@ -59,13 +59,15 @@ def _config(base: str, policy: str = "", labels: dict[str, int] | None = None,
 def _served(stubs: Stubs, examples: list[bytes], **spec) -> tuple[int, np.ndarray]:
     response = stubs.predict.Predict(predict_request(examples, **spec), timeout=30)
     return (response.model_spec.version.value,
-            tf.make_ndarray(response.outputs[S.USER_REPRESENTATION]))
+            tf.make_ndarray(response.outputs[signatures.USER_REPRESENTATION]))
 
 
 def _expected(reference, path: str, examples: list[bytes]) -> np.ndarray:
-    return reference(path, S.USER_REPRESENTATION, examples=examples)[S.USER_REPRESENTATION]
+    return reference(path, signatures.USER_REPRESENTATION,
+                     examples=examples)[signatures.USER_REPRESENTATION]
 
 
+@pytest.mark.slow
 def test_new_versions_are_polled_and_other_names_ignored(exported, examples, reference,
                                                          tmp_path):
     base = str(tmp_path / MODEL)
@@ -92,6 +94,7 @@ def test_new_versions_are_polled_and_other_names_ignored(exported, examples, ref
         stubs.close()
 
 
+@pytest.mark.slow
 def test_version_swap_under_load_fails_no_request(exported, examples, reference, tmp_path):
     base = str(tmp_path / MODEL)
     copy_version(exported["a"], base, 1)
@@ -133,6 +136,7 @@ def test_version_swap_under_load_fails_no_request(exported, examples, reference,
     assert seen.index(2) > 0 and 1 not in seen[seen.index(2) + 40:]  # no way back to v1
 
 
+@pytest.mark.slow
 def test_policies_all_specific_and_latest(exported, examples, reference, tmp_path):
     base = str(tmp_path / MODEL)
     copy_version(exported["a"], base, 1)
@@ -161,6 +165,7 @@ def test_policies_all_specific_and_latest(exported, examples, reference, tmp_pat
         stubs.close()
 
 
+@pytest.mark.slow
 def test_version_labels(exported, examples, reference, tmp_path):
     base = str(tmp_path / MODEL)
     copy_version(exported["a"], base, 1)
@@ -208,10 +213,10 @@ def test_version_labels(exported, examples, reference, tmp_path):
 def _write_warmup(version_dir: str, signature: str) -> None:
     request = predict_pb2.PredictRequest()
     request.model_spec.signature_name = signature
-    request.inputs[S.INPUT_KEY].CopyFrom(tf.make_tensor_proto([b""], dtype=tf.string))
+    request.inputs[signatures.INPUT_KEY].CopyFrom(tf.make_tensor_proto([b""], dtype=tf.string))
     log = prediction_log_pb2.PredictionLog(
         predict_log=prediction_log_pb2.PredictLog(request=request))
-    path = os.path.join(version_dir, "assets.extra", S.WARMUP_FILE)
+    path = os.path.join(version_dir, "assets.extra", signatures.WARMUP_FILE)
     with tf.io.TFRecordWriter(path) as writer:
         writer.write(log.SerializeToString())
 

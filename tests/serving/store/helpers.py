@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.representations.ema import aggregate_sequential, half_life_decay
 from serving.store import CR_ITEM, CR_USER, RepresentationStore
-from trainer.representations.ema import aggregate_sequential, half_life_decay
 
 HALF_LIFE = 10.0  # seconds: the tests' timestamps span a few half-lives
 

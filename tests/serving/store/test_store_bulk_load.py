@@ -1,12 +1,12 @@
-"""Bulk load of the pipeline's published tables (trainer/representations/tables.py format)."""
+"""Bulk load of the pipeline's published tables (common/representations/tables.py format)."""
 
 import numpy as np
 import pytest
 
+from common.representations.ema import aggregate_sequential, half_life_decay
+from common.representations.tables import FILE_SUFFIX, encode_row
 from serving.store import CR_ITEM, CR_USER, IR, UR, GuardRefusedError
 from tests.serving.store.helpers import HALF_LIFE, assert_matches_sequential, random_events
-from trainer.representations.ema import aggregate_sequential, half_life_decay
-from trainer.representations.tables import FILE_SUFFIX, encode_row
 
 
 def _write_table(directory, keys, vectors, updated_at, version, shards=2) -> str:

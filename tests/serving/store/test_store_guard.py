@@ -6,12 +6,12 @@ Expected verdicts are computed independently with ``judge`` on numpy tables.
 import numpy as np
 import pytest
 
-from serving.store import IR, UR, GuardRefusedError
-from trainer.representations.statistics import (
+from common.representations.statistics import (
     GuardThresholds,
     judge,
     table_statistics,
 )
+from serving.store import IR, UR, GuardRefusedError
 
 
 def _table(seed: int, rows: int = 300, dim: int = 8, scale: float = 1.0) -> np.ndarray:

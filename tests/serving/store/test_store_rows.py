@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from benchmarks.store_throughput import measure_update_throughput
 from serving.store import (
     CR_USER,
     IR,
@@ -11,7 +10,6 @@ from serving.store import (
     DimensionError,
     open_store,
 )
-from tests.serving.store.helpers import HALF_LIFE
 
 
 def test_put_then_get_returns_the_rows_and_flags_missing_keys(store):
@@ -84,13 +82,6 @@ def test_open_store_refuses_bad_urls(url, match):
 def test_open_store_refuses_a_bad_half_life(tmp_path):
     with pytest.raises(ValueError, match=r"half_life_seconds must be a finite number > 0"):
         open_store(f"sqlite://{tmp_path}/x.db", half_life_seconds=0)
-
-
-def test_throughput_measure_writes_every_event(store_url):
-    rate = measure_update_throughput(store_url, events=600, batch_size=64, dim=8, num_keys=50)
-    assert rate > 0
-    with open_store(store_url, half_life_seconds=HALF_LIFE) as s:
-        assert 0 < s.count(CR_USER) <= 50 and s.dims() == {CR_USER: 8, "cross_item": 8}
 
 
 def test_redis_prefixes_keep_stores_apart(redis_url):

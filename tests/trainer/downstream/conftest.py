@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common.representations import tables
 from pipelines.sources import synthetic
-from trainer import input as data_input
+from tests.conftest import made_once
+from trainer import data_input
 from trainer.config import ModelConfig, TrainConfig
-from trainer.downstream import data as D
-from trainer.downstream import replay as R
+from trainer.downstream import data as ranker_data
+from trainer.downstream import replay
 from trainer.export import export_saved_model
-from trainer.representations import tables as T
 from trainer.train import fit_and_evaluate
 
 DAY = 86_400
@@ -41,22 +42,30 @@ def downstream_data(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def upstream(downstream_data, tmp_path_factory) -> Upstream:
-    """An upstream trained on days 1-2 (evaluated on day 3), replayed over all six days."""
+    """An upstream trained on days 1-2 (evaluated on day 3), replayed over all six days (the
+    export is made once for all test processes)."""
     files = data_input.list_files(downstream_data)
-    model, _, warmup = fit_and_evaluate(downstream_data, TINY,
-                                        TrainConfig(epochs=1, skip_last_days=3), verbose=0)
-    export = export_saved_model(model, str(tmp_path_factory.mktemp("upstream") / "lfm4ads"),
-                                warmup, version=5)
-    source = R.histories(R.run_upstream(R.saved_model_fn(export),
+
+    def train(directory):
+        model, _, warmup = fit_and_evaluate(downstream_data, TINY,
+                                            TrainConfig(epochs=1, skip_last_days=3), verbose=0)
+        export_saved_model(model, str(directory / "lfm4ads"), warmup, version=5)
+
+    export = str(made_once(tmp_path_factory, "upstream-tiny-days1-2-v5", train) / "lfm4ads"
+                 / "5")
+    source = replay.histories(replay.run_upstream(replay.saved_model_fn(export),
                                         data_input.records_in_window(files)), 3600.0)
     lo, hi = data_input.time_range(files)
     windows = {"train": (lo + 3 * DAY, lo + 4 * DAY), "validation": (lo + 4 * DAY, lo + 5 * DAY),
                "test": (lo + 5 * DAY, hi + 1)}
     from trainer.downstream.point_in_time import FEATURE_TABLES
 
-    ad_prediction = D.saved_model_ad_prediction_fn(export)  # `distill`: the row's own p_up
-    rows = {name: D.with_upstream_prediction(
-        D.with_representations(D.read_rows(files, *w), source, tuple(FEATURE_TABLES)),
+    ad_prediction = ranker_data.saved_model_ad_prediction_fn(
+        export
+    )  # `distill`: the row's own p_up
+    rows = {name: ranker_data.with_upstream_prediction(
+        ranker_data.with_representations(ranker_data.read_rows(files, *w), source,
+                                         tuple(FEATURE_TABLES)),
         ad_prediction) for name, w in windows.items()}
     return Upstream(downstream_data, export, TINY, source, rows, windows)
 
@@ -65,14 +74,14 @@ def publish(source, directory, version: int, before: int) -> str:
     """Writes the four tables as they stood just before `before` (one row per key) in the
     published layout `<directory>/<version>/<table>/part-...`; returns the version directory."""
     root = f"{directory}/{version}"
-    for table in T.TABLES:
+    for table in tables.TABLES:
         history = source.histories[table]
         keep = history.updated_at < before
         last = type(history)(history.keys[keep], history.updated_at[keep],
                              history.vectors[keep]).last()
         tf.io.gfile.makedirs(f"{root}/{table}")
-        with tf.io.TFRecordWriter(f"{root}/{table}/part-00000-of-00001{T.FILE_SUFFIX}",
+        with tf.io.TFRecordWriter(f"{root}/{table}/part-00000-of-00001{tables.FILE_SUFFIX}",
                                   "GZIP") as writer:
             for key, t, vector in zip(last.keys, last.updated_at, last.vectors, strict=True):
-                writer.write(T.encode_row(key, np.asarray(vector), int(t), version))
+                writer.write(tables.encode_row(key, np.asarray(vector), int(t), version))
     return root

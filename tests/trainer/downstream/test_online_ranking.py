@@ -11,28 +11,27 @@ import pytest
 from tensorflow.core.example import example_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from common import features, signatures
+from common.downstream_requests import example_with_representations, with_representations
 from serving.client import EmbeddingClient
 from serving.model_server import ModelServer
 from serving.online import OnlineLoop
 from serving.store import open_store
-from trainer import features as F
-from trainer import input as data_input
-from trainer import signatures as S
-from trainer.downstream import config as C
-from trainer.downstream import data as D
-from trainer.downstream import train as DT
+from trainer import data_input
+from trainer.downstream import config as downstream_config
+from trainer.downstream import data as ranker_data
+from trainer.downstream import train as downstream_train
 from trainer.downstream.export import export_ranker
 from trainer.downstream.ranker import FIELDS
-from trainer.downstream.requests import example_with_representations, with_representations
 
-SMALL = C.DownstreamConfig(embedding_dim=4, mlp_hidden=(16,), linear_fusion_units=4,
-                           mode=C.LFM4ADS)
+SMALL = downstream_config.DownstreamConfig(embedding_dim=4, mlp_hidden=(16,), linear_fusion_units=4,
+                           mode=downstream_config.LFM4ADS)
 
 
 def _parsed(serialized: bytes):
     f = example_pb2.Example.FromString(serialized).features.feature
-    return (f[F.USER_ID].bytes_list.value[0], f[F.ITEM_ID].bytes_list.value[0],
-            int(f[F.TIMESTAMP].int64_list.value[0]), f[F.DOMAIN].bytes_list.value[0])
+    return (f[features.USER_ID].bytes_list.value[0], f[features.ITEM_ID].bytes_list.value[0],
+            int(f[features.TIMESTAMP].int64_list.value[0]), f[features.DOMAIN].bytes_list.value[0])
 
 
 def _batches(stream: list[bytes], size: int = 32):
@@ -51,15 +50,19 @@ def _batches(stream: list[bytes], size: int = 32):
         yield batch
 
 
+@pytest.mark.slow
 def test_the_loop_scores_requests_as_the_ranker_does_offline(upstream, tmp_path):
     config = SMALL
-    model, _ = DT.train_ranker(config, C.DownstreamTrainConfig(epochs=2, batch_size=64),
-                               upstream.rows["train"])
-    features = [f for name in config.representation_features
-                for f in (name, S.found_feature(name))]
+    model, _ = downstream_train.train_ranker(
+        config,
+        downstream_config.DownstreamTrainConfig(epochs=2, batch_size=64),
+        upstream.rows["train"],
+    )
+    served = [f for name in config.representation_features
+                for f in (name, signatures.found_feature(name))]
     test = upstream.rows["test"]
     warmup = [example_with_representations({n: test[n][r] for n in FIELDS},
-                                           {n: test[n][r] for n in features}) for r in range(4)]
+                                           {n: test[n][r] for n in served}) for r in range(4)]
     export_ranker(model, str(tmp_path / "ranker"), warmup, version=1)
 
     files = data_input.list_files(upstream.data)
@@ -87,7 +90,7 @@ def test_the_loop_scores_requests_as_the_ranker_does_offline(upstream, tmp_path)
                 assert min(out.seconds.values()) > 0
                 for record, score in zip(batch, out.scores, strict=True):
                     user, item, t, domain = _parsed(record)
-                    if start <= t < end and domain == F.DOMAIN_AD:
+                    if start <= t < end and domain == features.DOMAIN_AD:
                         online.setdefault((user, item, t), []).append(float(score))
         store.close()
 
@@ -102,28 +105,30 @@ def test_the_loop_scores_requests_as_the_ranker_does_offline(upstream, tmp_path)
             if seen_at.get(key) == t:
                 same_second.add((user, item, t))
             seen_at[key] = t
-    offline = DT.predict(model, test)
+    offline = downstream_train.predict(model, test)
     compared = 0
-    for r in range(D.size(test)):
-        key = (test[F.USER_ID][r], test[F.ITEM_ID][r], int(test[F.TIMESTAMP][r]))
+    for r in range(ranker_data.size(test)):
+        key = (test[features.USER_ID][r], test[features.ITEM_ID][r],
+               int(test[features.TIMESTAMP][r]))
         if key in same_second:
             continue
         assert len(online[key]) == 1
         np.testing.assert_allclose(online[key][0], offline[r], rtol=1e-4, atol=1e-5)
         compared += 1
-    assert compared > 0.9 * D.size(test) and compared > 100
+    assert compared > 0.9 * ranker_data.size(test) and compared > 100
 
 
 def test_requests_carry_the_representations_or_a_cold_start():
-    raw = example_with_representations({F.USER_ID: b"u1", F.ITEM_TAGS: [b"a", b"b"]}, {})
+    raw = example_with_representations({features.USER_ID: b"u1", features.ITEM_TAGS: [b"a", b"b"]},
+                                       {})
     vectors, found = np.array([[1.0, 2.0], [np.nan, np.nan]], np.float32), np.array([True, False])
-    got = with_representations([raw, raw], {S.UR_FEATURE: (vectors, found)})
+    got = with_representations([raw, raw], {signatures.UR_FEATURE: (vectors, found)})
     first, second = (example_pb2.Example.FromString(g).features.feature for g in got)
-    assert list(first[S.UR_FEATURE].float_list.value) == [1.0, 2.0]
-    assert first[S.found_feature(S.UR_FEATURE)].int64_list.value == [1]
-    assert S.UR_FEATURE not in second  # not found: no vector, found 0 (a cold start)
-    assert second[S.found_feature(S.UR_FEATURE)].int64_list.value == [0]
-    assert list(second[F.ITEM_TAGS].bytes_list.value) == [b"a", b"b"]  # raw features kept
+    assert list(first[signatures.UR_FEATURE].float_list.value) == [1.0, 2.0]
+    assert first[signatures.found_feature(signatures.UR_FEATURE)].int64_list.value == [1]
+    assert signatures.UR_FEATURE not in second  # not found: no vector, found 0 (a cold start)
+    assert second[signatures.found_feature(signatures.UR_FEATURE)].int64_list.value == [0]
+    assert list(second[features.ITEM_TAGS].bytes_list.value) == [b"a", b"b"]  # raw features kept
 
 
 def test_a_loop_without_ranker_refuses_to_rank():

@@ -1,7 +1,7 @@
 """Standalone Retrieval (Eq. 6): numpy references for the score and the InfoNCE loss, training,
 recall@k, serialization, the BruteForce/ScaNN exports and serving them over gRPC."""
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow; conftest does too)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow; conftest does too)
 
 # isort: split
 import grpc
@@ -11,9 +11,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
+from common import features, signatures
 from serving.model_server import ModelServer
-from trainer import features as F
-from trainer import signatures as S
 from trainer.downstream.retrieval import (
     OUTPUT_KEYS,
     SCORE_SIGNATURE,
@@ -35,15 +34,15 @@ def rng() -> np.random.Generator:
 def built_model(rng, d_ur=D_UR, d_ir=D_IR, **kwargs) -> StandaloneRetrieval:
     """A built model with random weights everywhere (zero biases would hide bias bugs)."""
     model = StandaloneRetrieval(**kwargs)
-    model({S.UR_FEATURE: tf.zeros([1, d_ur]), S.IR_FEATURE: tf.zeros([1, d_ir])})
+    model({signatures.UR_FEATURE: tf.zeros([1, d_ur]), signatures.IR_FEATURE: tf.zeros([1, d_ir])})
     model.set_weights([rng.normal(size=w.shape).astype(np.float32) * 0.5 for w in model.weights])
     model.log_temperature.assign(np.log(0.2))
     return model
 
 
 def batch(rng, rows: int, d_ur=D_UR, d_ir=D_IR) -> dict[str, tf.Tensor]:
-    return {S.UR_FEATURE: tf.constant(rng.normal(size=(rows, d_ur)), tf.float32),
-            S.IR_FEATURE: tf.constant(rng.normal(size=(rows, d_ir)), tf.float32)}
+    return {signatures.UR_FEATURE: tf.constant(rng.normal(size=(rows, d_ur)), tf.float32),
+            signatures.IR_FEATURE: tf.constant(rng.normal(size=(rows, d_ir)), tf.float32)}
 
 
 def numpy_adapter(adapter: tf.keras.Sequential, x: np.ndarray) -> np.ndarray:
@@ -87,14 +86,14 @@ def test_score_matches_numpy_reference(rng, hidden):
     model = built_model(rng, adapter_hidden=hidden, output_dim=4)
     inputs = batch(rng, 7)
     got = model.score(inputs).numpy()
-    want = np.diag(numpy_scores(model, inputs[S.UR_FEATURE].numpy(),
-                                inputs[S.IR_FEATURE].numpy()))
+    want = np.diag(numpy_scores(model, inputs[signatures.UR_FEATURE].numpy(),
+                                inputs[signatures.IR_FEATURE].numpy()))
     assert got.shape == (7, 1) and got.dtype == np.float32
     np.testing.assert_allclose(got[:, 0], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model(inputs).numpy(), got)  # `call` is `score`
     # the embeddings are the normalised adapter outputs
-    u = numpy_adapter(model.user_adapter, inputs[S.UR_FEATURE].numpy())
-    np.testing.assert_allclose(model.user_embedding(inputs[S.UR_FEATURE]).numpy(),
+    u = numpy_adapter(model.user_adapter, inputs[signatures.UR_FEATURE].numpy())
+    np.testing.assert_allclose(model.user_embedding(inputs[signatures.UR_FEATURE]).numpy(),
                                u / np.linalg.norm(u, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
     assert model.temperature.numpy() == pytest.approx(0.2)
 
@@ -106,10 +105,11 @@ def test_loss_matches_numpy_infonce(rng, with_ids):
     labels = np.array([1, 0, 1, 1, 0])
     # rows 0 and 2 are the same item: with ids, neither is the other's negative
     ids = np.array([b"a", b"b", b"a", b"c", b"d"])
-    inputs[F.LABEL] = tf.constant(labels[:, None])  # [batch, 1] as parsed labels are
+    inputs[features.LABEL] = tf.constant(labels[:, None])  # [batch, 1] as parsed labels are
     if with_ids:
-        inputs[F.ITEM_ID] = tf.constant(ids)
-    logits = numpy_scores(model, inputs[S.UR_FEATURE].numpy(), inputs[S.IR_FEATURE].numpy())
+        inputs[features.ITEM_ID] = tf.constant(ids)
+    logits = numpy_scores(model, inputs[signatures.UR_FEATURE].numpy(),
+                          inputs[signatures.IR_FEATURE].numpy())
     want = numpy_infonce(logits, labels, ids if with_ids else None)
     got = float(model.compute_loss(inputs, training=True))
     assert got == pytest.approx(want, rel=1e-5)
@@ -121,7 +121,8 @@ def test_loss_matches_numpy_infonce(rng, with_ids):
 def test_loss_without_labels_counts_every_row(rng):
     model = built_model(rng, adapter_hidden=(), output_dim=4)
     inputs = batch(rng, 4)
-    logits = numpy_scores(model, inputs[S.UR_FEATURE].numpy(), inputs[S.IR_FEATURE].numpy())
+    logits = numpy_scores(model, inputs[signatures.UR_FEATURE].numpy(),
+                          inputs[signatures.IR_FEATURE].numpy())
     assert float(model.compute_loss(inputs)) == pytest.approx(
         numpy_infonce(logits, np.ones(4)), rel=1e-5)
 
@@ -148,6 +149,7 @@ def synthetic_problem(rng, rows: int, items: int = 100, dim: int = 16, noise: fl
     return urs, positive, item_irs, ids
 
 
+@pytest.mark.slow
 def test_training_raises_recall(rng):
     tf.keras.utils.set_random_seed(0)
     urs, positive, item_irs, ids = synthetic_problem(rng, rows=3300)
@@ -156,8 +158,8 @@ def test_training_raises_recall(rng):
     labels = (rng.random(3000) > 0.25).astype(np.int64)
     items = np.where(labels == 1, positive[train], rng.integers(len(ids), size=3000))
     data = tf.data.Dataset.from_tensor_slices({
-        S.UR_FEATURE: urs[train], S.IR_FEATURE: item_irs[items],
-        F.LABEL: labels, F.ITEM_ID: ids[items].astype(bytes),
+        signatures.UR_FEATURE: urs[train], signatures.IR_FEATURE: item_irs[items],
+        features.LABEL: labels, features.ITEM_ID: ids[items].astype(bytes),
     }).shuffle(3000, seed=0).batch(128)
     model = StandaloneRetrieval(adapter_hidden=(32,), output_dim=16, initial_temperature=0.2)
     model(next(iter(data)))
@@ -179,7 +181,7 @@ def test_training_raises_recall(rng):
 def identity_model(dim: int = 2) -> StandaloneRetrieval:
     """Linear adapters with identity kernels and zero biases: score = cos(ur, ir) / tau."""
     model = StandaloneRetrieval(adapter_hidden=(), output_dim=dim, initial_temperature=1.0)
-    model({S.UR_FEATURE: tf.zeros([1, dim]), S.IR_FEATURE: tf.zeros([1, dim])})
+    model({signatures.UR_FEATURE: tf.zeros([1, dim]), signatures.IR_FEATURE: tf.zeros([1, dim])})
     for adapter in (model.user_adapter, model.item_adapter):
         adapter.layers[-1].set_weights([np.eye(dim), np.zeros(dim)])
     return model
@@ -258,7 +260,8 @@ def test_config_round_trips(rng):
         np.testing.assert_array_equal(clone.score(inputs).numpy(), model.score(inputs).numpy())
 
 
-@pytest.mark.parametrize("filename", ["saved_model", "model.keras"])
+@pytest.mark.parametrize("filename", [pytest.param("saved_model", marks=pytest.mark.slow),
+                                      "model.keras"])
 def test_model_save_and_load(rng, tmp_path, filename):
     model = built_model(rng, adapter_hidden=(6,), output_dim=4)
     inputs = batch(rng, 6)
@@ -277,7 +280,7 @@ def test_model_save_and_load(rng, tmp_path, filename):
 def example(ur=None, ir=None) -> bytes:
     """A serialized tf.Example with the float lists `ur` and `ir` (each when given)."""
     proto = tf.train.Example()
-    for name, values in ((S.UR_FEATURE, ur), (S.IR_FEATURE, ir)):
+    for name, values in ((signatures.UR_FEATURE, ur), (signatures.IR_FEATURE, ir)):
         if values is not None:
             proto.features.feature[name].float_list.value.extend(np.asarray(values).tolist())
     return proto.SerializeToString()
@@ -319,22 +322,33 @@ def expected_top_k(problem) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("index", ["brute_force", "scann"])
+@pytest.mark.slow
 def test_export_returns_the_reference_top_k(problem, exports, index):
     loaded = tf.saved_model.load(exports[index])
-    assert set(loaded.signatures) == {S.SERVING_DEFAULT, SCORE_SIGNATURE}
-    out = loaded.signatures[S.SERVING_DEFAULT](examples=tf.constant(problem["records"]))
-    assert set(out) == set(OUTPUT_KEYS[S.SERVING_DEFAULT]) == {S.TOP_K_IDS, S.TOP_K_SCORES}
-    assert out[S.TOP_K_IDS].dtype == tf.string and out[S.TOP_K_SCORES].dtype == tf.float32
+    assert set(loaded.signatures) == {signatures.SERVING_DEFAULT, SCORE_SIGNATURE}
+    out = loaded.signatures[signatures.SERVING_DEFAULT](examples=tf.constant(problem["records"]))
+    assert (
+        set(out)
+        == set(OUTPUT_KEYS[signatures.SERVING_DEFAULT])
+        == {signatures.TOP_K_IDS, signatures.TOP_K_SCORES}
+    )
+    assert (
+        out[signatures.TOP_K_IDS].dtype == tf.string
+        and out[signatures.TOP_K_SCORES].dtype == tf.float32
+    )
     want_ids, want_scores = expected_top_k(problem)
-    assert out[S.TOP_K_IDS].numpy().tolist() == want_ids.tolist()
-    np.testing.assert_allclose(out[S.TOP_K_SCORES].numpy(), want_scores, rtol=1e-4, atol=1e-4)
+    assert out[signatures.TOP_K_IDS].numpy().tolist() == want_ids.tolist()
+    np.testing.assert_allclose(out[signatures.TOP_K_SCORES].numpy(), want_scores, rtol=1e-4,
+                               atol=1e-4)
 
     score = loaded.signatures[SCORE_SIGNATURE](examples=tf.constant(problem["records"]))
-    assert set(score) == {S.RETRIEVAL_SCORE}
+    assert set(score) == {signatures.RETRIEVAL_SCORE}
     want = np.diag(numpy_scores(problem["model"], problem["urs"], problem["query_irs"]))
-    np.testing.assert_allclose(score[S.RETRIEVAL_SCORE].numpy()[:, 0], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(score[signatures.RETRIEVAL_SCORE].numpy()[:, 0], want, rtol=1e-5,
+                               atol=1e-5)
 
 
+@pytest.mark.slow
 def test_default_scann_agrees_with_brute_force(problem, exports, tmp_path):
     """The default configuration (approximate: 3 of 6 leaves) on 40 candidates, k = 5.
 
@@ -343,15 +357,16 @@ def test_default_scann_agrees_with_brute_force(problem, exports, tmp_path):
     path = export_retrieval(problem["model"], str(tmp_path / "scann"), problem["ids"],
                             problem["irs"], K, index="scann", warmup_examples=problem["records"])
     records = tf.constant(problem["records"])
-    got = tf.saved_model.load(path).signatures[S.SERVING_DEFAULT](examples=records)
-    want = tf.saved_model.load(exports["brute_force"]).signatures[S.SERVING_DEFAULT](
+    got = tf.saved_model.load(path).signatures[signatures.SERVING_DEFAULT](examples=records)
+    want = tf.saved_model.load(exports["brute_force"]).signatures[signatures.SERVING_DEFAULT](
         examples=records)
-    found = [len(set(g) & set(w)) for g, w in zip(got[S.TOP_K_IDS].numpy().tolist(),
-                                                   want[S.TOP_K_IDS].numpy().tolist(),
+    found = [len(set(g) & set(w)) for g, w in zip(got[signatures.TOP_K_IDS].numpy().tolist(),
+                                                   want[signatures.TOP_K_IDS].numpy().tolist(),
                                                    strict=True)]
     assert sum(found) / (K * len(found)) >= 0.6, found
 
 
+@pytest.mark.slow
 def test_scann_places_it_cannot_fill_are_empty(problem, tmp_path):
     """k = 20 from 1 leaf of 8 (about 5 candidates each): ScaNN finds fewer than k.
 
@@ -361,9 +376,9 @@ def test_scann_places_it_cannot_fill_are_empty(problem, tmp_path):
     path = export_retrieval(problem["model"], str(tmp_path / "scann"), problem["ids"],
                             problem["irs"], 20, index="scann", warmup_examples=problem["records"],
                             scann_options=dict(num_leaves=8, num_leaves_to_search=1))
-    out = tf.saved_model.load(path).signatures[S.SERVING_DEFAULT](
+    out = tf.saved_model.load(path).signatures[signatures.SERVING_DEFAULT](
         examples=tf.constant(problem["records"]))
-    ids, scores = out[S.TOP_K_IDS].numpy(), out[S.TOP_K_SCORES].numpy()
+    ids, scores = out[signatures.TOP_K_IDS].numpy(), out[signatures.TOP_K_SCORES].numpy()
     empty = ids == b""
     assert empty.any() and np.array_equal(empty, np.isneginf(scores))
     reference = numpy_scores(problem["model"], problem["urs"], problem["irs"])  # [6, 40]
@@ -377,20 +392,21 @@ def test_scann_places_it_cannot_fill_are_empty(problem, tmp_path):
                                    rtol=1e-4, atol=1e-4)  # rescored exactly (reordering)
 
 
+@pytest.mark.slow
 def test_export_layout_and_warmup(problem, exports, tmp_path):
     path = exports["brute_force"]
     assert path.endswith("/3")
     # the temporary directory was renamed
     assert sorted(tf.io.gfile.listdir(path.rsplit("/", 1)[0])) == ["3"]
-    warmup = f"{path}/assets.extra/{S.WARMUP_FILE}"
+    warmup = f"{path}/assets.extra/{signatures.WARMUP_FILE}"
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
             for r in tf.data.TFRecordDataset(warmup)]
     assert [log.predict_log.request.model_spec.signature_name for log in logs] == [
-        S.SERVING_DEFAULT, SCORE_SIGNATURE]
+        signatures.SERVING_DEFAULT, SCORE_SIGNATURE]
     for log in logs:
         inputs = log.predict_log.request.inputs
-        assert list(inputs) == [S.INPUT_KEY]
-        assert list(inputs[S.INPUT_KEY].string_val) == problem["records"][:2]
+        assert list(inputs) == [signatures.INPUT_KEY]
+        assert list(inputs[signatures.INPUT_KEY].string_val) == problem["records"][:2]
 
     base = str(tmp_path / "versions")
     tf.io.gfile.makedirs(f"{base}/{2**40}")
@@ -409,8 +425,9 @@ def test_export_layout_and_warmup(problem, exports, tmp_path):
     (example(ur=np.ones(D_UR - 1)), "Key: ur, Index: 0.  Number of float values != expected.  "
                                     "Values size: 4 but output shape: [5]"),
 ], ids=["missing", "wrong_length"])
+@pytest.mark.slow
 def test_missing_or_wrong_length_ur_names_the_feature(exports, record, message):
-    serving = tf.saved_model.load(exports["brute_force"]).signatures[S.SERVING_DEFAULT]
+    serving = tf.saved_model.load(exports["brute_force"]).signatures[signatures.SERVING_DEFAULT]
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         serving(examples=tf.constant([record]))
     assert message in info.value.message
@@ -471,31 +488,33 @@ def predict_request(name: str, signature: str, records: list[bytes]) -> predict_
     request = predict_pb2.PredictRequest()
     request.model_spec.name = name
     request.model_spec.signature_name = signature
-    request.inputs[S.INPUT_KEY].CopyFrom(tf.make_tensor_proto(records, dtype=tf.string))
+    request.inputs[signatures.INPUT_KEY].CopyFrom(tf.make_tensor_proto(records, dtype=tf.string))
     return request
 
 
 @pytest.mark.parametrize("index", ["brute_force", "scann"])
+@pytest.mark.slow
 def test_served_over_grpc_like_in_process(problem, exports, stub, index):
     records = problem["records"]
     loaded = tf.saved_model.load(exports[index])
-    expected = loaded.signatures[S.SERVING_DEFAULT](examples=tf.constant(records))
-    response = stub.Predict(predict_request(index, S.SERVING_DEFAULT, records), timeout=30)
+    expected = loaded.signatures[signatures.SERVING_DEFAULT](examples=tf.constant(records))
+    response = stub.Predict(predict_request(index, signatures.SERVING_DEFAULT, records), timeout=30)
     assert response.model_spec.version.value == 3
-    ids = tf.make_ndarray(response.outputs[S.TOP_K_IDS])
+    ids = tf.make_ndarray(response.outputs[signatures.TOP_K_IDS])
     assert ids.shape == (len(records), K)
-    assert ids.tolist() == expected[S.TOP_K_IDS].numpy().tolist()
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs[S.TOP_K_SCORES]),
-                               expected[S.TOP_K_SCORES].numpy(), rtol=1e-6)
+    assert ids.tolist() == expected[signatures.TOP_K_IDS].numpy().tolist()
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs[signatures.TOP_K_SCORES]),
+                               expected[signatures.TOP_K_SCORES].numpy(), rtol=1e-6)
 
     response = stub.Predict(predict_request(index, SCORE_SIGNATURE, records), timeout=30)
     np.testing.assert_allclose(
-        tf.make_ndarray(response.outputs[S.RETRIEVAL_SCORE]),
-        loaded.signatures[SCORE_SIGNATURE](examples=tf.constant(records))[S.RETRIEVAL_SCORE],
+        tf.make_ndarray(response.outputs[signatures.RETRIEVAL_SCORE]),
+        loaded.signatures[SCORE_SIGNATURE](examples=tf.constant(records))[signatures.RETRIEVAL_SCORE],
         rtol=1e-6)
 
     with pytest.raises(grpc.RpcError) as info:
-        stub.Predict(predict_request(index, S.SERVING_DEFAULT, [example(ir=np.ones(D_IR))]),
+        stub.Predict(predict_request(index, signatures.SERVING_DEFAULT,
+                                     [example(ir=np.ones(D_IR))]),
                      timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "Feature: ur (data type: float) is required" in info.value.details()

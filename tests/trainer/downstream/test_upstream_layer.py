@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import features, signatures
 from pipelines.sources import synthetic
-from trainer import features as F
-from trainer import input as data_input
-from trainer import signatures as S
+from trainer import data_input
 from trainer.config import ModelConfig
 from trainer.downstream.upstream_layer import UpstreamLayer, load_upstream
 from trainer.export import export_saved_model
@@ -28,6 +27,8 @@ from trainer.model import LFM4AdsModel
 TINY = ModelConfig(user_id_buckets=500, item_id_buckets=500, mlp_hidden=(32, 16),
                    tower_hidden=(16,), representation_dim=8, embedding_dim=4, cr_layer="mlp_1")
 L2 = 1e-3  # the weight regularizer put on the ad branch's cross_1 kernel
+
+pytestmark = pytest.mark.slow  # nearly every test reads a 10 s export; some train or save
 
 
 def _l2(variable: tf.Variable) -> tf.Tensor:
@@ -44,10 +45,10 @@ def tiny_upstream_export(tmp_path_factory):
                tf.data.TFRecordDataset(data_input.list_files(str(data)), "GZIP").take(128)]
     tf.keras.utils.set_random_seed(0)
     model = LFM4AdsModel(TINY)
-    model(F.parse_examples(tf.constant(records[:8])))
+    model(features.parse_examples(tf.constant(records[:8])))
     # Random id rows (the model starts them at zero), so that the training mode's id dropout
     # changes UR.
-    for name in F.ID_FEATURES:
+    for name in features.ID_FEATURES:
         table = model.embeddings.tables[name]
         table.assign(tf.random.normal(table.shape, stddev=0.5))
     # A weight regularizer in the form Keras keeps one: a zero-arg loss bound to its variable.
@@ -55,7 +56,7 @@ def tiny_upstream_export(tmp_path_factory):
     cross.add_loss(functools.partial(_l2, cross.kernel))
     base = str(tmp_path_factory.mktemp("tiny_upstream_export") / "lfm4ads")
     export_saved_model(model, base, warmup_examples=records[:4], version=3)
-    return base, F.parse_examples(tf.constant(records)), model
+    return base, features.parse_examples(tf.constant(records)), model
 
 
 def _own_copy(base: str, tmp_path) -> str:
@@ -76,7 +77,7 @@ def _ranker(layer: UpstreamLayer) -> tf.keras.Model:
 
 def _fit_data(layer: UpstreamLayer, rows: dict) -> tuple[dict, tf.Tensor]:
     x = {name: rows[name] for name in layer.feature_spec}
-    return x, tf.cast(rows[F.LABEL], tf.float32)[:, None]
+    return x, tf.cast(rows[features.LABEL], tf.float32)[:, None]
 
 
 def _values(variables) -> list[np.ndarray]:
@@ -85,7 +86,7 @@ def _values(variables) -> list[np.ndarray]:
 
 def test_frozen_variables_are_bit_identical_after_fit(tiny_upstream_export):
     base, rows, _ = tiny_upstream_export
-    layer = UpstreamLayer(base, S.USER_TOWER_ENDPOINT)
+    layer = UpstreamLayer(base, signatures.USER_TOWER_ENDPOINT)
     ranker = _ranker(layer)
     before, head = _values(layer.weights), _values(ranker.get_layer("head").weights)
     assert layer.weights and not layer.trainable_weights
@@ -97,7 +98,7 @@ def test_frozen_variables_are_bit_identical_after_fit(tiny_upstream_export):
 
 def test_fine_tuning_moves_the_upstream_and_lowers_the_loss(tiny_upstream_export, tmp_path):
     base, rows, _ = tiny_upstream_export
-    layer = UpstreamLayer(_own_copy(base, tmp_path), S.USER_TOWER_ENDPOINT, trainable=True)
+    layer = UpstreamLayer(_own_copy(base, tmp_path), signatures.USER_TOWER_ENDPOINT, trainable=True)
     ranker = _ranker(layer)
     _, loaded = load_upstream(layer.export_path)
     assert {id(w) for w in layer.trainable_weights} == {
@@ -114,7 +115,7 @@ def test_fine_tuning_moves_the_upstream_and_lowers_the_loss(tiny_upstream_export
 
 def test_gradients_reach_the_upstream_variables(tiny_upstream_export):
     base, rows, _ = tiny_upstream_export
-    layer = UpstreamLayer(base, S.AD_MODULE_ENDPOINT, trainable=True)
+    layer = UpstreamLayer(base, signatures.AD_MODULE_ENDPOINT, trainable=True)
     x, _ = _fit_data(layer, rows)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(tf.square(layer(x, training=False)))
@@ -123,16 +124,16 @@ def test_gradients_reach_the_upstream_variables(tiny_upstream_export):
     for weight, grad in zip(layer.trainable_weights, grads, strict=True):
         assert grad is not None, weight.name
         assert tf.reduce_any(tf.convert_to_tensor(grad) != 0), weight.name
-    frozen = UpstreamLayer(base, S.AD_MODULE_ENDPOINT)
+    frozen = UpstreamLayer(base, signatures.AD_MODULE_ENDPOINT)
     assert frozen.trainable_weights == []  # nothing for an optimizer to move
 
 
 def test_training_mode_only_when_trainable(tiny_upstream_export):
     base, rows, _ = tiny_upstream_export
-    x = {name: rows[name] for name in F.USER_FEATURES}
-    frozen = UpstreamLayer(base, S.USER_TOWER_ENDPOINT)
+    x = {name: rows[name] for name in features.USER_FEATURES}
+    frozen = UpstreamLayer(base, signatures.USER_TOWER_ENDPOINT)
     np.testing.assert_array_equal(frozen(x, training=True), frozen(x, training=False))
-    tuned = UpstreamLayer(base, S.USER_TOWER_ENDPOINT, trainable=True)
+    tuned = UpstreamLayer(base, signatures.USER_TOWER_ENDPOINT, trainable=True)
     # Training mode: the upstream's id dropout (p = 0.5) hides about half of the user ids.
     assert not np.array_equal(tuned(x, training=True), tuned(x, training=False))
     np.testing.assert_array_equal(tuned(x, training=False), frozen(x))
@@ -141,25 +142,25 @@ def test_training_mode_only_when_trainable(tiny_upstream_export):
 def test_outputs_match_the_exported_model(tiny_upstream_export):
     base, rows, model = tiny_upstream_export
     expected = model(rows)
-    for endpoint, key in ((S.USER_TOWER_ENDPOINT, S.USER_REPRESENTATION),
-                          (S.ITEM_TOWER_ENDPOINT, S.ITEM_REPRESENTATION),
-                          (S.AD_MODULE_ENDPOINT, S.CROSS_REPRESENTATION)):
+    for endpoint, key in ((signatures.USER_TOWER_ENDPOINT, signatures.USER_REPRESENTATION),
+                          (signatures.ITEM_TOWER_ENDPOINT, signatures.ITEM_REPRESENTATION),
+                          (signatures.AD_MODULE_ENDPOINT, signatures.CROSS_REPRESENTATION)):
         out = UpstreamLayer(base, endpoint)(rows)  # extra features are ignored
         assert out.dtype == tf.float32
         np.testing.assert_allclose(out, expected[key], rtol=1e-5, atol=1e-6)
     # [batch, 1] scalars, as from tf.keras.Input(shape=(1,)), are accepted too.
-    layer = UpstreamLayer(base, S.USER_TOWER_ENDPOINT)
-    column = {n: rows[n][:, None] if n not in F.LIST_FEATURES else rows[n]
-              for n in F.USER_FEATURES}
-    np.testing.assert_allclose(layer(column), expected[S.USER_REPRESENTATION], rtol=1e-5,
+    layer = UpstreamLayer(base, signatures.USER_TOWER_ENDPOINT)
+    column = {n: rows[n][:, None] if n not in features.LIST_FEATURES else rows[n]
+              for n in features.USER_FEATURES}
+    np.testing.assert_allclose(layer(column), expected[signatures.USER_REPRESENTATION], rtol=1e-5,
                                atol=1e-6)
 
 
 def test_two_layers_on_one_path_share_variables(tiny_upstream_export, tmp_path):
     base = _own_copy(tiny_upstream_export[0], tmp_path)
     rows = tiny_upstream_export[1]
-    user = UpstreamLayer(base, S.USER_TOWER_ENDPOINT)  # base path: its highest version, 3
-    ad = UpstreamLayer(os.path.join(base, "3"), S.AD_MODULE_ENDPOINT)
+    user = UpstreamLayer(base, signatures.USER_TOWER_ENDPOINT)  # base path: its highest version, 3
+    ad = UpstreamLayer(os.path.join(base, "3"), signatures.AD_MODULE_ENDPOINT)
     assert user.export_path == ad.export_path == os.path.join(base, "3")
     kernel = next(w for w in user.weights if "/user/representation/kernel" in w.name)
     assert any(w is kernel for w in ad.weights)
@@ -171,19 +172,20 @@ def test_two_layers_on_one_path_share_variables(tiny_upstream_export, tmp_path):
 def test_regularization_losses_only_when_trainable(tiny_upstream_export):
     base, _, model = tiny_upstream_export
     expected = _l2(model.ad_branch.interactions[0].kernel)
-    tuned = UpstreamLayer(base, S.AD_MODULE_ENDPOINT, trainable=True)
+    tuned = UpstreamLayer(base, signatures.AD_MODULE_ENDPOINT, trainable=True)
     assert len(tuned.losses) == 1
     np.testing.assert_allclose(tuned.losses[0], expected, rtol=1e-6)
-    assert float(tf.add_n(UpstreamLayer(base, S.AD_MODULE_ENDPOINT).losses)) == 0.0
-    assert UpstreamLayer(base, S.USER_TOWER_ENDPOINT, trainable=True).losses == []
+    assert float(tf.add_n(UpstreamLayer(base, signatures.AD_MODULE_ENDPOINT).losses)) == 0.0
+    assert UpstreamLayer(base, signatures.USER_TOWER_ENDPOINT, trainable=True).losses == []
 
 
 def test_config_round_trip(tiny_upstream_export):
     base, rows, _ = tiny_upstream_export
-    layer = UpstreamLayer(base, S.ITEM_TOWER_ENDPOINT, trainable=True, name="ir")
+    layer = UpstreamLayer(base, signatures.ITEM_TOWER_ENDPOINT, trainable=True, name="ir")
     config = layer.get_config()
     assert {k: config[k] for k in ("export_dir", "endpoint", "trainable", "name")} == {
-        "export_dir": base, "endpoint": S.ITEM_TOWER_ENDPOINT, "trainable": True, "name": "ir"}
+        "export_dir": base, "endpoint": signatures.ITEM_TOWER_ENDPOINT, "trainable": True,
+        "name": "ir"}
     clone = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
     assert type(clone) is UpstreamLayer and clone.get_config() == config
     np.testing.assert_array_equal(clone(rows), layer(rows))
@@ -192,7 +194,7 @@ def test_config_round_trip(tiny_upstream_export):
 @pytest.mark.parametrize("file_name", ["ranker.keras", "ranker_savedmodel"])
 def test_downstream_model_saves_and_reloads(tiny_upstream_export, tmp_path, file_name):
     base, rows, _ = tiny_upstream_export
-    layer = UpstreamLayer(_own_copy(base, tmp_path), S.AD_MODULE_ENDPOINT, trainable=True)
+    layer = UpstreamLayer(_own_copy(base, tmp_path), signatures.AD_MODULE_ENDPOINT, trainable=True)
     ranker = _ranker(layer)
     x, y = _fit_data(layer, rows)
     ranker.fit(x, y, batch_size=64, epochs=1, verbose=0)  # fine-tuned values to save
@@ -204,7 +206,7 @@ def test_downstream_model_saves_and_reloads(tiny_upstream_export, tmp_path, file
     reloaded = tf.keras.models.load_model(path)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
     inner = next(lay for lay in reloaded.layers if isinstance(lay, UpstreamLayer))
-    assert inner.trainable and inner.endpoint == S.AD_MODULE_ENDPOINT
+    assert inner.trainable and inner.endpoint == signatures.AD_MODULE_ENDPOINT
 
 
 def test_unknown_endpoint_lists_the_available_ones(tiny_upstream_export):
@@ -227,27 +229,27 @@ def test_export_without_reusable_endpoints(tmp_path):
     with pytest.raises(ValueError, match=re.escape(
             f"upstream export {path} has no reusable endpoints "
             "['user_tower', 'item_tower', 'ad_module']")):
-        UpstreamLayer(path, S.USER_TOWER_ENDPOINT)
+        UpstreamLayer(path, signatures.USER_TOWER_ENDPOINT)
 
 
 def test_missing_or_empty_export_dir(tmp_path):
     missing = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError,
                        match=re.escape(f"export '{missing}' does not exist")):
-        UpstreamLayer(missing, S.USER_TOWER_ENDPOINT)
+        UpstreamLayer(missing, signatures.USER_TOWER_ENDPOINT)
     (tmp_path / "empty" / "not_a_version").mkdir(parents=True)
     empty = str(tmp_path / "empty")
     with pytest.raises(FileNotFoundError,
                        match=re.escape(f"'{empty}' holds neither saved_model.pb nor an integer")):
-        UpstreamLayer(empty, S.USER_TOWER_ENDPOINT)
+        UpstreamLayer(empty, signatures.USER_TOWER_ENDPOINT)
     with pytest.raises(ValueError, match="trainable must be a bool, got 'yes'"):
-        UpstreamLayer(empty, S.USER_TOWER_ENDPOINT, trainable="yes")
+        UpstreamLayer(empty, signatures.USER_TOWER_ENDPOINT, trainable="yes")
 
 
 def test_missing_feature_is_named(tiny_upstream_export):
     base, rows, _ = tiny_upstream_export
-    layer = UpstreamLayer(base, S.USER_TOWER_ENDPOINT)
-    features = {n: rows[n] for n in F.USER_FEATURES if n != F.USER_GEO}
+    layer = UpstreamLayer(base, signatures.USER_TOWER_ENDPOINT)
+    inputs = {n: rows[n] for n in features.USER_FEATURES if n != features.USER_GEO}
     with pytest.raises(ValueError, match=r"endpoint 'user_tower' of .* needs the features "
                                          r"\['user_geo'\]"):
-        layer(features)
+        layer(inputs)

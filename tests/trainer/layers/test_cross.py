@@ -1,7 +1,7 @@
 """CrossNetV2: numpy reference, equality with tfrs.layers.dcn.Cross, gradients, serialization,
 SavedModel, XLA and mixed precision."""
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow; conftest does too)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow; conftest does too)
 
 # isort: split
 import numpy as np
@@ -195,6 +195,7 @@ def test_model_save_and_load(rng, tmp_path, projection_dim, filename):
 
 
 @pytest.mark.parametrize("projection_dim", [None, RANK])
+@pytest.mark.slow
 def test_jit_compile(rng, projection_dim):
     layer = built(rng, projection_dim=projection_dim, diag_scale=0.5)
     x0 = tf.constant(rng.normal(size=(BATCH, DIM)), tf.float32)

@@ -1,7 +1,7 @@
 """CrossNetMix: per-expert loop references (numpy and TF), gradients, gates, serialization,
 SavedModel, XLA and mixed precision."""
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow; conftest does too)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow; conftest does too)
 
 # isort: split
 import numpy as np
@@ -187,6 +187,7 @@ def test_model_save_and_load(rng, tmp_path, filename):
         np.testing.assert_allclose(out.numpy(), model(x0).numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_jit_compile(rng):
     layer = built(rng)
     x0 = tf.constant(rng.normal(size=(BATCH, DIM)), tf.float32)

@@ -1,7 +1,7 @@
 """FactorizationMachine: explicit pairwise double loop, gradients, serialization, SavedModel, XLA
 and mixed precision."""
 
-from trainer import legacy_keras  # noqa: F401  (Keras 2 before tensorflow; conftest does too)
+from common import legacy_keras  # noqa: F401  (Keras 2 before tensorflow; conftest does too)
 
 # isort: split
 import numpy as np
@@ -109,6 +109,7 @@ def test_model_save_and_load(rng, tmp_path, reduce_sum, filename):
         np.testing.assert_allclose(out.numpy(), model(v).numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_jit_compile(rng):
     v = tf.constant(rng.normal(size=(BATCH, FIELDS, DIM)), tf.float32)
     for reduce_sum in (False, True):
