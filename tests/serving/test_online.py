@@ -179,6 +179,7 @@ def test_bad_examples_are_refused_before_anything_is_written(exported, stream, t
         store.close()
 
 
+@pytest.mark.slow  # a model server and 400 requests through it
 def test_one_call_and_three_calls_leave_the_same_tables(exported, stream, tmp_path):
     """The loop's one `representations` call per batch and its three single calls (an upstream
     exported before that signature) write the same four tables, value for value."""

@@ -4,6 +4,7 @@ representations, and those scores are the ranker's offline predictions on the sa
 the same point-in-time representations. (Here, not in tests/serving/, for the session's
 trained upstream.)"""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -51,8 +52,11 @@ def _batches(stream: list[bytes], size: int = 32):
 
 
 @pytest.mark.slow
-def test_the_loop_scores_requests_as_the_ranker_does_offline(upstream, tmp_path):
-    config = SMALL
+@pytest.mark.parametrize("mode", [downstream_config.LFM4ADS, downstream_config.DISTILL])
+def test_the_loop_scores_requests_as_the_ranker_does_offline(upstream, tmp_path, mode):
+    """Also for `distill`, whose requests carry the upstream's prediction on each request: the
+    loop's one `representations` call gives it, equal to `serving_default`'s offline."""
+    config = dataclasses.replace(SMALL, mode=mode)
     model, _ = downstream_train.train_ranker(
         config,
         downstream_config.DownstreamTrainConfig(epochs=2, batch_size=64),
@@ -61,6 +65,7 @@ def test_the_loop_scores_requests_as_the_ranker_does_offline(upstream, tmp_path)
     served = [f for name in config.representation_features
                 for f in (name, signatures.found_feature(name))]
     test = upstream.rows["test"]
+    served += list(config.prediction_features)  # distill: the upstream's prediction
     warmup = [example_with_representations({n: test[n][r] for n in FIELDS},
                                            {n: test[n][r] for n in served}) for r in range(4)]
     export_ranker(model, str(tmp_path / "ranker"), warmup, version=1)
