@@ -206,14 +206,20 @@ class _ServingModule(tf.Module):
         self.model = model
         self.parser = parser = parser or RawParser()
 
-        @tf.function(input_signature=[_EXAMPLES_SPEC])
-        def serving_default(examples):
-            raw = parser(
-                examples,
-                signatures.REQUIRED_FEATURES[signatures.SERVING_DEFAULT] + parser.context_inputs,
-            )
-            out = model(raw, training=False)
-            return {key: out[key] for key in signatures.OUTPUT_KEYS[signatures.SERVING_DEFAULT]}
+        def forward_pass(name: str):
+            """A signature that runs the whole model once (its `call`) and returns the
+            outputs `OUTPUT_KEYS[name]` names."""
+
+            @tf.function(input_signature=[_EXAMPLES_SPEC])
+            def signature(examples):
+                raw = parser(examples,
+                             signatures.REQUIRED_FEATURES[name] + parser.context_inputs)
+                out = model(raw, training=False)
+                return {key: out[key] for key in signatures.OUTPUT_KEYS[name]}
+
+            return signature
+
+        serving_default = forward_pass(signatures.SERVING_DEFAULT)
 
         @tf.function(input_signature=[_EXAMPLES_SPEC])
         def user_representation(examples):
@@ -236,15 +242,8 @@ class _ServingModule(tf.Module):
             )
             return {signatures.CROSS_REPRESENTATION: model.cross_representation(raw)}
 
-        @tf.function(input_signature=[_EXAMPLES_SPEC])
-        def representations(examples):
-            # One forward pass (the model's `call`) for UR, IR, CR(u,i) and the ad prediction.
-            raw = parser(
-                examples,
-                signatures.REQUIRED_FEATURES[signatures.REPRESENTATIONS] + parser.context_inputs,
-            )
-            out = model(raw, training=False)
-            return {key: out[key] for key in signatures.OUTPUT_KEYS[signatures.REPRESENTATIONS]}
+        # One forward pass for UR, IR, CR(u,i) and the ad prediction (paper Fig. 4).
+        representations = forward_pass(signatures.REPRESENTATIONS)
 
         self.signature_functions = {
             signatures.SERVING_DEFAULT: serving_default,
