@@ -93,13 +93,14 @@ class _RunModelFn(beam.DoFn):
                              f"it has {sorted(self._model.signatures)}")
         self._spec = features.feature_spec((features.USER_ID, features.ITEM_ID, features.TIMESTAMP,
                                             features.DOMAIN))
+        self._one_call = signatures.REPRESENTATIONS in self._model.signatures
 
     def _run(self, examples) -> dict[str, np.ndarray]:
         """UR `[n, d_ur]`, IR `[n, d_ir]`, CR(u,i) `[n, d_cr]` float32 by signature name."""
         names = (signatures.USER_REPRESENTATION, signatures.ITEM_REPRESENTATION,
                  signatures.CROSS_REPRESENTATION)
         model_signatures = self._model.signatures
-        if signatures.REPRESENTATIONS in model_signatures:
+        if self._one_call:
             out = model_signatures[signatures.REPRESENTATIONS](
                 **{signatures.INPUT_KEY: examples})
         else:

@@ -55,17 +55,15 @@ def saved_model_fn(export_dir: str) -> RepresentationFn:
 
         def run(examples: tf.Tensor) -> dict[str, tf.Tensor]:
             return dict(combined(**{signatures.INPUT_KEY: examples}))
+    else:
+        missing = [n for n in (UR, IR, CR) if n not in loaded.signatures]
+        if missing:
+            raise ValueError(f"SavedModel {path!r} lacks the signatures {missing}; it has "
+                             f"{sorted(loaded.signatures)}")
 
-        run.loaded = loaded  # keeps the variables alive
-        return run
-    missing = [n for n in (UR, IR, CR) if n not in loaded.signatures]
-    if missing:
-        raise ValueError(f"SavedModel {path!r} lacks the signatures {missing}; it has "
-                         f"{sorted(loaded.signatures)}")
-
-    def run(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {name: loaded.signatures[name](**{signatures.INPUT_KEY: examples})[name]
-                for name in (UR, IR, CR)}
+        def run(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {name: loaded.signatures[name](**{signatures.INPUT_KEY: examples})[name]
+                    for name in (UR, IR, CR)}
 
     run.loaded = loaded  # keeps the variables alive
     return run
