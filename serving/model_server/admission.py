@@ -13,15 +13,15 @@ order, until one frees:
 - an RPC that finds the queue full is answered RESOURCE_EXHAUSTED at once. With
   `max_queued=0` that is the old behaviour: the (max_running+1)-th concurrent RPC is refused.
 
-Every waiting RPC holds one thread of the gRPC server's pool (blocked, not running), so the
-pool and gRPC's own concurrency ceiling are sized above `max_running + max_queued`
-(`grpc_service.start_grpc_server`). The queue's length is the gauge
-`/tensorflow/serving/request_queue_depth`; refusals count in
+The queue lives on the gRPC front end's event loop (`grpc_service`): `enter` and `leave` are
+called from that loop only, and a waiting RPC is a suspended coroutine, not a blocked thread.
+The queue's length is the gauge `/tensorflow/serving/request_queue_depth`; refusals count in
 `/tensorflow/serving/request_queue_refused_count`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 
@@ -29,8 +29,6 @@ import grpc
 
 from serving.model_server.errors import ServingError
 from serving.model_server.metrics import ServingMetrics
-
-_DEADLINE_SLACK_S = 0.05
 
 
 def remaining_seconds(context: grpc.ServicerContext) -> float | None:
@@ -42,16 +40,9 @@ def remaining_seconds(context: grpc.ServicerContext) -> float | None:
     return remaining
 
 
-class _Waiter:
-    __slots__ = ("admitted", "event")
-
-    def __init__(self) -> None:
-        self.admitted = False
-        self.event = threading.Event()
-
-
 class AdmissionQueue:
-    """A FIFO of RPCs waiting for one of `max_running` slots (module doc). Thread-safe."""
+    """A FIFO of RPCs waiting for one of `max_running` slots (module doc). Not thread-safe: one
+    event loop calls it."""
 
     def __init__(self, max_running: int, max_queued: int,
                  metrics: ServingMetrics | None = None):
@@ -61,66 +52,60 @@ class AdmissionQueue:
         self.max_running = max_running
         self.max_queued = max_queued
         self._metrics = metrics
-        self._lock = threading.Lock()
         self._running = 0
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[asyncio.Future] = deque()
         self._publish_depth()
 
     @property
     def running(self) -> int:
-        with self._lock:
-            return self._running
+        return self._running
 
     @property
     def queued(self) -> int:
-        with self._lock:
-            return len(self._waiters)
+        return len(self._waiters)
 
-    def enter(self, context: grpc.ServicerContext) -> None:
+    async def enter(self, context) -> None:
         """Returns when the RPC may run (call `leave()` after it ran); raises ServingError
-        RESOURCE_EXHAUSTED (queue full), DEADLINE_EXCEEDED or CANCELLED (it waited in vain)."""
-        with self._lock:
-            if self._running < self.max_running and not self._waiters:
-                self._running += 1
-                return
-            if len(self._waiters) >= self.max_queued:
-                if self._metrics is not None:
-                    self._metrics.request_queue_refused_count.increment()
-                raise ServingError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"Concurrent RPC limit exceeded! {self.max_running} requests are running "
-                    f"(--grpc_max_threads) and {len(self._waiters)} wait for a thread "
-                    f"(--grpc_max_queued_requests={self.max_queued})")
-            waiter = _Waiter()
-            self._waiters.append(waiter)
-            self._publish_depth()
-        # Wakes the waiter when the RPC ends early (deadline passed, client cancelled).
-        if not context.add_callback(waiter.event.set):
-            waiter.event.set()  # it has ended already
-        waiter.event.wait(remaining_seconds(context))
-        with self._lock:
-            if waiter.admitted:  # `leave` handed over its slot
-                return
-            self._waiters.remove(waiter)
-            self._publish_depth()
-        # gRPC wakes the waiter (callback) when the deadline passes, by its own clock: allow
-        # for a few ms of difference before calling it a cancellation.
-        if context.time_remaining() <= _DEADLINE_SLACK_S:
+        RESOURCE_EXHAUSTED (queue full) or DEADLINE_EXCEEDED (it waited until its deadline).
+        A waiter whose RPC is cancelled leaves the queue (CancelledError goes on)."""
+        if self._running < self.max_running and not self._waiters:
+            self._running += 1
+            return
+        if len(self._waiters) >= self.max_queued:
+            if self._metrics is not None:
+                self._metrics.request_queue_refused_count.increment()
+            raise ServingError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Concurrent RPC limit exceeded! {self.max_running} requests are running "
+                f"(--grpc_max_threads) and {len(self._waiters)} wait for a thread "
+                f"(--grpc_max_queued_requests={self.max_queued})")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._publish_depth()
+        try:
+            # `leave` hands its slot over by setting the result: taken even if the deadline
+            # passes in the same loop iteration
+            await asyncio.wait_for(asyncio.shield(waiter), remaining_seconds(context))
+        except (asyncio.TimeoutError, asyncio.CancelledError) as e:
+            if waiter.done() and not waiter.cancelled():  # admitted meanwhile: give it back
+                self.leave()
+            else:
+                waiter.cancel()
+                self._waiters.remove(waiter)
+                self._publish_depth()
+            if isinstance(e, asyncio.CancelledError):
+                raise
             raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                               "Deadline exceeded while the request waited for a gRPC thread")
-        raise ServingError(grpc.StatusCode.CANCELLED,
-                           "The request was cancelled while it waited for a gRPC thread")
+                               "Deadline exceeded while the request waited for a gRPC thread"
+                               ) from None
 
     def leave(self) -> None:
         """Frees the slot of an RPC that `enter` let run: the longest waiter takes it over."""
-        with self._lock:
-            if self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.admitted = True
-                waiter.event.set()
-                self._publish_depth()
-            else:
-                self._running -= 1
+        if self._waiters:
+            self._waiters.popleft().set_result(True)
+            self._publish_depth()
+        else:
+            self._running -= 1
 
     def _publish_depth(self) -> None:
         if self._metrics is not None:

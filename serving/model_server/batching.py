@@ -46,29 +46,51 @@ QUEUE_FULL = "The batch scheduling queue to which this task was submitted is ful
 
 
 class Task:
-    """One request's inputs, waiting for its rows of a batch's outputs."""
+    """One request's inputs, waiting for its rows of a batch's outputs.
 
-    def __init__(self, inputs: dict[str, np.ndarray], size: int):
+    The waiter blocks on a lock the task holds until `finish` releases it (one lock per task,
+    where an Event would build a Condition and a second lock for every request). `on_finish`,
+    when set before the task is submitted, is called by the thread that finishes it (the
+    asyncio front end wakes its event loop from there instead of blocking a thread).
+    """
+
+    __slots__ = ("inputs", "size", "enqueued", "on_finish", "_pending", "_result", "_error")
+
+    def __init__(self, inputs: dict[str, np.ndarray], size: int,
+                 on_finish: Callable[[Task], None] | None = None):
         self.inputs = inputs
         self.size = size
         self.enqueued = time.perf_counter()
-        self._done = threading.Event()
+        self.on_finish = on_finish
+        self._pending = threading.Lock()
+        self._pending.acquire()
         self._result: dict[str, np.ndarray] | None = None
         self._error: ServingError | None = None
 
     def finish(self, result: dict[str, np.ndarray] | None = None,
                error: ServingError | None = None) -> None:
         self._result, self._error = result, error
-        self._done.set()
+        self._pending.release()
+        if self.on_finish is not None:
+            self.on_finish(self)
 
-    def wait(self, timeout: float | None = None) -> dict[str, np.ndarray]:
-        """The task's outputs; DEADLINE_EXCEEDED if they are not ready within `timeout` s."""
-        if not self._done.wait(timeout):
-            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                               "Deadline exceeded while the request waited for its batch")
+    @property
+    def done(self) -> bool:
+        return not self._pending.locked()
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The outputs of a finished task (raises its error)."""
         if self._error is not None:
             raise self._error
         return self._result
+
+    def wait(self, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """The task's outputs; DEADLINE_EXCEEDED if they are not ready within `timeout` s."""
+        if not self._pending.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               "Deadline exceeded while the request waited for its batch")
+        self._pending.release()  # a second wait() returns at once
+        return self.result()
 
 
 class _Batch:
@@ -114,13 +136,17 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, key: Hashable, run: RunFn, inputs: dict[str, np.ndarray]) -> Task:
-        """Enqueues one request; raises UNAVAILABLE (queue full) or INVALID_ARGUMENT (size)."""
+    def submit(self, key: Hashable, run: RunFn, inputs: dict[str, np.ndarray],
+               on_finish: Callable[[Task], None] | None = None) -> Task:
+        """Enqueues one request; raises UNAVAILABLE (queue full) or INVALID_ARGUMENT (size).
+
+        `on_finish(task)` is called when the task is finished, from the thread that finished
+        it (which is the caller's own thread for a task of 0 rows)."""
         size = batch_size(inputs)
         if size > self.params.max_batch_size:
             raise invalid_argument(f"Task size {size} is larger than maximum batch size "
                                    f"{self.params.max_batch_size}")
-        task = Task(inputs, size)
+        task = Task(inputs, size, on_finish)
         if size == 0:  # nothing to merge: run on the caller's thread
             self._run_alone(run, task)
             return task
@@ -131,14 +157,20 @@ class BatchScheduler:
             if queue is None:
                 queue = self._queues[key] = _Queue(run)
             batch = queue.batches[-1] if queue.batches else None
-            if batch is None or batch.size + size > self.params.max_batch_size:
+            opened = batch is None or batch.size + size > self.params.max_batch_size
+            if opened:
                 if len(queue.batches) >= self.params.max_enqueued_batches:
                     raise unavailable(QUEUE_FULL)
                 batch = _Batch()
                 queue.batches.append(batch)
             batch.tasks.append(task)
             batch.size += size
-            self._cond.notify()
+            # A batch thread has to act only when a batch opens (a new deadline to wait for,
+            # or the batch before it is now ready) or fills up; a task joining an open batch
+            # changes neither, so it wakes no thread (one wake-up per request would cost a
+            # context switch and a GIL hand-off each).
+            if opened or batch.size >= self.params.max_batch_size:
+                self._cond.notify()
         self._metrics.input_batch_size.observe(size)
         return task
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 
 import grpc
 import numpy as np
@@ -68,6 +68,21 @@ SIGNATURE_DEF_FIELD = "signature_def"
 MAX_WARMUP_RECORDS = 1000
 
 
+class ModelCall:
+    """One model call a request needs: `run(inputs)`, through the batch scheduler's queue `key`
+    when `key` is not None. The request handlers (`*_steps`) yield these; a driver runs them
+    and sends the outputs back: `ServingCore.complete` blocks its thread, the gRPC front end
+    awaits them on its event loop (`grpc_service`)."""
+
+    __slots__ = ("run", "inputs", "key")
+
+    def __init__(self, run, inputs: dict[str, np.ndarray], key: tuple | None):
+        self.run, self.inputs, self.key = run, inputs, key
+
+
+Steps = Generator[ModelCall, dict, object]
+
+
 class ServingCore:
     """The model manager, the optional batch scheduler, and the request handlers."""
 
@@ -92,18 +107,32 @@ class ServingCore:
 
     # -- running a signature ---------------------------------------------------------------
 
-    def run(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
-            api: str, timeout: float | None = None, batch: bool = True) -> dict[str, np.ndarray]:
-        """Runs `signature`, through the batch scheduler when batching is on."""
+    def run_steps(self, servable: Servable, signature: Signature,
+                  inputs: dict[str, np.ndarray], api: str, batch: bool = True) -> Steps:
+        """Runs `signature` (one ModelCall: through the batch scheduler when batching is on)."""
         start = time.perf_counter()
-        if self.batcher is not None and batch:
-            key = (servable.name, servable.version, signature.name, id(servable))
-            outputs = self.batcher.submit(key, signature.run, inputs).wait(timeout)
-        else:
-            outputs = signature.run(inputs)
+        key = ((servable.name, servable.version, signature.name, id(servable))
+               if self.batcher is not None and batch else None)
+        outputs = yield ModelCall(signature.run, inputs, key)
         self.metrics.runtime_latency.observe((time.perf_counter() - start) * 1e6,
                                              servable.name, api, "TF1")
         return outputs
+
+    def complete(self, steps: Steps, timeout: float | None = None):
+        """Drives a handler's steps on this thread: each model call waits for its batch (at
+        most `timeout` s) or runs here. Returns the handler's result."""
+        try:
+            call = next(steps)
+            while True:
+                if call.key is not None:
+                    outputs = self.batcher.submit(call.key, call.run, call.inputs).wait(timeout)
+                else:
+                    outputs = call.run(call.inputs)
+                call = steps.send(outputs)
+        except StopIteration as done:
+            return done.value
+        finally:
+            steps.close()
 
     # -- Predict ---------------------------------------------------------------------------
 
@@ -122,29 +151,36 @@ class ServingCore:
 
     def predict_arrays(self, servable: Servable, signature: Signature,
                        inputs: dict[str, np.ndarray], output_filter: Iterable[str] = (),
-                       timeout: float | None = None, batch: bool = True
-                       ) -> dict[str, np.ndarray]:
+                       timeout: float | None = None) -> dict[str, np.ndarray]:
         """Checked numpy inputs -> the filtered outputs (aliases in response order)."""
+        return self.complete(self._predict_arrays(servable, signature, inputs, output_filter),
+                             timeout)
+
+    def _predict_arrays(self, servable: Servable, signature: Signature,
+                        inputs: dict[str, np.ndarray], output_filter: Iterable[str] = (),
+                        batch: bool = True) -> Steps:
         aliases = output_aliases(signature, output_filter)
         check_input_arrays(signature, inputs)
-        outputs = self.run(servable, signature, inputs, "Predict", timeout, batch)
+        outputs = yield from self.run_steps(servable, signature, inputs, "Predict", batch)
         return {alias: outputs[alias] for alias in aliases}
 
     def predict(self, request: predict_pb2.PredictRequest,
                 timeout: float | None = None) -> predict_pb2.PredictResponse:
+        return self.complete(self.predict_steps(request), timeout)
+
+    def predict_steps(self, request: predict_pb2.PredictRequest) -> Steps:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         servable = self.manager.resolve(request.model_spec)
-        return self._predict_on(servable, request, timeout)
+        return (yield from self._predict_on(servable, request))
 
     def _predict_on(self, servable: Servable, request: predict_pb2.PredictRequest,
-                    timeout: float | None = None, batch: bool = True
-                    ) -> predict_pb2.PredictResponse:
+                    batch: bool = True) -> Steps:
         signature = self.predict_signature(servable, request.model_spec.signature_name)
         check_input_count(signature, request.inputs.keys())
         inputs = self._decode_inputs(signature, request.inputs)
-        outputs = self.predict_arrays(servable, signature, inputs, request.output_filter,
-                                      timeout, batch)
+        outputs = yield from self._predict_arrays(servable, signature, inputs,
+                                                  request.output_filter, batch)
         response = predict_pb2.PredictResponse()
         make_model_spec(response.model_spec, request.model_spec.name, signature.name,
                         servable.version)
@@ -192,24 +228,26 @@ class ServingCore:
 
     def classify(self, request: classification_pb2.ClassificationRequest,
                  timeout: float | None = None) -> classification_pb2.ClassificationResponse:
+        return self.complete(self.classify_steps(request), timeout)
+
+    def classify_steps(self, request: classification_pb2.ClassificationRequest) -> Steps:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        return self._classify_on(self.manager.resolve(request.model_spec), request, timeout)
+        return (yield from self._classify_on(self.manager.resolve(request.model_spec), request))
 
-    def _classify_on(self, servable: Servable, request, timeout: float | None = None,
-                     batch: bool = True) -> classification_pb2.ClassificationResponse:
-        return self._examples_method_on(
+    def _classify_on(self, servable: Servable, request, batch: bool = True) -> Steps:
+        return (yield from self._examples_method_on(
             servable, request, CLASSIFY_METHOD, CLASSIFY_INPUTS, "Classify",
-            classification_pb2.ClassificationResponse(), fill_classification_result, timeout, batch)
+            classification_pb2.ClassificationResponse(), fill_classification_result, batch))
 
     def _examples_method_on(self, servable: Servable, request, method: str, input_key: str,
-                            api: str, response, fill_result, timeout: float | None,
-                            batch: bool):
+                            api: str, response, fill_result, batch: bool) -> Steps:
         """Classify / Regress: tf.Examples in, a method signature run, `fill_result` out."""
         signature = self._method_signature(servable, request.model_spec.signature_name, method)
         examples = serialized_examples(request.input)
         self._record_examples(servable.name, len(examples))
-        outputs = self.run(servable, signature, {input_key: examples}, api, timeout, batch)
+        outputs = yield from self.run_steps(servable, signature, {input_key: examples}, api,
+                                            batch)
         make_model_spec(response.model_spec, request.model_spec.name,
                         request.model_spec.signature_name, servable.version)
         fill_result(outputs, len(examples), response.result)
@@ -217,23 +255,27 @@ class ServingCore:
 
     def regress(self, request: regression_pb2.RegressionRequest,
                 timeout: float | None = None) -> regression_pb2.RegressionResponse:
+        return self.complete(self.regress_steps(request), timeout)
+
+    def regress_steps(self, request: regression_pb2.RegressionRequest) -> Steps:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        return self._regress_on(self.manager.resolve(request.model_spec), request, timeout)
+        return (yield from self._regress_on(self.manager.resolve(request.model_spec), request))
 
-    def _regress_on(self, servable: Servable, request, timeout: float | None = None,
-                    batch: bool = True) -> regression_pb2.RegressionResponse:
-        return self._examples_method_on(
+    def _regress_on(self, servable: Servable, request, batch: bool = True) -> Steps:
+        return (yield from self._examples_method_on(
             servable, request, REGRESS_METHOD, REGRESS_INPUTS, "Regress",
-            regression_pb2.RegressionResponse(), fill_regression_result, timeout, batch)
+            regression_pb2.RegressionResponse(), fill_regression_result, batch))
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest,
                         timeout: float | None = None) -> inference_pb2.MultiInferenceResponse:
-        spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-        return self._multi_inference_on(self.manager.resolve(spec), request, timeout)
+        return self.complete(self.multi_inference_steps(request), timeout)
 
-    def _multi_inference_on(self, servable: Servable, request, timeout: float | None = None,
-                            batch: bool = True) -> inference_pb2.MultiInferenceResponse:
+    def multi_inference_steps(self, request: inference_pb2.MultiInferenceRequest) -> Steps:
+        spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        return (yield from self._multi_inference_on(self.manager.resolve(spec), request))
+
+    def _multi_inference_on(self, servable: Servable, request, batch: bool = True) -> Steps:
         model_name, seen = "", set()
         signatures = []
         for task in request.tasks:
@@ -261,8 +303,8 @@ class ServingCore:
         self._record_examples(model_name, len(examples))
         response = inference_pb2.MultiInferenceResponse()
         for task, signature in zip(request.tasks, signatures, strict=True):
-            outputs = self.run(servable, signature, {CLASSIFY_INPUTS: examples},
-                               "MultiInference", timeout, batch)
+            outputs = yield from self.run_steps(servable, signature, {CLASSIFY_INPUTS: examples},
+                                                "MultiInference", batch)
             result = response.results.add()
             if task.method_name == CLASSIFY_METHOD:
                 fill_classification_result(outputs, len(examples), result.classification_result)
@@ -372,13 +414,14 @@ class ServingCore:
     def _replay(self, servable: Servable, log: prediction_log_pb2.PredictionLog) -> None:
         kind = log.WhichOneof("log_type")
         if kind == "predict_log":
-            self._predict_on(servable, log.predict_log.request, batch=False)
+            self.complete(self._predict_on(servable, log.predict_log.request, batch=False))
         elif kind == "classify_log":
-            self._classify_on(servable, log.classify_log.request, batch=False)
+            self.complete(self._classify_on(servable, log.classify_log.request, batch=False))
         elif kind == "regress_log":
-            self._regress_on(servable, log.regress_log.request, batch=False)
+            self.complete(self._regress_on(servable, log.regress_log.request, batch=False))
         elif kind == "multi_inference_log":
-            self._multi_inference_on(servable, log.multi_inference_log.request, batch=False)
+            self.complete(self._multi_inference_on(servable, log.multi_inference_log.request,
+                                                   batch=False))
         else:
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                                f"Unsupported log_type for warmup: {kind}")

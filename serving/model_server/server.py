@@ -170,7 +170,7 @@ class ModelServer:
         if self._rest is not None:
             self._rest.stop()
         if self._grpc is not None:
-            self._grpc.stop(grace).wait()
+            self._grpc.stop(grace)
         if self._config_thread is not None:
             self._config_thread.join()
         if self.core is not None:

@@ -9,6 +9,9 @@ TF Serving's default), or in `tensor_content` when `--enable_serialization_as_te
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
@@ -71,14 +74,14 @@ def dtype_of(array: np.ndarray) -> int:
 
 def to_ndarray(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
     """Decodes a request tensor; a proto TF could not read is `tensor parsing error: alias`."""
-    error = invalid_argument(f"tensor parsing error: {alias}")
+    error = functools.partial(invalid_argument, f"tensor parsing error: {alias}")
     if proto.dtype not in _TYPES or proto.tensor_shape.unknown_rank:
-        raise error
+        raise error()
     shape = tuple(dim.size for dim in proto.tensor_shape.dim)
     if any(size < 0 for size in shape):
-        raise error
+        raise error()
     np_dtype, field = _TYPES[proto.dtype]
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if proto.tensor_content:
         return _from_content(proto, np_dtype, shape, count, error)
     values = getattr(proto, field)
@@ -95,7 +98,7 @@ def to_ndarray(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
     if len(array) == count:
         return array.reshape(shape)
     if len(array) > count:
-        raise error
+        raise error()
     return _fill_to(array, count, np_dtype).reshape(shape)
 
 
@@ -106,10 +109,10 @@ def _from_content(proto, np_dtype, shape, count, error) -> np.ndarray:
         try:
             return tf.make_ndarray(proto)
         except Exception as e:  # noqa: BLE001
-            raise error from e
+            raise error() from e
     content = proto.tensor_content
     if len(content) != count * np_dtype.itemsize:
-        raise error
+        raise error()
     return np.frombuffer(content, dtype=np_dtype).reshape(shape)
 
 

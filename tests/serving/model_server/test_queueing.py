@@ -6,6 +6,7 @@ while its RPCs hold their threads."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import urllib.request
@@ -163,50 +164,59 @@ def test_a_queued_request_past_its_deadline_is_deadline_exceeded(base, examples,
 
 
 class _Context:
-    """The part of a grpc.ServicerContext that the queue uses."""
+    """The part of a grpc.aio.ServicerContext that the queue uses."""
 
     def __init__(self, seconds: float = 60.0):
         self.deadline = time.monotonic() + seconds
-        self.callbacks: list = []
 
     def time_remaining(self) -> float:
         return max(self.deadline - time.monotonic(), 0.0)
 
-    def add_callback(self, callback) -> bool:
-        self.callbacks.append(callback)
-        return True
 
-    def cancel(self) -> None:
-        for callback in self.callbacks:
-            callback()
+async def _settle(condition, turns: int = 100) -> None:
+    """Lets the loop run until `condition()` holds (a cancellation takes a few turns)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    assert condition()
 
 
 def test_waiting_requests_run_in_arrival_order_and_a_cancelled_one_leaves():
-    queue = AdmissionQueue(max_running=1, max_queued=3)
-    queue.enter(_Context())
-    order: list[int] = []
-    errors: list[grpc.StatusCode] = []
-    contexts = [_Context() for _ in range(3)]
+    async def scenario() -> tuple[list[int], list[grpc.StatusCode]]:
+        queue = AdmissionQueue(max_running=1, max_queued=3)
+        await queue.enter(_Context())
+        order: list[int] = []
 
-    def request(i: int) -> None:
-        try:
-            queue.enter(contexts[i])
-        except ServingError as e:
-            errors.append(e.code)
-            return
-        order.append(i)
+        async def request(i: int) -> None:
+            await queue.enter(_Context())
+            order.append(i)
+            queue.leave()
+
+        tasks = []
+        for i in range(3):  # queued one after the other
+            tasks.append(asyncio.ensure_future(request(i)))
+            await _settle(lambda i=i: queue.queued == i + 1)
+        tasks[1].cancel()  # its client gave up: it leaves the queue without running
+        await _settle(lambda: queue.queued == 2)
+        queue.leave()  # the running request ends: the oldest waiter takes its slot
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[1], asyncio.CancelledError)
+        assert (queue.running, queue.queued) == (0, 0)
+        return order
+
+    assert asyncio.run(scenario()) == [0, 2]
+
+
+def test_a_waiter_past_its_deadline_leaves_the_queue_with_deadline_exceeded():
+    async def scenario() -> None:
+        queue = AdmissionQueue(max_running=1, max_queued=2)
+        await queue.enter(_Context())
+        with pytest.raises(ServingError) as late:
+            await queue.enter(_Context(seconds=0.05))
+        assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert (queue.running, queue.queued) == (1, 0)
         queue.leave()
+        assert queue.running == 0
 
-    threads = []
-    for i in range(3):  # queued one after the other
-        threads.append(threading.Thread(target=request, args=(i,)))
-        threads[-1].start()
-        wait_for(lambda i=i: queue.queued == i + 1, timeout=10, what=f"request {i} queued")
-    contexts[1].cancel()  # its client gave up: it leaves the queue without running
-    wait_for(lambda: queue.queued == 2, timeout=10, what="the cancelled request to leave")
-    queue.leave()  # the running request ends: the oldest waiter takes its slot
-    for t in threads:
-        t.join(timeout=10)
-    assert order == [0, 2]
-    assert errors == [grpc.StatusCode.CANCELLED]
-    assert (queue.running, queue.queued) == (0, 0)
+    asyncio.run(scenario())
