@@ -17,9 +17,9 @@ instead of sending for `--seconds`, and the warm-up runs one client only.
 
 It also serves the transport floor: `--serve_echo --port P --response FILE` answers every
 Predict with the serialized `PredictResponse` in FILE and runs nothing, on gRPC Python's
-asyncio server (which answers more calls per second than its thread-pool server, the one
-`serving.model_server` uses). What the clients get from it bounds what a Python gRPC front end gets
-on the machine, whatever it does per request.
+asyncio server (the server `serving.model_server` runs too; it answers more calls per second
+than gRPC Python's thread-pool server). What the clients get from it bounds what a Python gRPC
+front end gets on the machine, whatever it does per request.
 """
 
 from __future__ import annotations
