@@ -8,10 +8,11 @@
 
 Modules: `server` (`ModelServer`, the CLI's `main`), `config` (flags, `ServerOptions`, the text
 config files), `core` (request handling independent of the transport), `processing` (request
-checks and result filling), `grpc_service` and `admission` (the gRPC front end and its
-bounded request queue), `rest` and `rest_json` (the REST front end), `manager` (model
-versions), `servable` (a loaded SavedModel), `batching` (server-side batching), `tensors`
-(TensorProto <-> numpy), `metrics` (Prometheus), `errors` (`ServingError`).
+checks and result filling), `grpc_service` and `admission` (the gRPC front end, on gRPC
+Python's asyncio server, and its bounded request queue), `rest` and `rest_json` (the REST
+front end), `manager` (model versions), `servable` (a loaded SavedModel), `batching`
+(server-side batching), `tensors` (TensorProto <-> numpy), `metrics` (Prometheus), `errors`
+(`ServingError`).
 """
 
 from serving.model_server.config import (
