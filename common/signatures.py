@@ -4,6 +4,8 @@
 `serving/` and `components/` import these; nothing else spells them out.
 """
 
+from collections.abc import Callable, Mapping
+
 from common import features
 
 INPUT_KEY = "examples"
@@ -82,3 +84,20 @@ USER_TOWER_ENDPOINT = "user_tower"
 ITEM_TOWER_ENDPOINT = "item_tower"
 AD_MODULE_ENDPOINT = "ad_module"
 ENDPOINTS = (USER_TOWER_ENDPOINT, ITEM_TOWER_ENDPOINT, AD_MODULE_ENDPOINT)
+
+
+def representations_fn(loaded, path: str) -> Callable[..., Mapping]:
+    """A loaded upstream SavedModel's representations in one function of serialized examples
+    `[batch]` -> `{UR, IR, CR: [batch, d]}`: its `representations` signature (one forward pass;
+    its output also holds the ad prediction), or, for an export from before that signature,
+    its three single signatures. ValueError naming `path` when neither is there."""
+    if REPRESENTATIONS in loaded.signatures:
+        combined = loaded.signatures[REPRESENTATIONS]
+        return lambda examples: dict(combined(**{INPUT_KEY: examples}))
+    single = (USER_REPRESENTATION, ITEM_REPRESENTATION, CROSS_REPRESENTATION)
+    missing = [name for name in single if name not in loaded.signatures]
+    if missing:
+        raise ValueError(f"SavedModel {path!r} lacks the signatures {missing}; it has "
+                         f"{sorted(loaded.signatures)}")
+    return lambda examples: {name: loaded.signatures[name](**{INPUT_KEY: examples})[name]
+                             for name in single}

@@ -86,27 +86,17 @@ class _RunModelFn(beam.DoFn):
 
         self._tf = tf
         self._model = tf.saved_model.load(self._saved_model_dir)
-        missing = [n for n in (signatures.USER_REPRESENTATION, signatures.ITEM_REPRESENTATION,
-                               signatures.CROSS_REPRESENTATION) if n not in self._model.signatures]
-        if missing:
-            raise ValueError(f"SavedModel {self._saved_model_dir!r} lacks signatures {missing}; "
-                             f"it has {sorted(self._model.signatures)}")
+        self._representations = signatures.representations_fn(self._model,
+                                                              self._saved_model_dir)
         self._spec = features.feature_spec((features.USER_ID, features.ITEM_ID, features.TIMESTAMP,
                                             features.DOMAIN))
-        self._one_call = signatures.REPRESENTATIONS in self._model.signatures
 
     def _run(self, examples) -> dict[str, np.ndarray]:
         """UR `[n, d_ur]`, IR `[n, d_ir]`, CR(u,i) `[n, d_cr]` float32 by signature name."""
-        names = (signatures.USER_REPRESENTATION, signatures.ITEM_REPRESENTATION,
-                 signatures.CROSS_REPRESENTATION)
-        model_signatures = self._model.signatures
-        if self._one_call:
-            out = model_signatures[signatures.REPRESENTATIONS](
-                **{signatures.INPUT_KEY: examples})
-        else:
-            out = {name: model_signatures[name](**{signatures.INPUT_KEY: examples})[name]
-                   for name in names}
-        return {name: out[name].numpy().astype(np.float32, copy=False) for name in names}
+        out = self._representations(examples)
+        return {name: out[name].numpy().astype(np.float32, copy=False)
+                for name in (signatures.USER_REPRESENTATION, signatures.ITEM_REPRESENTATION,
+                             signatures.CROSS_REPRESENTATION)}
 
     def process(self, batch: list[bytes]) -> Iterator:
         tf = self._tf

@@ -50,21 +50,7 @@ def saved_model_fn(export_dir: str) -> RepresentationFn:
     before that signature, its three representation signatures."""
     path, _ = resolve_export(export_dir)
     loaded = tf.saved_model.load(path)
-    if signatures.REPRESENTATIONS in loaded.signatures:
-        combined = loaded.signatures[signatures.REPRESENTATIONS]
-
-        def run(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-            return dict(combined(**{signatures.INPUT_KEY: examples}))
-    else:
-        missing = [n for n in (UR, IR, CR) if n not in loaded.signatures]
-        if missing:
-            raise ValueError(f"SavedModel {path!r} lacks the signatures {missing}; it has "
-                             f"{sorted(loaded.signatures)}")
-
-        def run(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {name: loaded.signatures[name](**{signatures.INPUT_KEY: examples})[name]
-                    for name in (UR, IR, CR)}
-
+    run = signatures.representations_fn(loaded, path)
     run.loaded = loaded  # keeps the variables alive
     return run
 
