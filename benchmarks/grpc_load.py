@@ -34,6 +34,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from common import cli
 
+ANNOUNCEMENT = "measuring"
+
 
 async def _run(target: str, request: predict_pb2.PredictRequest, clients: int,
                seconds: float, timeout: float, requests_per_client: int | None = None
@@ -66,12 +68,15 @@ async def _run(target: str, request: predict_pb2.PredictRequest, clients: int,
 
 def drive(target: str, request: predict_pb2.PredictRequest, clients: int, seconds: float,
           warmup_seconds: float = 0.3, timeout: float = 30.0,
-          requests_per_client: int | None = None) -> dict:
+          requests_per_client: int | None = None, announce: bool = False) -> dict:
     """Warms up for `warmup_seconds`, then measures for `seconds` (or until every client has
-    sent `requests_per_client` requests; the warm-up then runs one client)."""
+    sent `requests_per_client` requests; the warm-up then runs one client). With `announce`,
+    prints the line `measuring` on stdout when the measured part begins."""
     if warmup_seconds > 0:
         warm_clients = clients if requests_per_client is None else 1
         asyncio.run(_run(target, request, warm_clients, warmup_seconds, timeout))
+    if announce:
+        print(ANNOUNCEMENT, flush=True)
     started = time.perf_counter()
     latencies, errors = asyncio.run(_run(target, request, clients, seconds, timeout,
                                          requests_per_client))
@@ -125,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=30.0, help="deadline of each call, s")
     p.add_argument("--requests_per_client", type=int, default=None,
                    help="each client sends exactly this many requests (instead of --seconds)")
+    p.add_argument("--announce", action="store_true",
+                   help=f"print '{ANNOUNCEMENT}' when the measured part begins (after the "
+                        "start-up and the warm-up)")
     args = p.parse_args(argv)
     if args.serve_echo:
         if args.port is None or not args.response:
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.request, "rb") as f:
             request.ParseFromString(f.read())
         return drive(args.target, request, args.clients, args.seconds, args.warmup_seconds,
-                     args.timeout, args.requests_per_client)
+                     args.timeout, args.requests_per_client, args.announce)
 
     return cli.run(load, args, show=json.dumps)
 

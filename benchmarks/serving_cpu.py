@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from benchmarks import serving
+from benchmarks import grpc_load, serving
 from benchmarks.serving import DEFAULT_BATCHING, ServerProcess, ratio_interval
 from common import cli
 
@@ -60,12 +60,17 @@ def context_switches(pid: int) -> int:
 
 def measure(server_pid: int, port: int, request_path: str, clients: int,
             seconds: float) -> dict:
-    """Drives the server for `seconds`; CPU and switches over all but the first and last 0.5 s."""
+    """Drives the server for `seconds` after the load's start-up and warm-up; CPU and switches
+    over all but the first and last 0.5 s of that."""
     load = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.grpc_load", f"--target=127.0.0.1:{port}",
          f"--request={request_path}", f"--clients={clients}", f"--seconds={seconds}",
-         "--warmup_seconds=1"], stdout=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # the warm-up, and half a second of the measured load
+         "--warmup_seconds=1", "--announce"], stdout=subprocess.PIPE, text=True)
+    first = load.stdout.readline().strip()  # the load generator imports TensorFlow's protos
+    if first != grpc_load.ANNOUNCEMENT:     # first: seconds of start-up, not of load
+        load.kill()
+        raise RuntimeError(f"benchmarks.grpc_load did not start measuring: {first!r}")
+    time.sleep(0.5)
     window = seconds - 1.0
     s0, c0, x0 = cpu_seconds(server_pid), cpu_seconds(load.pid), context_switches(server_pid)
     time.sleep(window)
@@ -83,18 +88,9 @@ def measure(server_pid: int, port: int, request_path: str, clients: int,
             "server_switches": (x1 - x0) / answered, "errors": len(result["errors"])}
 
 
-class _Echo:
-    def __init__(self, response: bytes, work: str):
-        self._server = serving._EchoServer(response, work)
-        self.grpc_port, self.proc = self._server.grpc_port, self._server.proc
-
-    def stop(self) -> None:
-        self._server.stop()
-
-
 def _start(mode: str, base: str, work: str, before: str | None, echo_response: bytes):
     if mode == "echo":
-        return _Echo(echo_response, work)
+        return serving._EchoServer(echo_response, work)
     which, batching = mode.rsplit("-", 1)
     return ServerProcess(base, DEFAULT_BATCHING if batching == "on" else None, work,
                          cwd=before if which == "before" else None)

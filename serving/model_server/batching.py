@@ -76,7 +76,8 @@ class Task:
 
     @property
     def done(self) -> bool:
-        return not self._pending.locked()
+        # not `_pending.locked()`: a waiter holds the lock for a moment after the task finished
+        return self._result is not None or self._error is not None
 
     def result(self) -> dict[str, np.ndarray]:
         """The outputs of a finished task (raises its error)."""

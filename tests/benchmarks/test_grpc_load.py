@@ -63,6 +63,18 @@ def test_cli_prints_one_json_line(server, examples, tmp_path):
     assert result["requests"] > 0 and result["errors"] == []
 
 
+def test_announce_marks_the_start_of_the_measured_part(server, examples, tmp_path):
+    path = tmp_path / "request.pb"
+    path.write_bytes(predict_request(examples[:1]).SerializeToString())
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.grpc_load", f"--target={server.grpc_target}",
+         f"--request={path}", "--clients=2", "--seconds=0.3", "--announce"],
+        capture_output=True, text=True, check=True)
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == grpc_load.ANNOUNCEMENT
+    assert json.loads(lines[-1])["requests"] > 0
+
+
 @pytest.mark.slow
 def test_echo_server_answers_with_the_canned_response(server, examples, tmp_path):
     """The transport floor answers every Predict with the model server's own bytes."""
